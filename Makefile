@@ -1,0 +1,63 @@
+# CloudScale: `make run` starts the platform on the embedded stack, `make test` runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+FLOWER_PORT ?= 5555
+export PORT FLOWER_PORT
+
+.PHONY: run test lint typecheck bench install install-test node-deps clean help
+
+help:
+	@echo "make run    - start API, worker, beat and Flower on the embedded stack (Ctrl-C stops all)"
+	@echo "make test   - install test dependencies, then ruff, mypy and the whole pytest suite"
+	@echo "make bench  - run the benchmarks and print the result table"
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "CloudScale needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test node-deps
+
+node_modules/.installed: package.json
+	npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+node-deps: node_modules/.installed
+
+run: $(VENV)/.installed
+	$(BIN)/python manage.py runplatform
+
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install-test
+	$(BIN)/mypy .
+
+test: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@echo "--- the core suite again on PostgreSQL (127.0.0.1:5432) ---"
+	CLOUDSCALE_TEST_DATABASE=postgresql $(BIN)/python -m pytest -m core $(PYTEST_ARGS)
+	@echo "--- the core suite again with RabbitMQ (127.0.0.1:5672) as broker ---"
+	CLOUDSCALE_TEST_BROKER=rabbitmq $(BIN)/python -m pytest -m core $(PYTEST_ARGS)
+
+bench: install-test
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) node_modules .state test-artifacts

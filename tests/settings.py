@@ -1,0 +1,69 @@
+"""Settings of a test run: the test environment is set, then the one settings module is read.
+
+pytest-django points DJANGO_SETTINGS_MODULE here; processes the tests start inherit the environment.
+
+The suite runs against real services. The variant is chosen by environment, so the same tests run
+on every backend (see tests/README.md and `make test`):
+
+  CLOUDSCALE_TEST_DATABASE = sqlite (default) | postgresql
+  CLOUDSCALE_TEST_BROKER   = embedded (default) | rabbitmq | redis
+
+The embedded Redis server gets a free port and a temporary state folder of its own, so a test run
+never touches `make run`'s data.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _configure_test_environment() -> None:
+    if os.environ.get("CLOUDSCALE_TEST_CONFIGURED") == "1":
+        return  # a child process of the test run inherits the parent's choices
+    state_dir = tempfile.mkdtemp(prefix="cloudscale-test-")
+    os.environ["CLOUDSCALE_TEST_CONFIGURED"] = "1"
+    os.environ["CLOUDSCALE_STATE_DIR"] = state_dir
+    os.environ["CLOUDSCALE_EMBEDDED_REDIS_PORT"] = str(_free_port())
+    os.environ["CLOUDSCALE_EMBEDDED_REDIS_FSYNC"] = "everysec"
+    os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key-not-for-production")
+    os.environ["CLOUDSCALE_ENV"] = "local"
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(state_dir, "prometheus")
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    # Tests send bursts from one address: lift the limits unless a test sets its own.
+    os.environ.setdefault("CLOUDSCALE_RATE_LIMIT_PER_IP_CAPACITY", "1000000")
+    os.environ.setdefault("CLOUDSCALE_RATE_LIMIT_GLOBAL_PER_MINUTE", "10000000")
+
+    database = os.environ.get("CLOUDSCALE_TEST_DATABASE", "sqlite")
+    if database == "postgresql":
+        os.environ["DATABASE_URL"] = os.environ.get(
+            "CLOUDSCALE_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/cloudscale"
+        )
+    elif database != "sqlite":
+        raise SystemExit(f"CLOUDSCALE_TEST_DATABASE={database!r}: use sqlite or postgresql")
+
+    broker = os.environ.get("CLOUDSCALE_TEST_BROKER", "embedded")
+    if broker == "rabbitmq":
+        os.environ["CLOUDSCALE_BROKER_URL"] = os.environ.get(
+            "CLOUDSCALE_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//"
+        )
+    elif broker == "redis":
+        os.environ["CLOUDSCALE_BROKER_URL"] = os.environ.get(
+            "CLOUDSCALE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"
+        )
+    elif broker != "embedded":
+        raise SystemExit(f"CLOUDSCALE_TEST_BROKER={broker!r}: use embedded, rabbitmq or redis")
+    # Each test run gets a queue of its own, so a shared RabbitMQ/Redis never mixes two runs.
+    os.environ["CLOUDSCALE_QUEUE"] = f"events-ingestion-test-{os.getpid()}"
+
+
+_configure_test_environment()
+
+from cloudscale_project.settings import *  # noqa: E402, F403

@@ -68,6 +68,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "cloudscale_project.middleware.CorrelationIdMiddleware",
+    "events.middleware.RateLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -154,6 +155,9 @@ CACHES = {
     }
 }
 
+# django-ratelimit (admin login): the client address by the same trusted-proxy rule as the API.
+RATELIMIT_IP_META_KEY = "events.enrichment.client_ip"
+
 # --- Celery -------------------------------------------------------------------------------------
 QUEUE_NAME = env_str("CLOUDSCALE_QUEUE", "events-ingestion")
 # How long a delivered-but-unacked message stays invisible before the broker hands it out again.
@@ -167,13 +171,28 @@ CELERY_TASK_DEFAULT_QUEUE = QUEUE_NAME
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT = True
-CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CLOUDSCALE_WORKER_PREFETCH", 2, minimum=1)
+# Service Bus lacks what a few Celery defaults assume (broadcast, events); see its branch below.
+_SERVICE_BUS = BROKER_SCHEME == "azureservicebus"
+# On Service Bus a prefetched message is locked with its 5-minute clock running and no other worker
+# can take it; one message is a whole batch (up to 500 events), so one per process keeps it busy.
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CLOUDSCALE_WORKER_PREFETCH", 1 if _SERVICE_BUS else 2, minimum=1)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SOFT_TIME_LIMIT = 120
 CELERY_TASK_TIME_LIMIT = 180
+SERVICEBUS_LOCK_RENEWAL_SECONDS = env_int(
+    "CLOUDSCALE_SERVICEBUS_LOCK_RENEWAL_SECONDS", 2 * CELERY_TASK_TIME_LIMIT, minimum=0
+)
+# The largest message the Service Bus tier accepts (Standard: 256 KB; Premium: 1 MB by default,
+# up to 100 MB). A batch message bigger than this is refused with MessageSizeExceededError, so the
+# API must split a request's events into messages below it. 0 = no limit that matters (Redis, RabbitMQ).
+BROKER_MAX_MESSAGE_BYTES = (
+    env_int("CLOUDSCALE_SERVICEBUS_MAX_MESSAGE_KB", 256, minimum=1) * 1024 if _SERVICE_BUS else 0
+)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CLOUDSCALE_TASK_EVENTS", True)
+# Task events feed Flower. Service Bus cannot carry them to another process (no fanout), so there
+# they would only cost CPU (FACTS.md: ~35 %); the flag still turns them on for a same-process monitor.
+CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CLOUDSCALE_TASK_EVENTS", not _SERVICE_BUS)
 CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(STATE_DIR / "celerybeat-schedule")
@@ -181,20 +200,40 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
 if BROKER_SCHEME in {"redis", "rediss"}:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+        # Workers sweep for messages of dead workers every 10 s (kombu's default throttle makes it
+        # every 100 s): a SIGKILLed worker's batches return within visibility timeout + 10 s.
+        "unacked_restore_interval": 10,
+        "unacked_restore_throttle": 1,
         "socket_timeout": 5,
         "socket_connect_timeout": 3,
     }
 elif BROKER_SCHEME in {"amqp", "pyamqp", "amqps"}:
     # Publisher confirms: basic_publish returns only after RabbitMQ has the message.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True, "connect_timeout": 3}
-elif BROKER_SCHEME == "azureservicebus":
+elif _SERVICE_BUS:
+    # azureservicebus://<SAS policy>:<SAS key>@<namespace> or azureservicebus://DefaultAzureCredential@<namespace>
+    # (managed identity, workload identity, az login). kombu's transport, subclassed to map Service
+    # Bus outages to connection errors, probe on connect, abandon on requeue and count only the
+    # active backlog (ops/servicebus_transport.py, docs/decisions.md).
+    CELERY_BROKER_TRANSPORT = "ops.servicebus_transport:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "peek_lock_seconds": VISIBILITY_TIMEOUT_SECONDS,
+        # Peek lock of a queue kombu creates itself; `provision_servicebus` sets the same 5 minutes
+        # (Service Bus's maximum) on the real queue.
+        "peek_lock_seconds": min(VISIBILITY_TIMEOUT_SECONDS, 300),
+        # A batch that waited behind a retry countdown or a slow store still finishes under its lock:
+        # the SDK's AutoLockRenewer extends it, up to twice the hard time limit, after which a stuck
+        # batch is let go and redelivered.
+        "use_lock_renewal": True,
+        "max_lock_renewal_duration": SERVICEBUS_LOCK_RENEWAL_SECONDS,
+        # Long poll of an idle receiver: bounds how long a warm shutdown waits for the poll to end.
         "wait_time_seconds": 5,
         "retry_total": 3,
         "retry_backoff_factor": 0.5,
         "retry_backoff_max": 10,
     }
+    # Remote control needs fanout, which this transport lacks (celery also skips it by itself).
+    # Autoscaling follows a target in Redis instead (ops/autoscaler.py).
+    CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
 
 # --- Event store ----------------------------------------------------------------------------------
 EVENT_STORE = env_str("CLOUDSCALE_EVENT_STORE", "orm")
@@ -229,7 +268,52 @@ PROCESS_MAX_ATTEMPTS = env_int("CLOUDSCALE_PROCESS_MAX_ATTEMPTS", 5, minimum=1)
 RETRY_BACKOFF_BASE_SECONDS = env_float("CLOUDSCALE_RETRY_BACKOFF_BASE", 1.0)
 RETRY_BACKOFF_MAX_SECONDS = env_float("CLOUDSCALE_RETRY_BACKOFF_MAX", 60.0)
 CART_ABANDONMENT_MINUTES = env_int("CLOUDSCALE_CART_ABANDONMENT_MINUTES", 30, minimum=1)
+# How often beat fires due cart-abandonment checks and posts their webhooks.
+CART_ABANDONMENT_TICK_SECONDS = env_float("CLOUDSCALE_CART_ABANDONMENT_TICK_SECONDS", 30.0)
+# Fraud windows: an event arriving up to this far (event time) behind the newest event of its
+# subject is still judged against a complete window; older window entries are trimmed.
+FRAUD_LATENESS_SECONDS = env_int("CLOUDSCALE_FRAUD_LATENESS_SECONDS", 3600, minimum=0)
 QUEUE_DEPTH_SAMPLE_SECONDS = env_float("CLOUDSCALE_QUEUE_DEPTH_SAMPLE_SECONDS", 30.0)
+# Messages Celery cannot decode become DeserializationFailed dead letters instead of being dropped.
+CELERY_WORKER_CONSUMER = "events.consumer:DeadLetteringConsumer"
+# How often beat purges stored events older than EVENT_RETENTION_DAYS (ORM store; Cosmos uses TTL).
+EVENT_PURGE_INTERVAL_SECONDS = env_float("CLOUDSCALE_EVENT_PURGE_INTERVAL_SECONDS", 3600.0)
+# Test-only fault injection: a worker sleeps this long between the store write and the ack, so
+# fault tests can kill it mid-batch. Always 0 outside those tests.
+PIPELINE_FAULT_DELAY_SECONDS = env_float("CLOUDSCALE_PIPELINE_FAULT_DELAY", 0.0)
+
+# --- Backpressure: beat samples the queue, workers follow a shared concurrency target -------------
+# Beat and control tasks get a queue of their own: behind a 10,000-message backlog in the ingestion
+# queue, the sample that reacts to that backlog would wait its turn. Workers consume both queues.
+OPS_QUEUE_NAME = env_str("CLOUDSCALE_OPS_QUEUE", "cloudscale-ops")
+# Workers started with --autoscale use this Autoscaler: it follows the target kept in REDIS_URL
+# (works on Service Bus, which has no broadcast). It reads the target every AUTOSCALE_CHECK_SECONDS,
+# well inside one sampling period; idle processes are reaped after celery's AUTOSCALE_KEEPALIVE.
+CELERY_WORKER_AUTOSCALER = "ops.autoscaler:TargetAutoscaler"
+AUTOSCALE_CHECK_SECONDS = env_float("CLOUDSCALE_AUTOSCALE_CHECK_SECONDS", 5.0)
+# Every worker writes a heartbeat timestamp to shared state (alert: no worker heartbeat).
+WORKER_HEARTBEAT_SECONDS = env_float("CLOUDSCALE_WORKER_HEARTBEAT_SECONDS", 10.0)
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+CELERY_BEAT_SCHEDULE["ops.sample-queue-depth"] = {
+    "task": "ops.sample_queue_depth",
+    "schedule": QUEUE_DEPTH_SAMPLE_SECONDS,
+    "options": {"queue": OPS_QUEUE_NAME, "expires": QUEUE_DEPTH_SAMPLE_SECONDS},
+}
+CELERY_BEAT_SCHEDULE["events.purge-expired-events"] = {
+    "task": "events.purge_expired_events",
+    "schedule": EVENT_PURGE_INTERVAL_SECONDS,
+    "options": {"queue": OPS_QUEUE_NAME, "expires": EVENT_PURGE_INTERVAL_SECONDS},
+}
+CELERY_BEAT_SCHEDULE["scoring.fire-cart-abandonments"] = {
+    "task": "scoring.fire_cart_abandonments",
+    "schedule": CART_ABANDONMENT_TICK_SECONDS,
+    "options": {"queue": OPS_QUEUE_NAME, "expires": CART_ABANDONMENT_TICK_SECONDS},
+}
+CELERY_BEAT_SCHEDULE["scoring.purge-expired-state"] = {
+    "task": "scoring.purge_expired_state",
+    "schedule": 3600.0,
+    "options": {"queue": OPS_QUEUE_NAME, "expires": 3600.0},
+}
 
 # --- Metrics, traces, logs --------------------------------------------------------------------------
 PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
@@ -255,6 +339,8 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         "celery": {"level": LOG_LEVEL},
+        # The Azure SDKs log every HTTP request and response (headers included) at INFO.
+        "azure": {"level": "WARNING"},
     },
 }
 
@@ -276,13 +362,11 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
-    "APPEND_COMPONENTS": {
-        "securitySchemes": {
-            "bearer": {"type": "http", "scheme": "bearer"},
-            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-        }
-    },
-    "SECURITY": [{"bearer": []}, {"apiKey": []}],
+    "OAS_VERSION": "3.1.0",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "events.openapi.use_pydantic_event_schema",
+    ],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+from django_ratelimit.decorators import ratelimit
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from ops.views import healthz, readyz
+from ops.views import healthz, metrics, readyz
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),
+    path("api/", include("events.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]
+
+# Brute-force protection of the admin login (django-ratelimit: a fixed window fits this case).
+admin.site.login = ratelimit(key="ip", rate="10/m", method="POST", block=True)(admin.site.login)  # type: ignore[method-assign]
 
 handler404 = "cloudscale_project.errors.json_404"
 handler500 = "cloudscale_project.errors.json_500"

@@ -46,3 +46,11 @@ class IsTenant(BasePermission):
 
     def has_permission(self, request: Request, view: Any) -> bool:
         return isinstance(request.auth, Tenant)
+
+
+def tenant_of(request: Request) -> Tenant:
+    """The authenticated tenant of a request that passed IsTenant."""
+    tenant = request.auth
+    if not isinstance(tenant, Tenant):
+        raise exceptions.NotAuthenticated()
+    return tenant

@@ -72,3 +72,57 @@ class StoredEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tenant}/{self.event_id}"
+
+
+class DeadLetter(models.Model):
+    """A message or event the workers could not process, kept for review, requeue or discard.
+
+    One row per distinct poison payload: `fingerprint` (reason, tenant, payload) is unique, so a
+    redelivered message bumps `attempts`/`last_seen` instead of adding a row.
+    """
+
+    class Reason(models.TextChoices):
+        DESERIALIZATION_FAILED = "DeserializationFailed"
+        MISSING_EVENT_TYPE = "MissingEventType"
+        UNKNOWN_EVENT_TYPE = "UnknownEventType"
+        MAX_RETRIES_EXCEEDED = "MaxRetriesExceeded"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        REQUEUED = "requeued"
+        DISCARDED = "discarded"
+
+    class Kind(models.TextChoices):
+        EVENT = "event", "one event of a batch"
+        BATCH = "batch", "a process_batch message with unusable arguments"
+        RAW = "raw", "a broker message Celery could not decode"
+
+    tenant = models.CharField(max_length=64, blank=True, default="", help_text="Empty when unknown.")
+    reason = models.CharField(max_length=32, choices=Reason.choices)
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.EVENT)
+    payload = models.BinaryField(help_text="The payload exactly as received (the event's JSON for events).")
+    content_type = models.CharField(max_length=128, blank=True, default="")
+    content_encoding = models.CharField(max_length=64, blank=True, default="")
+    headers = models.JSONField(default=dict, blank=True, help_text="Broker message headers of raw messages.")
+    error = models.TextField(blank=True, default="")
+    attempts = models.PositiveIntegerField(default=1)
+    correlation_id = models.CharField(max_length=64, blank=True, default="")
+    # NULL, not "": the ledger counts rows whose event_id is known (`event_id IS NOT NULL`).
+    event_id = models.CharField(max_length=128, null=True, blank=True)  # noqa: DJ001
+    received_at = models.DateTimeField(null=True, blank=True, help_text="The event's arrival at the API.")
+    fingerprint = models.CharField(max_length=64, unique=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    first_seen = models.DateTimeField()
+    last_seen = models.DateTimeField()
+    status_changed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-last_seen", "-id"]
+        indexes = [
+            models.Index(fields=["status", "reason"], name="deadletter_status_reason"),
+            # The loss ledger counts a tenant's dead-lettered events per hour of arrival.
+            models.Index(fields=["tenant", "received_at"], name="deadletter_tenant_received"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.reason} #{self.pk} ({self.tenant or 'unknown tenant'})"

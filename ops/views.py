@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from cloudscale_project.errors import error_body
 from ops.health import readiness
+from ops.metrics import render_metrics
 
 
 @require_GET
@@ -27,3 +29,9 @@ def readyz(request: HttpRequest) -> JsonResponse:
     )
     body["checks"] = checks
     return JsonResponse(body, status=503)
+
+
+@require_GET
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus scrape endpoint: the API processes' own metrics plus the platform-wide ones."""
+    return HttpResponse(render_metrics(), content_type=CONTENT_TYPE_LATEST)

@@ -24,6 +24,9 @@ from ops.embedded_redis import start_embedded_redis
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
+# Fixture modules shared by several test packages.
+pytest_plugins = ["tests.cosmos_fixtures"]
+
 
 def service_is_listening(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
@@ -53,19 +56,40 @@ def pytest_report_header(config: pytest.Config) -> str:
     )
 
 
-@pytest.fixture(scope="session", autouse=True)
-def embedded_redis() -> Iterator[str]:
-    """The embedded Redis server, started once per run; it always holds the shared state."""
-    process = start_embedded_redis(
-        port=settings.EMBEDDED_REDIS_PORT,
-        data_dir=settings.STATE_DIR / "redis",
-        fsync=settings.EMBEDDED_REDIS_FSYNC,
-    )
-    yield settings.EMBEDDED_REDIS_URL
-    process.terminate()
-    process.wait(timeout=10)
+class EmbeddedRedis:
+    """The test run's embedded Redis server; tests may stop and restart it (same port, same data)."""
+
+    def __init__(self) -> None:
+        self.url = settings.EMBEDDED_REDIS_URL
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = start_embedded_redis(
+            port=settings.EMBEDDED_REDIS_PORT,
+            data_dir=settings.STATE_DIR / "redis",
+            fsync=settings.EMBEDDED_REDIS_FSYNC,
+        )
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def embedded_redis_server() -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis()
+    server.start()
+    yield server
+    server.stop()
     if settings.STATE_DIR.name.startswith("cloudscale-test-"):
         shutil.rmtree(settings.STATE_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def embedded_redis(embedded_redis_server: EmbeddedRedis) -> str:
+    """The embedded Redis server, started once per run; it always holds the shared state."""
+    return embedded_redis_server.url
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -62,8 +62,16 @@ def _configure_test_environment() -> None:
         raise SystemExit(f"CLOUDSCALE_TEST_BROKER={broker!r}: use embedded, rabbitmq or redis")
     # Each test run gets a queue of its own, so a shared RabbitMQ/Redis never mixes two runs.
     os.environ["CLOUDSCALE_QUEUE"] = f"events-ingestion-test-{os.getpid()}"
+    os.environ["CLOUDSCALE_OPS_QUEUE"] = f"cloudscale-ops-test-{os.getpid()}"
 
 
 _configure_test_environment()
 
 from cloudscale_project.settings import *  # noqa: E402, F403
+from cloudscale_project.settings import DATABASES  # noqa: E402
+
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # Several test runs may share one PostgreSQL server: each gets its own test database.
+    DATABASES["default"]["TEST"] = {
+        "NAME": f"test_cloudscale_{os.environ['CLOUDSCALE_QUEUE'].rsplit('-', 1)[-1]}"
+    }

@@ -134,7 +134,7 @@ class Command(BaseCommand):
         supervisor.add(
             "worker",
             [python, "-m", "celery", "-A", "cloudscale_project", "worker",
-             "-Q", settings.QUEUE_NAME, "--autoscale", options["autoscale"],
+             "-Q", f"{settings.QUEUE_NAME},{settings.OPS_QUEUE_NAME}", "--autoscale", options["autoscale"],
              "-n", "worker1@%h", "--loglevel", "INFO"],
             env=env,
             log_path=logs / "worker.log",

@@ -1,0 +1,163 @@
+"""Ingestion service: request body → receipts (accepted / duplicate / rejected) → one durable publish.
+
+Views only parse the HTTP request and render; every decision about an event is made here, once,
+and each decision is counted in the ledger and the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+import redis
+from django.conf import settings
+
+from cloudscale_project.errors import (
+    BrokerUnavailable,
+    ErrorDetail,
+    MalformedJson,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from events.dedup import confirm_event_ids, release_event_ids, reserve_event_ids
+from events.enrichment import enrich_event
+from events.ledger import ledger_record
+from events.publishing import publish_events
+from events.schemas import validate_event
+from ops.metrics import EVENTS_INGESTED, INGESTION_DURATION
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    tenant: str
+    received_at: datetime
+    ip: str
+    user_agent: str
+    correlation_id: str
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class Receipts:
+    """One receipt per event of the request, by index: every index is in exactly one list."""
+
+    accepted: list[tuple[int, str]] = field(default_factory=list)
+    duplicates: list[tuple[int, str]] = field(default_factory=list)
+    rejected: list[tuple[int, list[ErrorDetail]]] = field(default_factory=list)
+
+    @property
+    def event_ids(self) -> list[str]:
+        return [event_id for _, event_id in self.accepted]
+
+
+def parse_json_body(*, body: bytes, content_type: str) -> Any:
+    """The request body as JSON, or the contract's 415 / 413 / 400."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType(content_type)
+    if len(body) > settings.MAX_BODY_BYTES:
+        raise PayloadTooLarge(
+            f"request body is {len(body)} bytes; the limit is {settings.MAX_BODY_BYTES} (1 MiB)",
+            [ErrorDetail("body", "larger than 1 MiB")],
+        )
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJson(f"request body is not valid JSON: {exc}") from None
+
+
+def _oversized(raw: Any) -> bool:
+    return len(orjson.dumps(raw)) > settings.MAX_EVENT_BYTES
+
+
+def ingest_events(*, raw_events: list[Any], context: RequestContext, body_bytes: int) -> Receipts:
+    """Validate, enrich, dedup and publish a request's events; raise BrokerUnavailable on a failed publish."""
+    receipts = Receipts()
+    enriched: list[tuple[int, dict[str, Any]]] = []
+    # A body under 32 KiB cannot hold an oversized event: skip re-serialising on the common path.
+    check_sizes = body_bytes > settings.MAX_EVENT_BYTES
+    for index, raw in enumerate(raw_events):
+        if check_sizes and _oversized(raw):
+            receipts.rejected.append((index, [ErrorDetail("body", "event is larger than 32 KiB")]))
+            continue
+        valid, errors = validate_event(raw)
+        if valid is None:
+            receipts.rejected.append((index, errors))
+            continue
+        enriched.append(
+            (
+                index,
+                enrich_event(
+                    valid,
+                    tenant=context.tenant,
+                    received_at=context.received_at,
+                    ip=context.ip,
+                    user_agent=context.user_agent,
+                    correlation_id=context.correlation_id,
+                ),
+            )
+        )
+
+    try:
+        fresh = reserve_event_ids(tenant=context.tenant, event_ids=[e["event_id"] for _, e in enriched])
+    except redis.RedisError as exc:
+        _count_failed(context, len(raw_events))
+        raise BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS) from exc
+    to_publish: list[dict[str, Any]] = []
+    for (index, event), is_new in zip(enriched, fresh, strict=True):
+        if is_new:
+            receipts.accepted.append((index, event["event_id"]))
+            to_publish.append(event)
+        else:
+            receipts.duplicates.append((index, event["event_id"]))
+
+    if to_publish:
+        try:
+            publish_events(tenant=context.tenant, events=to_publish, correlation_id=context.correlation_id)
+        except BrokerUnavailable:
+            # Nothing of this request is in the broker: forget the ids so the retry is accepted.
+            release_event_ids(tenant=context.tenant, event_ids=receipts.event_ids)
+            _count_failed(context, len(raw_events))
+            raise
+        confirm_event_ids(tenant=context.tenant, event_ids=receipts.event_ids)
+
+    _count(context, receipts, to_publish)
+    return receipts
+
+
+def _count_failed(context: RequestContext, n: int) -> None:
+    """A 503: every event of the request was refused, and the client was told so."""
+    try:
+        ledger_record(tenant=context.tenant, received_at=context.received_at, counts={"rejected": n})
+    except redis.RedisError:
+        logger.warning("ledger unavailable while refusing %d event(s) of %s", n, context.tenant)
+
+
+def _count(context: RequestContext, receipts: Receipts, published: list[dict[str, Any]]) -> None:
+    ledger_record(
+        tenant=context.tenant,
+        received_at=context.received_at,
+        counts={
+            "accepted": len(receipts.accepted),
+            "duplicate": len(receipts.duplicates),
+            "rejected": len(receipts.rejected),
+        },
+    )
+    by_type = Counter(event["event_type"] for event in published)
+    for event_type, n in by_type.items():
+        EVENTS_INGESTED.labels(event_type=event_type, tenant_id=context.tenant).inc(n)
+    elapsed = time.perf_counter() - context.started
+    for event_type in by_type:
+        INGESTION_DURATION.labels(event_type=event_type).observe(elapsed)
+    logger.info(
+        "ingested %d, duplicate %d, rejected %d for %s",
+        len(receipts.accepted), len(receipts.duplicates), len(receipts.rejected), context.tenant,
+        extra={"tenant": context.tenant, "event_type": ",".join(sorted(by_type)) or None},
+    )  # fmt: skip

@@ -1,0 +1,527 @@
+"""The worker pipeline: one `events.process_batch` message = one batch, processed in order
+
+    decode by type → fraud → scoring → event-store write → scheduled actions → (ack by Celery)
+
+Plain functions over plain dicts. The task in `events/tasks.py` only translates between Celery and
+`batch_process_message`; tests call these functions directly with their own store.
+
+Delivery is at least once, so every effect is idempotent per (tenant, event_id): the store writes an
+event once, the steps are required to be idempotent per event, dead letters are unique per payload.
+A bad event is dead-lettered on its own and never holds back the rest of its batch; a failure of the
+batch as a whole (store down, a step raising) is retried with exponential backoff and jitter, and
+after `PROCESS_MAX_ATTEMPTS` attempts the events that still fail become `MaxRetriesExceeded` dead
+letters.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+import redis
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+from kombu.exceptions import OperationalError as BrokerOperationalError
+
+from cloudscale_project.correlation import set_correlation_id
+from cloudscale_project.timeutil import parse_iso
+from events.deadletters import DeadLetterInput, deadletter_record_many, event_payload, json_payload
+from events.models import DeadLetter
+from events.schemas import EVENT_TYPES as CATALOG
+from events.stores import EventStore, StoreUnavailable, get_event_store
+from events.stores.base import Event
+from ops.metrics import platform_incr_many
+
+logger = logging.getLogger(__name__)
+
+Reason = DeadLetter.Reason
+
+# The catalog is the API's (CONTRACT section 4): a type the API would refuse is unknown here too.
+EVENT_TYPES: frozenset[str] = frozenset(CATALOG)
+
+# (field, required, max length) of the string fields of an enriched event. Lengths match the ORM
+# store's columns: an over-long value must be a dead letter here, not a database error that fails
+# the whole batch on PostgreSQL.
+_STRING_FIELDS: tuple[tuple[str, bool, int], ...] = (
+    ("event_id", True, 64),
+    ("user_id", True, 128),
+    ("timestamp", True, 64),
+    ("received_at", True, 64),
+    ("session_id", False, 128),
+    ("client_timestamp", False, 64),
+    ("sent_at", False, 64),
+    ("ip", False, 64),
+    ("correlation_id", False, 64),
+)
+_TIME_FIELDS = ("timestamp", "received_at")
+
+# Transient failures: the batch is retried as a whole. Anything else raised by a step is a bug or a
+# bad event; it is retried too (cheap and safe: every effect is idempotent), but on the last attempt
+# the batch is split so only the events that still fail are dead-lettered.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    StoreUnavailable,
+    OperationalError,
+    InterfaceError,
+    redis.ConnectionError,
+    redis.TimeoutError,
+    BrokerOperationalError,
+    SoftTimeLimitExceeded,
+)
+
+OUTCOME_STORED = "stored"
+OUTCOME_DUPLICATE = "duplicate"
+OUTCOME_DEAD_LETTERED = "dead_lettered"
+OUTCOME_RETRIED = "retried"
+_PROCESSED_METRIC = "cloudscale_events_processed_total"
+
+
+class BatchStep(Protocol):
+    """One pipeline step over a tenant's batch; must be idempotent per (tenant, event_id)."""
+
+    def __call__(self, *, tenant: str, events: Sequence[Event]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    store: EventStore
+    before_store: tuple[BatchStep, ...] = ()
+    after_store: tuple[BatchStep, ...] = ()
+
+
+def default_pipeline() -> Pipeline:
+    from events.actions import actions_schedule_batch
+    from fraud.services import fraud_evaluate_batch
+    from scoring.services import score_apply_batch
+
+    return Pipeline(
+        store=get_event_store(),
+        before_store=(fraud_evaluate_batch, score_apply_batch),
+        after_store=(actions_schedule_batch,),
+    )
+
+
+# --- decoding --------------------------------------------------------------------------------------
+
+
+class EventRejected(Exception):
+    def __init__(self, reason: str, error: str) -> None:
+        super().__init__(error)
+        self.reason = reason
+        self.error = error
+
+
+class MessageRejected(Exception):
+    """The message itself (not one of its events) is unusable: no tenant, events not a list, ..."""
+
+
+@dataclass(frozen=True)
+class BatchMessage:
+    tenant: str
+    events: list[Any]
+    correlation_id: str
+
+    def as_kwargs(self, events: Sequence[Any] | None = None) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant,
+            "events": list(self.events if events is None else events),
+            "correlation_id": self.correlation_id,
+        }
+
+
+def parse_message(*, args: Sequence[Any], kwargs: Mapping[str, Any]) -> BatchMessage:
+    """The keyword interface of `events.process_batch`: tenant, events, correlation_id."""
+    if args:
+        raise MessageRejected("process_batch takes keyword arguments only")
+    unexpected = sorted(set(kwargs) - {"tenant", "events", "correlation_id"})
+    if unexpected:
+        raise MessageRejected(f"unexpected arguments: {', '.join(unexpected)}")
+    tenant = kwargs.get("tenant")
+    if not isinstance(tenant, str) or not tenant:
+        raise MessageRejected("tenant must be a non-empty string")
+    events = kwargs.get("events")
+    if not isinstance(events, list):
+        raise MessageRejected("events must be a list")
+    correlation_id = kwargs.get("correlation_id") or ""
+    if not isinstance(correlation_id, str):
+        raise MessageRejected("correlation_id must be a string")
+    return BatchMessage(tenant=tenant, events=events, correlation_id=correlation_id)
+
+
+def decode_event(raw: Any, *, tenant: str) -> Event:
+    """Check one enriched event; the reason of a rejection is the dead letter's reason."""
+    if not isinstance(raw, dict):
+        raise EventRejected(Reason.DESERIALIZATION_FAILED, f"event is a {type(raw).__name__}, not an object")
+    event_type = raw.get("event_type")
+    if event_type is None or event_type == "":
+        raise EventRejected(Reason.MISSING_EVENT_TYPE, "event_type is missing")
+    if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
+        raise EventRejected(Reason.UNKNOWN_EVENT_TYPE, f"unknown event_type {event_type!r}")
+    _check_fields(raw)
+    event_tenant = raw.get("tenant")
+    if event_tenant is None:
+        return {**raw, "tenant": tenant}
+    if event_tenant != tenant:
+        # Tenant isolation: the message's tenant (set by the API from the key) is the authority.
+        raise EventRejected(Reason.DESERIALIZATION_FAILED, "event tenant does not match the message tenant")
+    return raw
+
+
+def _check_fields(raw: dict[str, Any]) -> None:
+    for name, required, max_length in _STRING_FIELDS:
+        value = raw.get(name)
+        if value is None or value == "":
+            if required:
+                raise EventRejected(Reason.DESERIALIZATION_FAILED, f"{name} is missing")
+            continue
+        if not isinstance(value, str):
+            raise EventRejected(Reason.DESERIALIZATION_FAILED, f"{name} must be a string")
+        if len(value) > max_length:
+            raise EventRejected(Reason.DESERIALIZATION_FAILED, f"{name} is longer than {max_length}")
+    for name in _TIME_FIELDS:
+        try:
+            parse_iso(raw[name])
+        except ValueError:
+            raise EventRejected(Reason.DESERIALIZATION_FAILED, f"{name} is not an ISO 8601 time") from None
+    properties = raw.get("properties")
+    if properties is not None and not isinstance(properties, dict):
+        raise EventRejected(Reason.DESERIALIZATION_FAILED, "properties must be an object")
+
+
+@dataclass
+class DecodedBatch:
+    events: list[Event] = field(default_factory=list)
+    rejected: list[tuple[Any, EventRejected]] = field(default_factory=list)
+    repeated: list[Event] = field(default_factory=list)  # same event_id twice in one message
+
+
+def decode_batch(*, tenant: str, events: Sequence[Any]) -> DecodedBatch:
+    decoded = DecodedBatch()
+    seen: set[str] = set()
+    for raw in events:
+        try:
+            event = decode_event(raw, tenant=tenant)
+        except EventRejected as exc:
+            decoded.rejected.append((raw, exc))
+            continue
+        if event["event_id"] in seen:
+            decoded.repeated.append(event)
+            continue
+        seen.add(event["event_id"])
+        decoded.events.append(event)
+    return decoded
+
+
+# --- retries -----------------------------------------------------------------------------------------
+
+
+def retry_countdown(
+    *,
+    attempt: int,
+    base: float,
+    cap: float,
+    retry_after: float | None = None,
+    ceiling: float | None = None,
+    rng: Callable[[], float] = random.random,
+) -> float:
+    """Seconds to wait after failed attempt `attempt` (1-based).
+
+    Exponential (base * 2^(attempt-1), at most `cap`) with "equal jitter": between half and all of
+    the step, so workers that failed together spread out but the wait still grows. A store's
+    Retry-After is a floor. `ceiling` bounds everything: on Redis a message waiting for its ETA is
+    held unacked, and one held past the visibility timeout is delivered a second time.
+    """
+    step = min(cap, base * 2 ** (attempt - 1))
+    delay = step / 2 + rng() * step / 2
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    if ceiling is not None:
+        delay = min(delay, ceiling)
+    return delay
+
+
+def countdown_for(*, attempt: int, error: BaseException | None = None) -> float:
+    retry_after = error.retry_after if isinstance(error, StoreUnavailable) else None
+    return retry_countdown(
+        attempt=attempt,
+        base=settings.RETRY_BACKOFF_BASE_SECONDS,
+        cap=settings.RETRY_BACKOFF_MAX_SECONDS,
+        retry_after=retry_after,
+        ceiling=settings.VISIBILITY_TIMEOUT_SECONDS / 2,
+    )
+
+
+class RetryBatch(Exception):
+    """Attempt `attempt` failed transiently: send `events` (the good ones) again after `countdown`."""
+
+    def __init__(self, *, message: BatchMessage, events: list[Event], countdown: float, cause: str) -> None:
+        super().__init__(cause)
+        self.message = message
+        self.events = events
+        self.countdown = countdown
+
+
+# --- processing ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchOutcome:
+    tenant: str
+    correlation_id: str
+    stored: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    dead_lettered: int = 0
+
+    def counts(self) -> dict[str, int]:
+        return {
+            OUTCOME_STORED: len(self.stored),
+            OUTCOME_DUPLICATE: len(self.duplicates),
+            OUTCOME_DEAD_LETTERED: self.dead_lettered,
+        }
+
+
+def _run_steps(*, pipeline: Pipeline, tenant: str, events: list[Event]) -> set[str]:
+    """decode is done; fraud → scoring → store → actions. Returns the ids newly stored."""
+    if not events:
+        return set()
+    for step in pipeline.before_store:
+        step(tenant=tenant, events=events)
+    new_ids = pipeline.store.write_many(events)
+    if settings.PIPELINE_FAULT_DELAY_SECONDS:
+        # Test-only fault injection: hold the batch between the store write and the ack, so fault
+        # tests can kill a worker "mid-batch" and prove redelivery stores nothing twice.
+        time.sleep(settings.PIPELINE_FAULT_DELAY_SECONDS)
+    # Actions get every event, not only new ones: a redelivery after a crash between the store
+    # write and the actions must still schedule them (the step is idempotent per event).
+    for step in pipeline.after_store:
+        step(tenant=tenant, events=events)
+    return new_ids
+
+
+def _rejection_letters(
+    message: BatchMessage, rejected: list[tuple[Any, EventRejected]]
+) -> list[DeadLetterInput]:
+    return [
+        DeadLetterInput(
+            reason=exc.reason,
+            kind=DeadLetter.Kind.EVENT,
+            tenant=message.tenant,
+            payload=event_payload(raw),
+            error=exc.error,
+            correlation_id=_correlation_of(raw, message),
+            event_id=_event_id_of(raw),
+            received_at=_received_at_of(raw),
+        )
+        for raw, exc in rejected
+    ]
+
+
+def _exhausted_letters(
+    message: BatchMessage, events: Sequence[Event], *, attempts: int, error: str
+) -> list[DeadLetterInput]:
+    return [
+        DeadLetterInput(
+            reason=Reason.MAX_RETRIES_EXCEEDED,
+            kind=DeadLetter.Kind.EVENT,
+            tenant=message.tenant,
+            payload=event_payload(event),
+            error=error,
+            attempts=attempts,
+            correlation_id=_correlation_of(event, message),
+            event_id=_event_id_of(event),
+            received_at=_received_at_of(event),
+        )
+        for event in events
+    ]
+
+
+def _correlation_of(raw: Any, message: BatchMessage) -> str:
+    value = raw.get("correlation_id") if isinstance(raw, dict) else None
+    return (value if isinstance(value, str) and value else message.correlation_id)[:64]
+
+
+def _event_id_of(raw: Any) -> str | None:
+    value = raw.get("event_id") if isinstance(raw, dict) else None
+    return value[:128] if isinstance(value, str) and value else None
+
+
+def _received_at_of(raw: Any) -> datetime | None:
+    value = raw.get("received_at") if isinstance(raw, dict) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_iso(value)
+    except ValueError:
+        return None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]
+
+
+def _count(outcome: str, events: Sequence[Any]) -> list[tuple[dict[str, str], int]]:
+    types = Counter(str(e.get("event_type", "")) if isinstance(e, dict) else "" for e in events)
+    return [({"event_type": t, "outcome": outcome}, n) for t, n in types.items()]
+
+
+def batch_process(*, message: BatchMessage, attempt: int, pipeline: Pipeline) -> BatchOutcome:
+    """Process one message's batch; raise RetryBatch while attempts remain after a failure."""
+    set_correlation_id(message.correlation_id)
+    outcome = BatchOutcome(tenant=message.tenant, correlation_id=message.correlation_id)
+    decoded = decode_batch(tenant=message.tenant, events=message.events)
+    metrics: list[tuple[dict[str, str], int]] = []
+    if decoded.rejected:
+        # Recorded first: a rejected event must survive whatever happens to the rest of the batch.
+        deadletter_record_many(letters=_rejection_letters(message, decoded.rejected))
+        outcome.dead_lettered += len(decoded.rejected)
+        metrics += _count(OUTCOME_DEAD_LETTERED, [raw for raw, _ in decoded.rejected])
+    try:
+        new_ids = _run_steps(pipeline=pipeline, tenant=message.tenant, events=decoded.events)
+    except Exception as exc:
+        # A store that gave up part-way (Cosmos PartialWrite) names what it did store. Those are
+        # counted as stored now (a retry will find them already there) and never dead-lettered.
+        written_now = set(getattr(exc, "stored_ids", ()))
+        found_stored = set(getattr(exc, "existing_ids", ())) - written_now
+        stored_events = [e for e in decoded.events if e["event_id"] in written_now]
+        if attempt < settings.PROCESS_MAX_ATTEMPTS:
+            countdown = countdown_for(attempt=attempt, error=exc)
+            logger.warning(
+                "batch of tenant %s failed on attempt %d/%d, retrying in %.1fs: %s",
+                message.tenant,
+                attempt,
+                settings.PROCESS_MAX_ATTEMPTS,
+                countdown,
+                _describe(exc),
+            )
+            platform_incr_many(
+                _PROCESSED_METRIC,
+                metrics + _count(OUTCOME_RETRIED, decoded.events) + _count(OUTCOME_STORED, stored_events),
+            )
+            raise RetryBatch(
+                message=message, events=decoded.events, countdown=countdown, cause=_describe(exc)
+            ) from exc
+        duplicate_events = [e for e in decoded.events if e["event_id"] in found_stored]
+        _finish_written(pipeline=pipeline, tenant=message.tenant, events=stored_events + duplicate_events)
+        new_ids = _finish_exhausted(
+            message=message,
+            pipeline=pipeline,
+            events=[e for e in decoded.events if e["event_id"] not in written_now | found_stored],
+            attempt=attempt,
+            error=exc,
+            outcome=outcome,
+        )
+        stored_events += [e for e in decoded.events if e["event_id"] in new_ids]
+    else:
+        stored_events = [e for e in decoded.events if e["event_id"] in new_ids]
+        duplicate_events = [e for e in decoded.events if e["event_id"] not in new_ids]
+    duplicate_events += decoded.repeated
+    outcome.stored = [e["event_id"] for e in stored_events]
+    outcome.duplicates += [e["event_id"] for e in duplicate_events]
+    metrics += _count(OUTCOME_STORED, stored_events) + _count(OUTCOME_DUPLICATE, duplicate_events)
+    platform_incr_many(_PROCESSED_METRIC, metrics)
+    logger.info(
+        "processed batch of tenant %s: stored=%d duplicate=%d dead_lettered=%d attempt=%d",
+        message.tenant,
+        len(outcome.stored),
+        len(outcome.duplicates),
+        outcome.dead_lettered,
+        attempt,
+    )
+    return outcome
+
+
+def _finish_written(*, pipeline: Pipeline, tenant: str, events: list[Event]) -> None:
+    """Run the after-store steps for events a failed write did store, as far as they go."""
+    if not events:
+        return
+    try:
+        for step in pipeline.after_store:
+            step(tenant=tenant, events=events)
+    except Exception:
+        logger.exception("after-store steps failed for %d stored event(s) of tenant %s", len(events), tenant)
+
+
+def _finish_exhausted(
+    *,
+    message: BatchMessage,
+    pipeline: Pipeline,
+    events: list[Event],
+    attempt: int,
+    error: Exception,
+    outcome: BatchOutcome,
+) -> set[str]:
+    """The last attempt failed. Dead-letter what still fails; return the ids stored after all.
+
+    A transient failure (store down) fails every event alike: dead-letter the batch at once. Any
+    other failure may come from one event, so each event is tried alone and only the ones that
+    still fail are dead-lettered: one bad event never takes the rest of its batch with it.
+    """
+    failed: list[tuple[Event, BaseException]] = []
+    new_ids: set[str] = set()
+    duplicates: list[Event] = []
+    if not events:
+        return new_ids
+    if isinstance(error, TRANSIENT_ERRORS) or len(events) == 1:
+        failed = [(event, error) for event in events]
+    else:
+        for event in events:
+            try:
+                stored = _run_steps(pipeline=pipeline, tenant=message.tenant, events=[event])
+            except Exception as exc:
+                failed.append((event, exc))
+            else:
+                new_ids |= stored
+                if not stored:
+                    duplicates.append(event)
+    outcome.duplicates += [e["event_id"] for e in duplicates]
+    letters = [
+        letter
+        for event, exc in failed
+        for letter in _exhausted_letters(message, [event], attempts=attempt, error=_describe(exc))
+    ]
+    deadletter_record_many(letters=letters)
+    outcome.dead_lettered += len(failed)
+    logger.error(
+        "gave up on %d event(s) of tenant %s after %d attempts: %s",
+        len(failed),
+        message.tenant,
+        attempt,
+        _describe(error),
+    )
+    platform_incr_many(
+        _PROCESSED_METRIC,
+        _count(OUTCOME_DEAD_LETTERED, [e for e, _ in failed]) + _count(OUTCOME_DUPLICATE, duplicates),
+    )
+    return new_ids
+
+
+def batch_process_message(
+    *, args: Sequence[Any], kwargs: Mapping[str, Any], attempt: int, pipeline: Pipeline | None = None
+) -> BatchOutcome:
+    """The body of `events.process_batch`: a message that is not a usable batch is a dead letter."""
+    try:
+        message = parse_message(args=args, kwargs=kwargs)
+    except MessageRejected as exc:
+        tenant = kwargs.get("tenant")
+        correlation_id = kwargs.get("correlation_id")
+        deadletter_record_many(
+            letters=[
+                DeadLetterInput(
+                    reason=Reason.DESERIALIZATION_FAILED,
+                    kind=DeadLetter.Kind.BATCH,
+                    tenant=tenant[:64] if isinstance(tenant, str) else "",
+                    payload=json_payload({"args": list(args), "kwargs": dict(kwargs)}),
+                    error=str(exc),
+                    correlation_id=correlation_id[:64] if isinstance(correlation_id, str) else "",
+                )
+            ]
+        )
+        platform_incr_many(_PROCESSED_METRIC, [({"event_type": "", "outcome": OUTCOME_DEAD_LETTERED}, 1)])
+        return BatchOutcome(tenant="", correlation_id="", dead_lettered=1)
+    return batch_process(message=message, attempt=attempt, pipeline=pipeline or default_pipeline())

@@ -1,0 +1,70 @@
+"""Durable publish of one request's events as one message (CONTRACT sections 3 and 5).
+
+A 202 is returned only after this returns: on Redis the LPUSH reply (with the embedded server's
+`appendfsync always`, after the write reached disk), on RabbitMQ the publisher confirm. Transient
+broker errors get a short bounded retry; then the caller answers 503.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from django.conf import settings
+
+from cloudscale_project.celery import app
+from cloudscale_project.errors import BrokerUnavailable
+
+logger = logging.getLogger(__name__)
+
+TASK_NAME = "events.process_batch"
+
+
+def _broker_errors() -> tuple[type[BaseException], ...]:
+    """Everything a publish can raise when the broker is away, on every transport we support."""
+    errors: list[type[BaseException]] = [OSError, TimeoutError]
+    from kombu.exceptions import KombuError
+
+    errors.append(KombuError)
+    try:
+        from redis.exceptions import RedisError
+
+        errors.append(RedisError)
+    except ImportError:  # pragma: no cover - redis is a dependency
+        pass
+    try:  # Service Bus raises azure-core errors that kombu does not map (FACTS.md)
+        from azure.core.exceptions import AzureError
+
+        errors.append(AzureError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+_BROKER_ERRORS = _broker_errors()
+
+
+def publish_events(*, tenant: str, events: Sequence[dict[str, Any]], correlation_id: str) -> None:
+    """Publish one `events.process_batch` message; BrokerUnavailable if it is not durably in the broker."""
+    try:
+        app.send_task(
+            TASK_NAME,
+            kwargs={"tenant": tenant, "events": list(events), "correlation_id": correlation_id},
+            queue=settings.QUEUE_NAME,
+            headers={"correlation_id": correlation_id},
+            retry=True,
+            retry_policy={
+                "max_retries": settings.PUBLISH_ATTEMPTS - 1,
+                "interval_start": 0.05,
+                "interval_step": 0.2,
+                "interval_max": 0.5,
+            },
+            ignore_result=True,
+        )
+    except _BROKER_ERRORS as exc:
+        logger.warning(
+            "publish failed for %d event(s) of %s: %s", len(events), tenant, exc,
+            extra={"tenant": tenant},
+        )  # fmt: skip
+        raise BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS) from exc

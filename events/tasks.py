@@ -1,0 +1,74 @@
+"""Celery tasks of the events app: thin adapters over `events.pipeline` and the event store.
+
+`events.process_batch` is the message contract between the API and the workers (keyword arguments
+of JSON primitives: tenant, events, correlation_id). Its message is acknowledged only after the
+batch is stored or dead-lettered (acks_late); a worker process that dies mid-batch gets it
+redelivered (reject_on_worker_lost, and the broker's visibility timeout for a dead main process).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any, NoReturn
+
+from celery import Task, shared_task
+from celery.exceptions import Reject, Retry
+from django.conf import settings
+from django.utils import timezone
+
+from events.pipeline import RetryBatch, batch_process_message, countdown_for
+from events.stores import get_event_store
+
+logger = logging.getLogger(__name__)
+
+
+class BatchTask(Task):
+    """Delivery settings of the batch task, stated here rather than inherited from defaults."""
+
+    acks_late = True  # ack after the batch is stored or dead-lettered, never before
+    reject_on_worker_lost = True  # a killed pool process puts the message back at once
+    # A batch killed by the hard time limit goes back to the queue rather than being acked away;
+    # the soft limit (SoftTimeLimitExceeded) normally ends it first as an ordinary retry.
+    acks_on_timeout = False
+    # Our own attempt counting decides when to give up (PROCESS_MAX_ATTEMPTS, then dead letters).
+    max_retries = None
+
+
+@shared_task(name="events.process_batch", bind=True, base=BatchTask)
+def process_batch(self: BatchTask, *args: Any, **kwargs: Any) -> dict[str, int]:
+    """kwargs: tenant (slug), events (list of enriched events), correlation_id."""
+    attempt = self.request.retries + 1
+    try:
+        outcome = batch_process_message(args=args, kwargs=kwargs, attempt=attempt)
+    except RetryBatch as retry:
+        _send_retry(self, kwargs=retry.message.as_kwargs(retry.events), countdown=retry.countdown)
+    except Exception as exc:
+        # Not even a dead letter could be written (database down?): never ack such a batch away.
+        # Keep retrying at the longest backoff; after the last attempt each retry ends in dead
+        # letters as soon as the database answers again.
+        logger.exception("batch could not be processed or dead-lettered on attempt %d", attempt)
+        _send_retry(self, kwargs=kwargs, args=args, countdown=countdown_for(attempt=attempt, error=exc))
+    return outcome.counts()
+
+
+def _send_retry(
+    task: BatchTask, *, kwargs: dict[str, Any], countdown: float, args: tuple[Any, ...] = ()
+) -> NoReturn:
+    try:
+        raise task.retry(args=args, kwargs=kwargs, countdown=countdown)
+    except Retry:
+        raise
+    except Exception as exc:
+        # The retry could not be published (broker trouble): requeue the original message
+        # instead, so it is neither acked away nor lost.
+        raise Reject(f"retry could not be published: {exc}", requeue=True) from exc
+
+
+@shared_task(name="events.purge_expired_events", acks_late=True)
+def purge_expired_events() -> int:
+    """Beat: delete stored events older than EVENT_RETENTION_DAYS (Cosmos expires them by TTL)."""
+    older_than = timezone.now() - timedelta(days=settings.EVENT_RETENTION_DAYS)
+    deleted = get_event_store().purge_expired(older_than=older_than)
+    logger.info("purged %d event(s) received before %s", deleted, older_than.isoformat())
+    return deleted

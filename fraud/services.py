@@ -1,0 +1,140 @@
+"""Fraud step of the pipeline: the velocity rules over event time, batch-wise and idempotent.
+
+Per batch: one database read (the tenant's rule settings), one Redis round trip (all windows the
+batch touches) and, only when a rule hits, the alert writes. Redelivery of a batch adds the same
+members to the windows (no double count) and finds the same (rule, subject, bucket) keys, which the
+unique constraint on FraudAlert turns away; the metric counts only alerts this call created.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import IntegrityError, transaction
+
+from cloudscale_project.timeutil import parse_iso
+from fraud.models import FraudAlert
+from fraud.rules import Entry, Hit, RuleConfig, find_hits, rule_subject
+from fraud.selectors import fraud_rule_configs
+from fraud.windows import WindowUpdate, get_fraud_window_store
+from ops.metrics import platform_incr_many
+
+logger = logging.getLogger(__name__)
+
+
+def _epoch(value: float) -> datetime:
+    return datetime.fromtimestamp(value, UTC)
+
+
+def fraud_evaluate_batch(*, tenant: str, events: Sequence[dict[str, Any]]) -> None:
+    """Pipeline step: evaluate the velocity rules for a batch of decoded events of one tenant."""
+    fraud_alerts_raise(tenant=tenant, events=events)
+
+
+def fraud_alerts_raise(*, tenant: str, events: Sequence[dict[str, Any]]) -> list[FraudAlert]:
+    """Record the batch in the rule windows; create and return the alerts not raised before."""
+    configs = [config for config in fraud_rule_configs(tenant=tenant).values() if config.enabled]
+    grouped: dict[tuple[RuleConfig, str], dict[str, Entry]] = defaultdict(dict)
+    for event in events:
+        entry = Entry(
+            at=parse_iso(event["timestamp"]).timestamp(),
+            event_id=str(event["event_id"]),
+            user_id=str(event["user_id"]),
+            event_type=str(event["event_type"]),
+        )
+        for config in configs:
+            subject = rule_subject(config.spec, event)
+            if subject is not None:
+                grouped[(config, subject)][entry.event_id] = entry  # a repeat within the batch counts once
+    if not grouped:
+        return []
+
+    keys = list(grouped)
+    updates = [
+        WindowUpdate(
+            tenant,
+            config.rule.value,
+            subject,
+            list(grouped[(config, subject)].values()),
+            config.window_seconds,
+        )
+        for config, subject in keys
+    ]
+    windows = get_fraud_window_store().add_and_read(updates=updates)
+
+    candidates: list[FraudAlert] = []
+    for (config, subject), update, entries in zip(keys, updates, windows, strict=True):
+        new_times = sorted(e.at for e in update.entries)
+        for hit in find_hits(entries=entries, new_times=new_times, config=config):
+            candidates.append(_alert(tenant=tenant, config=config, subject=subject, hit=hit))
+    if not candidates:
+        return []
+    created = _alerts_create(tenant=tenant, candidates=candidates)
+    if created:
+        platform_incr_many(
+            "cloudscale_fraud_detected_total",
+            [
+                ({"event_type": event_type}, n)
+                for event_type, n in Counter(a.event_type for a in created).items()
+            ],
+        )
+    return created
+
+
+def _alert(*, tenant: str, config: RuleConfig, subject: str, hit: Hit) -> FraudAlert:
+    start = hit.bucket * config.window_seconds
+    return FraudAlert(
+        tenant=tenant,
+        rule=config.rule.value,
+        subject=subject,
+        user_id=hit.user_id,
+        event_type=hit.event_type,
+        window_start=_epoch(start),
+        window_end=_epoch(start + config.window_seconds),
+        window_seconds=config.window_seconds,
+        threshold=config.threshold,
+        event_count=hit.count,
+        event_ids=list(hit.event_ids),
+    )
+
+
+def _alerts_create(*, tenant: str, candidates: list[FraudAlert]) -> list[FraudAlert]:
+    """Insert the alerts not raised yet; the unique constraint decides who wins a race.
+
+    Hits are rare and mostly repeats of known windows (a burst keeps hitting its bucket), so one
+    query filters the known ones and each remaining alert is inserted in its own savepoint: the
+    insert that raises IntegrityError lost to another worker and is neither returned nor counted.
+    """
+    known = set(
+        FraudAlert.objects.filter(
+            tenant=tenant,
+            rule__in={a.rule for a in candidates},
+            subject__in={a.subject for a in candidates},
+            window_start__in={a.window_start for a in candidates},
+        ).values_list("rule", "subject", "window_start")
+    )
+    created: list[FraudAlert] = []
+    with transaction.atomic():
+        for alert in candidates:
+            if (alert.rule, alert.subject, alert.window_start) in known:
+                continue
+            try:
+                with transaction.atomic():
+                    alert.save(force_insert=True)
+            except IntegrityError:
+                continue
+            created.append(alert)
+            logger.warning(
+                "fraud alert %s subject=%s window_start=%s count=%d threshold=%d",
+                alert.rule,
+                alert.subject,
+                alert.window_start.isoformat(),
+                alert.event_count,
+                alert.threshold,
+                extra={"tenant": tenant, "rule": alert.rule, "subject": alert.subject},
+            )
+    return created

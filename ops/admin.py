@@ -1,0 +1,25 @@
+"""Admin: the backpressure history is a read-only audit trail."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from ops.models import ConcurrencyChange
+
+
+@admin.register(ConcurrencyChange)
+class ConcurrencyChangeAdmin(admin.ModelAdmin):
+    list_display = ("changed_at", "queue_depth", "old_target", "new_target", "reason", "broadcast")
+    list_filter = ("new_target", "broadcast")
+    date_hierarchy = "changed_at"
+    readonly_fields = ("changed_at", "queue_depth", "old_target", "new_target", "reason", "broadcast")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: ConcurrencyChange | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: ConcurrencyChange | None = None) -> bool:
+        return False

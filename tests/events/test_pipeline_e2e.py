@@ -1,0 +1,104 @@
+"""End to end on the real broker and a real worker process: messages in, events and dead letters out."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.test import Client
+
+from cloudscale_project.celery import app
+from events.models import DeadLetter
+from tests.conftest import Actor, LiveProcess, wait_until
+from tests.events.pipeline_support import batch_kwargs, enriched_event, platform_counter, publish_raw
+
+pytestmark = [pytest.mark.e2e, pytest.mark.core]
+
+
+def send_batch(kwargs: dict[str, Any], **options: Any) -> None:
+    app.send_task("events.process_batch", kwargs=kwargs, queue=settings.QUEUE_NAME, **options)
+
+
+def listed_ids(client: Client, actor: Actor) -> list[str]:
+    response = client.get("/api/events", {"limit": 1000}, **actor.headers)
+    assert response.status_code == 200
+    return [e["event_id"] for e in response.json()["results"]]
+
+
+def test_it_stores_every_published_event_exactly_once(
+    live_worker: LiveProcess, client: Client, acme: Actor
+) -> None:
+    batches = [[enriched_event(event_type="click", properties={}) for _ in range(20)] for _ in range(5)]
+    for events in batches:
+        send_batch(batch_kwargs("acme", events))
+    expected = sorted(e["event_id"] for events in batches for e in events)
+
+    wait_until(
+        lambda: len(listed_ids(client, acme)) >= len(expected), timeout=60, message="100 stored events"
+    )
+
+    assert sorted(listed_ids(client, acme)) == expected
+    assert platform_counter("cloudscale_events_processed_total", event_type="click", outcome="stored") == 100
+    one = client.get(f"/api/events/{expected[0]}", **acme.headers)
+    assert one.status_code == 200 and one.json()["event_type"] == "click"
+
+
+def test_poison_messages_from_the_broker_become_dead_letters_and_good_events_are_stored(
+    live_worker: LiveProcess, client: Client, acme: Actor
+) -> None:
+    good = [enriched_event(), enriched_event()]
+    # 1. A batch mixing good events with a missing type, an unknown type and a non-object.
+    send_batch(
+        batch_kwargs(
+            "acme",
+            [
+                good[0],
+                {k: v for k, v in enriched_event().items() if k != "event_type"},
+                enriched_event(event_type="teleport"),
+                "just a string",
+                good[1],
+            ],
+        )
+    )
+    # 2. Bytes that are not JSON at all, with no Celery headers.
+    publish_raw(b"\x00\xffnot json {")
+    # 3. JSON that is not a task message.
+    publish_raw(b'{"event_type": "click", "user_id": "u-1"}')
+    # 4. A task name no worker knows.
+    app.send_task("events.no_such_task", kwargs={"tenant": "acme"}, queue=settings.QUEUE_NAME)
+    # 5. A content type the workers do not accept.
+    send_batch(batch_kwargs("acme", [enriched_event()]), serializer="pickle")
+    # 6. The right task name over a body that is not [args, kwargs, embed].
+    publish_raw(
+        json.dumps({"tenant": "acme"}).encode(),
+        headers={"task": "events.process_batch", "id": str(uuid.uuid4()), "lang": "py"},
+    )
+
+    wait_until(lambda: DeadLetter.objects.count() >= 8, timeout=60, message="8 dead letters")
+    wait_until(lambda: len(listed_ids(client, acme)) >= 2, timeout=30, message="the good events")
+
+    assert sorted(listed_ids(client, acme)) == sorted(e["event_id"] for e in good)
+    letters = list(DeadLetter.objects.order_by("id"))
+    assert len(letters) == 8
+    by_error = {(d.reason, d.kind, d.error) for d in letters}
+    assert ("MissingEventType", "event", "event_type is missing") in by_error
+    assert ("UnknownEventType", "event", "unknown event_type 'teleport'") in by_error
+    assert ("DeserializationFailed", "event", "event is a str, not an object") in by_error
+    raw = [d for d in letters if d.kind == "raw"]
+    assert {d.reason for d in raw} == {"DeserializationFailed"}
+    assert len(raw) == 5
+    assert any(bytes(d.payload) == b"\x00\xffnot json {" for d in raw), "kept byte-exact"
+    assert any(d.error == "not a Celery task message (no task name)" for d in raw)
+    unknown_task = next(d for d in raw if d.error == "unknown task 'events.no_such_task'")
+    assert unknown_task.tenant == "acme"
+    assert any(d.error.startswith("invalid task message: ContentDisallowed") for d in raw)
+    assert any(d.error == "task body is not [args, kwargs, embed]" for d in raw)
+    assert platform_counter("cloudscale_dead_letters_total", reason="DeserializationFailed") == 6
+
+    # The consumer survived all of it: the next good batch is still processed.
+    later = enriched_event()
+    send_batch(batch_kwargs("acme", [later]))
+    wait_until(lambda: later["event_id"] in listed_ids(client, acme), timeout=30, message="a later event")

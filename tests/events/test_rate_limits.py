@@ -1,0 +1,179 @@
+"""Rate limits: per-IP token bucket, global sliding window, trusted proxies, shared across processes."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from events import enrichment
+from events.enrichment import client_ip_from
+from events.throttling import check_rate_limits
+from tests.conftest import ROOT, child_env, wait_until
+
+NETS = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("127.0.0.1/32"))
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded_for", "expected"),
+    [
+        ("203.0.113.7", None, "203.0.113.7"),
+        ("203.0.113.7", "1.2.3.4", "203.0.113.7"),  # forged header from an untrusted peer: ignored
+        ("10.0.0.5", "1.2.3.4", "1.2.3.4"),  # trusted proxy: its client
+        ("10.0.0.5", "1.2.3.4, 10.0.0.9", "1.2.3.4"),  # right to left, skipping trusted hops
+        ("10.0.0.5", "6.6.6.6, 1.2.3.4, 10.0.0.9", "1.2.3.4"),  # a client-supplied left part is not believed
+        ("10.0.0.5", "garbage", "10.0.0.5"),
+        ("127.0.0.1", " 2001:db8::1 ", "2001:db8::1"),
+    ],
+)
+def test_client_ip_follows_the_trusted_proxy_rule(
+    peer: str, forwarded_for: str | None, expected: str
+) -> None:
+    assert client_ip_from(peer, forwarded_for, NETS) == expected
+
+
+@pytest.fixture
+def default_limits(settings: Any) -> None:
+    settings.RATE_LIMIT_PER_IP_CAPACITY = 100
+    settings.RATE_LIMIT_PER_IP_REFILL_PER_SECOND = 10.0
+    settings.RATE_LIMIT_GLOBAL_PER_MINUTE = 10_000
+
+
+def _burst(client: Client, n: int, **headers: str) -> tuple[list[int], float]:
+    started = time.monotonic()
+    statuses = [client.post("/api/events", data="{}", content_type="application/json", **headers).status_code
+                for _ in range(n)]  # fmt: skip
+    return statuses, time.monotonic() - started
+
+
+@pytest.mark.django_db
+def test_a_burst_of_150_lets_about_100_through(client: Client, default_limits: None) -> None:
+    statuses, elapsed = _burst(client, 150)
+    passed = sum(1 for s in statuses if s != 429)
+    assert 100 <= passed <= 100 + int(elapsed * 10) + 1
+    limited = client.post("/api/events", data="{}", content_type="application/json")
+    if limited.status_code == 429:
+        assert int(limited["Retry-After"]) >= 1
+
+
+@pytest.mark.django_db
+def test_a_forged_forwarded_for_from_an_untrusted_peer_gets_no_fresh_bucket(
+    client: Client, default_limits: None
+) -> None:
+    _burst(client, 110)
+    statuses, _ = _burst(client, 5, HTTP_X_FORWARDED_FOR="198.51.100.1")
+    assert statuses.count(429) >= 4
+
+
+@pytest.mark.django_db
+def test_a_trusted_proxys_forwarded_for_is_honoured(
+    client: Client, default_limits: None, settings: Any
+) -> None:
+    settings.TRUSTED_PROXIES = ["127.0.0.0/8"]
+    enrichment.trusted_proxies.cache_clear()
+    try:
+        first, _ = _burst(client, 105, HTTP_X_FORWARDED_FOR="198.51.100.1")
+        second, _ = _burst(client, 5, HTTP_X_FORWARDED_FOR="198.51.100.2")
+    finally:
+        enrichment.trusted_proxies.cache_clear()
+    assert first.count(429) >= 4
+    assert second.count(429) == 0
+
+
+def test_the_global_window_limits_all_addresses_together(settings: Any) -> None:
+    settings.RATE_LIMIT_PER_IP_CAPACITY = 1000
+    settings.RATE_LIMIT_GLOBAL_PER_MINUTE = 20
+    decisions = [check_rate_limits(ip=f"192.0.2.{i}") for i in range(25)]
+    assert sum(d.allowed for d in decisions) == 20
+    refused = [d for d in decisions if not d.allowed]
+    assert {d.limited_by for d in refused} == {"global"}
+    assert all(1 <= d.retry_after_seconds <= 60 for d in refused)
+
+
+def test_a_refused_request_does_not_drain_the_ip_bucket(settings: Any) -> None:
+    settings.RATE_LIMIT_PER_IP_CAPACITY = 5
+    settings.RATE_LIMIT_GLOBAL_PER_MINUTE = 2
+    assert [check_rate_limits(ip="192.0.2.1").allowed for _ in range(3)] == [True, True, False]
+    assert check_rate_limits(ip="192.0.2.1").remaining == 3
+
+
+def test_the_tenant_quota_counts_events(settings: Any) -> None:
+    settings.RATE_LIMIT_TENANT_EVENTS_PER_SECOND = 10
+    assert check_rate_limits(ip="192.0.2.1", tenant="acme", events=8).allowed
+    refused = check_rate_limits(ip="192.0.2.1", tenant="acme", events=8)
+    assert not refused.allowed and refused.limited_by == "tenant"
+    assert check_rate_limits(ip="192.0.2.1", tenant="globex", events=8).allowed
+
+
+# --- two real API processes share one bucket --------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _status(url: str) -> int:
+    request = urllib.request.Request(url, data=b"{}", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+@pytest.fixture
+def two_api_processes(transactional_db: None, tmp_path: Path) -> Iterator[list[str]]:
+    env = child_env(
+        CLOUDSCALE_RATE_LIMIT_PER_IP_CAPACITY="100",
+        CLOUDSCALE_RATE_LIMIT_PER_IP_REFILL="10",
+        CLOUDSCALE_RATE_LIMIT_GLOBAL_PER_MINUTE="10000",
+    )
+    processes, urls = [], []
+    for i in range(2):
+        port = _free_port()
+        log = (tmp_path / f"api{i}.log").open("wb")
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "cloudscale_project.wsgi:application", "--config",
+             str(ROOT / "deploy" / "gunicorn.conf.py"), "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        ))  # fmt: skip
+        urls.append(f"http://127.0.0.1:{port}")
+    try:
+        for url in urls:
+            wait_until(lambda u=url: _healthy(u), timeout=60, message=f"{url} up")
+        yield urls
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=20)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:
+            return int(response.status) == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.e2e
+def test_two_api_processes_share_the_same_bucket(two_api_processes: list[str]) -> None:
+    started = time.monotonic()
+    statuses = [_status(f"{two_api_processes[i % 2]}/api/events") for i in range(150)]
+    elapsed = time.monotonic() - started
+    passed = sum(1 for s in statuses if s != 429)
+    assert 100 <= passed <= 100 + int(elapsed * 10) + 1, (passed, elapsed)
+    assert statuses.count(429) >= 150 - 100 - int(elapsed * 10) - 1

@@ -1,0 +1,253 @@
+"""The event-store contract: every adapter (ORM, Cosmos DB) passes these same tests unchanged."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from cloudscale_project.timeutil import isoformat_z, parse_iso
+from events.stores.base import EventStore, InvalidCursor, encode_cursor, public_view
+
+pytestmark = pytest.mark.filterwarnings("ignore:Unverified HTTPS request")
+
+SEP = datetime(2026, 9, 20, 8, 0, tzinfo=UTC)
+OCT = datetime(2026, 10, 15, 12, 0, tzinfo=UTC)
+NOV = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+
+
+def make_event(
+    *,
+    tenant: str = "acme",
+    timestamp: datetime = NOV,
+    received_at: datetime | None = None,
+    event_id: str | None = None,
+    event_type: str = "click",
+    user_id: str = "u-1",
+    **extra: Any,
+) -> dict[str, Any]:
+    """An enriched event as the worker hands it to the store (CONTRACT section 4, plus tenant)."""
+    event: dict[str, Any] = {
+        "event_id": event_id or str(uuid.uuid4()),
+        "event_type": event_type,
+        "user_id": user_id,
+        "session_id": "s-1",
+        "properties": {"url": "https://shop.example/p/1", "nested": {"depth": [1, 2]}},
+        "timestamp": isoformat_z(timestamp),
+        "client_timestamp": isoformat_z(timestamp - timedelta(seconds=2)),
+        "sent_at": isoformat_z(timestamp),
+        "received_at": isoformat_z(received_at or timestamp),
+        "skew_corrected": True,
+        "timestamp_clamped": False,
+        "ip": "203.0.113.7",
+        "user_agent": "pytest/1.0",
+        "correlation_id": str(uuid.uuid4()),
+        "tenant": tenant,
+    }
+    event.update(extra)
+    return event
+
+
+def ids(events: list[dict[str, Any]]) -> list[str]:
+    return [event["event_id"] for event in events]
+
+
+def newest_first(events: list[dict[str, Any]]) -> list[str]:
+    return ids(sorted(events, key=lambda e: (e["timestamp"], e["event_id"]), reverse=True))
+
+
+def read_all(store: EventStore, *, limit: int, **filters: Any) -> tuple[list[str], int]:
+    """Every page of a query: (the ids in order, how many pages)."""
+    collected: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = store.query(tenant=filters.pop("tenant", "acme"), limit=limit, cursor=cursor, **filters)
+        pages += 1
+        assert len(page.results) <= limit
+        collected += ids(page.results)
+        cursor = page.next_cursor
+        if cursor is None:
+            return collected, pages
+        assert pages < 50, "the cursor does not advance"
+
+
+# The django_db mark (not only the `db` fixture) tells pytest-django at collection time that the run
+# needs the test database.
+@pytest.fixture(params=[pytest.param("orm", marks=[pytest.mark.core, pytest.mark.django_db]), "cosmos"])
+def store(request: pytest.FixtureRequest) -> EventStore:
+    if request.param == "orm":
+        from events.stores.orm import OrmEventStore
+
+        return OrmEventStore()
+    return request.getfixturevalue("cosmos_server").store()
+
+
+def test_it_stores_each_event_once_and_reports_only_new_ids(store: EventStore) -> None:
+    batch = [make_event(), make_event(), make_event(timestamp=OCT)]
+
+    assert store.write_many(batch) == set(ids(batch))
+
+    late = make_event()
+    assert store.write_many([*batch, late]) == {late["event_id"]}
+    assert store.write_many(batch) == set()
+    stored, _ = read_all(store, limit=100)
+    assert sorted(stored) == sorted(ids([*batch, late]))
+
+
+def test_it_writes_nothing_for_an_empty_batch(store: EventStore) -> None:
+    assert store.write_many([]) == set()
+    assert store.query(tenant="acme").results == []
+
+
+def test_it_counts_an_event_repeated_within_one_batch_once(store: EventStore) -> None:
+    event = make_event()
+
+    assert store.write_many([event, dict(event)]) == {event["event_id"]}
+    assert ids(store.query(tenant="acme").results) == [event["event_id"]]
+
+
+def test_it_reads_back_the_stored_event_as_written(store: EventStore) -> None:
+    event = make_event(timestamp=OCT, received_at=NOV, event_type="purchase", user_id="u-42")
+    store.write_many([event])
+
+    stored = store.get(tenant="acme", event_id=event["event_id"])
+
+    assert stored is not None
+    assert public_view(stored) == public_view(event)
+    assert stored["tenant"] == "acme"
+    assert store.get(tenant="acme", event_id="never-sent") is None
+
+
+def test_it_keeps_tenants_apart(store: EventStore) -> None:
+    acme = make_event(tenant="acme")
+    globex = make_event(tenant="globex", event_id=acme["event_id"], user_id="g-1")
+
+    assert store.write_many([acme]) == {acme["event_id"]}
+    assert store.get(tenant="globex", event_id=acme["event_id"]) is None
+    assert store.query(tenant="globex").results == []
+
+    # The same event id in another tenant is another event.
+    assert store.write_many([globex]) == {globex["event_id"]}
+    acme_copy, globex_copy = (store.get(tenant=t, event_id=acme["event_id"]) for t in ("acme", "globex"))
+    assert acme_copy is not None and acme_copy["user_id"] == "u-1"
+    assert globex_copy is not None and globex_copy["user_id"] == "g-1"
+
+
+def test_it_pages_newest_first_with_a_cursor(store: EventStore) -> None:
+    # Two pairs share a timestamp: ties are broken by event id, so no page repeats or skips one.
+    times = [NOV, NOV, NOV - timedelta(minutes=1), NOV - timedelta(minutes=2), NOV - timedelta(minutes=2)]
+    events = [make_event(timestamp=t) for t in [*times, NOV - timedelta(hours=5), NOV - timedelta(days=3)]]
+    store.write_many(events)
+
+    first = store.query(tenant="acme", limit=3)
+    assert ids(first.results) == newest_first(events)[:3]
+    assert first.next_cursor is not None
+
+    everything, pages = read_all(store, limit=3)
+    assert everything == newest_first(events)
+    assert pages == 3
+
+
+def test_it_ends_with_no_cursor_when_the_last_page_is_full(store: EventStore) -> None:
+    events = [make_event(timestamp=NOV - timedelta(minutes=i)) for i in range(4)]
+    store.write_many(events)
+
+    page = store.query(tenant="acme", limit=4)
+
+    assert ids(page.results) == newest_first(events)
+    assert page.next_cursor is None
+
+
+def test_it_carries_the_cursor_across_months(store: EventStore) -> None:
+    # Newest first across three month partitions, with pages that end inside and at month edges.
+    events = [
+        make_event(timestamp=NOV),
+        make_event(timestamp=NOV - timedelta(days=20)),  # 2026-11-06
+        make_event(timestamp=OCT + timedelta(days=10)),
+        make_event(timestamp=OCT),
+        make_event(timestamp=OCT - timedelta(days=14)),  # 2026-10-01
+        make_event(timestamp=SEP),
+        make_event(timestamp=SEP - timedelta(days=300)),  # a back-dated event, 2025
+    ]
+    store.write_many(events)
+
+    for limit in (1, 2, 3, 4):
+        everything, _ = read_all(store, limit=limit)
+        assert everything == newest_first(events), f"limit={limit}"
+
+    until = OCT + timedelta(days=1)
+    in_range, _ = read_all(store, limit=2, since=SEP, until=until)
+    assert in_range == newest_first([e for e in events if SEP <= parse_iso(e["timestamp"]) < until])
+    assert len(in_range) == 3
+
+
+def test_it_filters_by_type_user_and_time_range(store: EventStore) -> None:
+    purchase = make_event(event_type="purchase", timestamp=NOV - timedelta(hours=1))
+    other_user = make_event(user_id="u-2", timestamp=NOV - timedelta(hours=2))
+    at_since = make_event(timestamp=NOV - timedelta(hours=3))
+    before = make_event(timestamp=NOV - timedelta(hours=4))
+    at_until = make_event(timestamp=NOV)
+    store.write_many([purchase, other_user, at_since, before, at_until])
+
+    def query(**filters: Any) -> list[str]:
+        return ids(store.query(tenant="acme", **filters).results)
+
+    assert query(event_type="purchase") == [purchase["event_id"]]
+    assert query(user_id="u-2") == [other_user["event_id"]]
+    # since is inclusive, until exclusive.
+    window = {"since": NOV - timedelta(hours=3), "until": NOV}
+    assert query(**window) == ids([purchase, other_user, at_since])
+    assert query(event_type="click", user_id="u-1", **window) == [at_since["event_id"]]
+    assert query(since=NOV) == [at_until["event_id"]]
+    assert query(until=NOV - timedelta(hours=3)) == [before["event_id"]]
+    assert query(event_type="signup") == []
+
+
+def test_it_continues_a_filtered_query_with_its_cursor(store: EventStore) -> None:
+    clicks = [make_event(timestamp=OCT - timedelta(days=i)) for i in range(0, 40, 8)]
+    store.write_many([*clicks, make_event(event_type="search", timestamp=OCT - timedelta(days=9))])
+
+    everything, pages = read_all(store, limit=2, event_type="click")
+
+    assert everything == newest_first(clicks)
+    assert pages == 3
+
+
+def test_it_refuses_a_cursor_it_did_not_issue(store: EventStore) -> None:
+    with pytest.raises(InvalidCursor):
+        store.query(tenant="acme", cursor="not-a-cursor")
+    with pytest.raises(ValueError):
+        store.query(tenant="acme", cursor=encode_cursor("yesterday", "e-1"))
+
+
+def test_it_counts_stored_events_per_hour_of_arrival(store: EventStore) -> None:
+    hour = datetime(2026, 11, 30, 22, 0, tzinfo=UTC)
+    arrivals = [
+        # received in the first hour: on time, back-dated by months, and 23 h in the future
+        # (the latest a timestamp can be: it lands in the next month's partition)
+        make_event(timestamp=hour + timedelta(minutes=5), received_at=hour + timedelta(minutes=5)),
+        make_event(timestamp=SEP, received_at=hour + timedelta(minutes=59, seconds=59)),
+        make_event(
+            timestamp=hour + timedelta(hours=23, minutes=30), received_at=hour + timedelta(minutes=30)
+        ),
+        # the second hour
+        make_event(timestamp=hour + timedelta(minutes=70), received_at=hour + timedelta(minutes=70)),
+        # outside the range, and another tenant
+        make_event(timestamp=hour - timedelta(minutes=1), received_at=hour - timedelta(minutes=1)),
+        make_event(timestamp=hour + timedelta(hours=2), received_at=hour + timedelta(hours=2)),
+        make_event(tenant="globex", timestamp=hour, received_at=hour),
+    ]
+    store.write_many(arrivals)
+
+    counts = store.count_stored_by_hour(tenant="acme", since=hour, until=hour + timedelta(hours=2))
+
+    assert counts == {hour: 3, hour + timedelta(hours=1): 1}
+    assert store.count_stored_by_hour(tenant="acme", since=hour, until=hour + timedelta(hours=1)) == {hour: 3}
+    assert store.count_stored_by_hour(tenant="initech", since=hour, until=hour + timedelta(hours=2)) == {}
+
+
+def test_it_answers_ping(store: EventStore) -> None:
+    store.ping()

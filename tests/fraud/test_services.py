@@ -1,0 +1,176 @@
+"""The fraud step against the real shared state (Redis) and database."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+
+from cloudscale_project.timeutil import isoformat_z
+from events.models import Tenant
+from fraud.models import FraudAlert, FraudRuleSetting
+from fraud.rules import Rule
+from fraud.services import fraud_evaluate_batch
+
+pytestmark = [pytest.mark.django_db, pytest.mark.core]
+
+# The start of a 10-minute (and of a 5-minute and a 1-minute) bucket.
+T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+
+
+def event(event_type: str, *, user: str = "u1", at: datetime = T0, ip: str = "203.0.113.7",
+          event_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+    return {
+        "event_id": event_id or str(uuid.uuid4()),
+        "event_type": event_type,
+        "user_id": user,
+        "session_id": None,
+        "properties": {},
+        "timestamp": isoformat_z(at),
+        "ip": ip,
+        "tenant": "acme",
+    }
+
+
+def burst(
+    event_type: str, n: int, *, step: timedelta = timedelta(seconds=1), **kwargs: Any
+) -> list[dict[str, Any]]:
+    return [event(event_type, at=T0 + i * step, **kwargs) for i in range(n)]
+
+
+def alerts(tenant: str = "acme") -> list[tuple[str, str, datetime]]:
+    return sorted(FraudAlert.objects.filter(tenant=tenant).values_list("rule", "subject", "window_start"))
+
+
+def fraud_metric(state_redis: redis.Redis) -> dict[str, int]:
+    raw = state_redis.hgetall("metrics:counter:cloudscale_fraud_detected_total")
+    return {json.loads(k)["event_type"]: int(v) for k, v in raw.items()}
+
+
+def test_it_raises_a_purchase_alert_on_the_fourth_purchase_in_ten_minutes(state_redis: redis.Redis) -> None:
+    purchases = burst("purchase", 4, step=timedelta(minutes=3))
+    fraud_evaluate_batch(tenant="acme", events=purchases[:3])
+    assert alerts() == []
+    fraud_evaluate_batch(tenant="acme", events=purchases[3:])
+    assert alerts() == [("purchase_velocity", "u1", T0)]
+    alert = FraudAlert.objects.get()
+    assert alert.event_count == 4 and alert.threshold == 3 and alert.user_id == "u1"
+    assert alert.event_ids == [e["event_id"] for e in purchases]
+    assert fraud_metric(state_redis) == {"purchase": 1}
+
+
+def test_it_raises_a_login_alert_on_the_sixth_failure_in_five_minutes() -> None:
+    failures = burst("login_failed", 6, step=timedelta(seconds=50))
+    fraud_evaluate_batch(tenant="acme", events=failures[:5])
+    assert alerts() == []
+    fraud_evaluate_batch(tenant="acme", events=failures[5:])
+    assert alerts() == [("login_failed_velocity", "u1", T0)]
+
+
+def test_it_raises_an_ip_alert_on_the_eleventh_user_from_one_ip_in_ten_minutes() -> None:
+    views = [event("page_view", user=f"user-{i}", at=T0 + timedelta(seconds=30 * i)) for i in range(11)]
+    fraud_evaluate_batch(tenant="acme", events=views[:10])
+    fraud_evaluate_batch(tenant="acme", events=views[:10])  # the same users again: still 10
+    assert alerts() == []
+    fraud_evaluate_batch(tenant="acme", events=views[10:])
+    assert alerts() == [("ip_distinct_users", "203.0.113.7", T0)]
+
+
+def test_it_raises_a_rate_alert_on_the_301st_event_of_a_user_in_a_minute(state_redis: redis.Redis) -> None:
+    clicks = burst("click", 301, step=timedelta(milliseconds=150))
+    fraud_evaluate_batch(tenant="acme", events=clicks[:300])
+    assert alerts() == []
+    fraud_evaluate_batch(tenant="acme", events=clicks[300:])
+    assert alerts() == [("user_event_rate", "u1", T0)]
+    assert fraud_metric(state_redis) == {"click": 1}
+
+
+def test_it_creates_no_new_alert_when_a_batch_is_replayed(state_redis: redis.Redis) -> None:
+    batch = burst("purchase", 5)
+    fraud_evaluate_batch(tenant="acme", events=batch)
+    first = list(FraudAlert.objects.values_list("pk", flat=True))
+    fraud_evaluate_batch(tenant="acme", events=batch)
+    fraud_evaluate_batch(tenant="acme", events=list(reversed(batch)))
+    assert list(FraudAlert.objects.values_list("pk", flat=True)) == first == [first[0]]
+    assert fraud_metric(state_redis) == {"purchase": 1}
+
+
+def test_it_counts_a_redelivered_event_once() -> None:
+    purchases = burst("purchase", 3)
+    fraud_evaluate_batch(tenant="acme", events=purchases)
+    fraud_evaluate_batch(tenant="acme", events=[purchases[0]])  # broker redelivery of one event
+    fraud_evaluate_batch(tenant="acme", events=[dict(purchases[1])] * 2)  # a repeat inside a batch
+    assert alerts() == []
+
+
+def test_it_gives_the_same_alerts_for_events_out_of_order(state_redis: redis.Redis) -> None:
+    """Later timestamps first, in small batches, gives exactly the alerts of the ordered stream."""
+    stream = (
+        burst("purchase", 9, step=timedelta(minutes=2), user="buyer")
+        + burst("login_failed", 14, step=timedelta(seconds=40), user="guesser")
+        + [
+            event("page_view", user=f"v{i}", at=T0 + timedelta(seconds=45 * i), ip="198.51.100.1")
+            for i in range(25)
+        ]
+    )
+    fraud_evaluate_batch(tenant="acme", events=sorted(stream, key=lambda e: e["timestamp"]))
+    in_order = alerts()
+    assert {rule for rule, _, _ in in_order} == {
+        "purchase_velocity",
+        "login_failed_velocity",
+        "ip_distinct_users",
+    }
+
+    FraudAlert.objects.all().delete()
+    state_redis.flushdb()
+    newest_first = sorted(stream, key=lambda e: e["timestamp"], reverse=True)
+    for start in range(0, len(newest_first), 4):
+        fraud_evaluate_batch(tenant="acme", events=newest_first[start : start + 4])
+    assert alerts() == in_order
+
+
+def test_it_ignores_events_spread_wider_than_the_window() -> None:
+    fraud_evaluate_batch(tenant="acme", events=burst("purchase", 12, step=timedelta(minutes=4)))
+    assert alerts() == []
+
+
+def test_it_keeps_tenants_apart() -> None:
+    fraud_evaluate_batch(tenant="acme", events=burst("purchase", 2))
+    fraud_evaluate_batch(tenant="globex", events=burst("purchase", 2))
+    assert alerts("acme") == alerts("globex") == []
+    fraud_evaluate_batch(tenant="globex", events=burst("purchase", 2))
+    assert alerts("acme") == [] and len(alerts("globex")) == 1
+
+
+def test_it_uses_the_tenant_s_threshold_and_window_from_admin(acme: Any, globex: Any) -> None:
+    tenant = Tenant.objects.get(slug="acme")
+    FraudRuleSetting.objects.create(
+        tenant=tenant, rule=Rule.PURCHASE_VELOCITY, threshold=1, window_seconds=60
+    )
+    FraudRuleSetting.objects.create(
+        tenant=tenant, rule=Rule.LOGIN_FAILED_VELOCITY, threshold=5, window_seconds=300, enabled=False
+    )
+    fraud_evaluate_batch(tenant="acme", events=burst("purchase", 2, step=timedelta(seconds=30)))
+    fraud_evaluate_batch(tenant="acme", events=burst("login_failed", 20, user="u2"))
+    fraud_evaluate_batch(tenant="globex", events=burst("purchase", 2, step=timedelta(seconds=30)))
+    assert alerts("acme") == [("purchase_velocity", "u1", T0)]
+    assert FraudAlert.objects.get(tenant="acme").window_seconds == 60
+    assert alerts("globex") == []  # globex keeps the default of 3
+
+
+def test_it_raises_one_alert_per_window_bucket_for_a_long_burst() -> None:
+    # 40 purchases, one every 30 s, for 20 minutes: hits in buckets 10:00 and 10:10 only.
+    fraud_evaluate_batch(tenant="acme", events=burst("purchase", 40, step=timedelta(seconds=30)))
+    assert [start for _, _, start in alerts()] == [T0, T0 + timedelta(minutes=10)]
+
+
+def test_it_keeps_the_window_state_bounded(state_redis: redis.Redis) -> None:
+    fraud_evaluate_batch(tenant="acme", events=burst("click", 10, step=timedelta(hours=1)))
+    key = "fraud:acme:user_event_rate:u1"
+    # Only what the newest event's window plus the lateness allowance (1 h) can still need.
+    assert state_redis.zcard(key) <= 3
+    assert 0 < state_redis.ttl(key) <= 60 + 3600

@@ -25,7 +25,12 @@ BATCH = [
         "user_id": f"u-{i % 50}",
         "session_id": "s-1",
         "timestamp": "2026-11-26T10:00:00Z",
-        "properties": {"order_id": f"o-{i}", "amount": 59.9, "currency": "EUR", "items": [{"sku": "a", "qty": 1}]},
+        "properties": {
+            "order_id": f"o-{i}",
+            "amount": 59.9,
+            "currency": "EUR",
+            "items": [{"sku": "a", "qty": 1}],
+        },
     }
     for i in range(500)
 ]

@@ -176,7 +176,9 @@ class EventBatchView(APIView):
                 f"a batch may hold at most {settings.MAX_BATCH_EVENTS} events, got {len(events)}",
                 [ErrorDetail("events", f"more than {settings.MAX_BATCH_EVENTS} events")],
             )
-        receipts = ingest_events(raw_events=events, context=_context(request, tenant_of(request)), body_bytes=size)
+        receipts = ingest_events(
+            raw_events=events, context=_context(request, tenant_of(request)), body_bytes=size
+        )
         rejected = [{"index": i, "errors": [d.as_dict() for d in errors]} for i, errors in receipts.rejected]
         if not receipts.accepted and not receipts.duplicates:
             body = ValidationFailed("No event of the batch is valid.")

@@ -16,7 +16,9 @@ from events.schemas import event_json_schema
 _PLACEHOLDERS = {"EventIn", "EventInRequest", "BatchEventIn", "BatchEventInRequest"}
 
 
-def use_pydantic_event_schema(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+def use_pydantic_event_schema(
+    result: dict[str, Any], generator: Any, request: Any, public: bool
+) -> dict[str, Any]:
     schemas = result.setdefault("components", {}).setdefault("schemas", {})
     event_schema, definitions = event_json_schema()
     for name in _PLACEHOLDERS & set(schemas):

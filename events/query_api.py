@@ -95,7 +95,9 @@ class EventListView(APIView):
         },
     )
     def get(self, request: Request) -> Response:
-        filters = EventFilterSerializer(data=request.query_params.dict())  # dict: "?user_id=" is blank, not absent
+        filters = EventFilterSerializer(
+            data=request.query_params.dict()
+        )  # dict: "?user_id=" is blank, not absent
         if not filters.is_valid():
             raise ValidationFailed(
                 "Invalid query parameters.",

@@ -91,9 +91,17 @@ class EventIn(BaseModel):
     event_type: str
     user_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     session_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
-    timestamp: Annotated[str, StringConstraints(max_length=64), Field(json_schema_extra={"format": "date-time"})] | None = None
-    sent_at: Annotated[str, StringConstraints(max_length=64), Field(json_schema_extra={"format": "date-time"})] | None = None
-    properties: dict[str, Any] = Field(default_factory=dict, json_schema_extra={"maxProperties": MAX_PROPERTY_KEYS})
+    timestamp: (
+        Annotated[str, StringConstraints(max_length=64), Field(json_schema_extra={"format": "date-time"})]
+        | None
+    ) = None
+    sent_at: (
+        Annotated[str, StringConstraints(max_length=64), Field(json_schema_extra={"format": "date-time"})]
+        | None
+    ) = None
+    properties: dict[str, Any] = Field(
+        default_factory=dict, json_schema_extra={"maxProperties": MAX_PROPERTY_KEYS}
+    )
 
     @field_validator("event_type")
     @classmethod
@@ -172,7 +180,7 @@ def _documented_event_model(event_type: str, properties: type[_Properties] | Non
     fields: dict[str, Any] = {
         name: (info.annotation, info) for name, info in EventIn.model_fields.items() if name != "event_type"
     }
-    fields["event_type"] = (Literal[event_type], ...)  # type: ignore[valid-type]
+    fields["event_type"] = (Literal[event_type], ...)
     if properties is not None:
         fields["properties"] = (properties, ...)
     name = "".join(part.title() for part in event_type.split("_")) + "Event"
@@ -183,6 +191,7 @@ def event_json_schema(ref_prefix: str = "#/components/schemas/") -> tuple[dict[s
     """(schema of one event, definitions it refers to) for the OpenAPI document."""
     models = [_documented_event_model(t, m) for t, m in PROPERTY_MODELS.items()]
     union = Annotated[Union[tuple(models)], Field(discriminator="event_type")]  # type: ignore[valid-type]  # noqa: UP007
-    schema = TypeAdapter(union).json_schema(ref_template=ref_prefix + "{model}", mode="validation")
+    adapter: TypeAdapter[Any] = TypeAdapter(union)  # type: ignore[arg-type]
+    schema = adapter.json_schema(ref_template=ref_prefix + "{model}", mode="validation")
     definitions = schema.pop("$defs", {})
     return schema, definitions

@@ -10,7 +10,6 @@ from fraud.api import FraudAlertListView
 from scoring.api import UserScoreView
 
 
-
 class EventsView(EventIngestView, EventListView):
     """/api/events: POST sends one event (events.api), GET lists stored ones (events.query_api)."""
 

@@ -51,7 +51,9 @@ class FraudAlertListView(APIView):
         },
     )
     def get(self, request: Request) -> Response:
-        params = self.InputSerializer(data=request.query_params.dict())  # dict: "?user_id=" is blank, not absent
+        params = self.InputSerializer(
+            data=request.query_params.dict()
+        )  # dict: "?user_id=" is blank, not absent
         params.is_valid(raise_exception=True)
         alerts = fraud_alert_list(tenant=tenant_of(request).slug, **params.validated_data)
         return Response({"results": self.OutputSerializer(alerts, many=True).data})

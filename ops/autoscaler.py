@@ -124,7 +124,7 @@ class TargetAutoscaler(Autoscaler):  # type: ignore[misc]
         if moments and monotonic() - max(moments) > self.idle_seconds:
             self._shrink(n)
 
-    def update(self, max: int | None = None, min: int | None = None) -> tuple[int, int]:  # noqa: A002
+    def update(self, max: int | None = None, min: int | None = None) -> tuple[int, int]:
         """Remote control `autoscale` (the broadcast extra): `max` is a target, like the shared one."""
         with self.mutex:
             if min is not None:
@@ -142,4 +142,3 @@ class TargetAutoscaler(Autoscaler):  # type: ignore[misc]
         details: dict[str, Any] = super().info()
         details.update(target=self.target, ceiling=self.ceiling, floor=self.floor)
         return details
-

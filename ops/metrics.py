@@ -126,7 +126,11 @@ def platform_remove_labeled_gauges(name: str, *, labels: Mapping[str, str] | Non
         client = _redis()
         fields = [_field(labels)] if labels is not None else []
         if below is not None:
-            fields += [f for f, v in client.hgetall(key).items() if float(v) < below]
+            fields += [
+                f.decode() if isinstance(f, bytes) else str(f)
+                for f, v in client.hgetall(key).items()
+                if float(v) < below
+            ]
         return int(client.hdel(key, *fields)) if fields else 0
     except redis.RedisError:
         logger.warning("could not prune gauge %s", name, exc_info=True)
@@ -150,7 +154,11 @@ class PlatformCollector(Collector):
             logger.warning("platform metrics unavailable", exc_info=True)
             return
         n_counters = len(PLATFORM_COUNTERS)
-        counters, gauges, labeled_gauges = results[:n_counters], results[n_counters], results[n_counters + 1 :]
+        counters, gauges, labeled_gauges = (
+            results[:n_counters],
+            results[n_counters],
+            results[n_counters + 1 :],
+        )
         for (name, (help_text, label_names)), values in zip(PLATFORM_COUNTERS.items(), counters, strict=True):
             family = CounterMetricFamily(name.removesuffix("_total"), help_text, labels=list(label_names))
             for raw_labels, raw_value in values.items():

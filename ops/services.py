@@ -61,7 +61,9 @@ def concurrency_target_get() -> int | None:
 
 def _last_recorded_target() -> int | None:
     """After a loss of shared state, the database history remembers the target in force."""
-    last = ConcurrencyChange.objects.order_by("-changed_at", "-id").values_list("new_target", flat=True).first()
+    last = (
+        ConcurrencyChange.objects.order_by("-changed_at", "-id").values_list("new_target", flat=True).first()
+    )
     return int(last) if last is not None else None
 
 

@@ -4,37 +4,93 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('events', '0001_initial'),
+        ("events", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='DeadLetter',
+            name="DeadLetter",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('tenant', models.CharField(blank=True, default='', help_text='Empty when unknown.', max_length=64)),
-                ('reason', models.CharField(choices=[('DeserializationFailed', 'Deserialization Failed'), ('MissingEventType', 'Missing Event Type'), ('UnknownEventType', 'Unknown Event Type'), ('MaxRetriesExceeded', 'Max Retries Exceeded')], max_length=32)),
-                ('kind', models.CharField(choices=[('event', 'one event of a batch'), ('batch', 'a process_batch message with unusable arguments'), ('raw', 'a broker message Celery could not decode')], default='event', max_length=8)),
-                ('payload', models.BinaryField(help_text="The payload exactly as received (the event's JSON for events).")),
-                ('content_type', models.CharField(blank=True, default='', max_length=128)),
-                ('content_encoding', models.CharField(blank=True, default='', max_length=64)),
-                ('headers', models.JSONField(blank=True, default=dict, help_text='Broker message headers of raw messages.')),
-                ('error', models.TextField(blank=True, default='')),
-                ('attempts', models.PositiveIntegerField(default=1)),
-                ('correlation_id', models.CharField(blank=True, default='', max_length=64)),
-                ('event_id', models.CharField(blank=True, max_length=128, null=True)),
-                ('received_at', models.DateTimeField(blank=True, help_text="The event's arrival at the API.", null=True)),
-                ('fingerprint', models.CharField(max_length=64, unique=True)),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('requeued', 'Requeued'), ('discarded', 'Discarded')], default='pending', max_length=16)),
-                ('first_seen', models.DateTimeField()),
-                ('last_seen', models.DateTimeField()),
-                ('status_changed_at', models.DateTimeField(blank=True, null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "tenant",
+                    models.CharField(blank=True, default="", help_text="Empty when unknown.", max_length=64),
+                ),
+                (
+                    "reason",
+                    models.CharField(
+                        choices=[
+                            ("DeserializationFailed", "Deserialization Failed"),
+                            ("MissingEventType", "Missing Event Type"),
+                            ("UnknownEventType", "Unknown Event Type"),
+                            ("MaxRetriesExceeded", "Max Retries Exceeded"),
+                        ],
+                        max_length=32,
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("event", "one event of a batch"),
+                            ("batch", "a process_batch message with unusable arguments"),
+                            ("raw", "a broker message Celery could not decode"),
+                        ],
+                        default="event",
+                        max_length=8,
+                    ),
+                ),
+                (
+                    "payload",
+                    models.BinaryField(
+                        help_text="The payload exactly as received (the event's JSON for events)."
+                    ),
+                ),
+                ("content_type", models.CharField(blank=True, default="", max_length=128)),
+                ("content_encoding", models.CharField(blank=True, default="", max_length=64)),
+                (
+                    "headers",
+                    models.JSONField(
+                        blank=True, default=dict, help_text="Broker message headers of raw messages."
+                    ),
+                ),
+                ("error", models.TextField(blank=True, default="")),
+                ("attempts", models.PositiveIntegerField(default=1)),
+                ("correlation_id", models.CharField(blank=True, default="", max_length=64)),
+                ("event_id", models.CharField(blank=True, max_length=128, null=True)),
+                (
+                    "received_at",
+                    models.DateTimeField(blank=True, help_text="The event's arrival at the API.", null=True),
+                ),
+                ("fingerprint", models.CharField(max_length=64, unique=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("requeued", "Requeued"),
+                            ("discarded", "Discarded"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("first_seen", models.DateTimeField()),
+                ("last_seen", models.DateTimeField()),
+                ("status_changed_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'ordering': ['-last_seen', '-id'],
-                'indexes': [models.Index(fields=['status', 'reason'], name='deadletter_status_reason'), models.Index(fields=['tenant', 'received_at'], name='deadletter_tenant_received')],
+                "ordering": ["-last_seen", "-id"],
+                "indexes": [
+                    models.Index(fields=["status", "reason"], name="deadletter_status_reason"),
+                    models.Index(fields=["tenant", "received_at"], name="deadletter_tenant_received"),
+                ],
             },
         ),
     ]

@@ -4,26 +4,43 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='ConcurrencyChange',
+            name="ConcurrencyChange",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('changed_at', models.DateTimeField(db_index=True)),
-                ('queue_depth', models.PositiveBigIntegerField(help_text='Messages waiting when the change was decided.')),
-                ('old_target', models.PositiveIntegerField(blank=True, help_text='Empty for the first target.', null=True)),
-                ('new_target', models.PositiveIntegerField()),
-                ('reason', models.CharField(max_length=200)),
-                ('broadcast', models.BooleanField(default=False, help_text='Also sent to workers by remote control (not on Service Bus).')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("changed_at", models.DateTimeField(db_index=True)),
+                (
+                    "queue_depth",
+                    models.PositiveBigIntegerField(help_text="Messages waiting when the change was decided."),
+                ),
+                (
+                    "old_target",
+                    models.PositiveIntegerField(
+                        blank=True, help_text="Empty for the first target.", null=True
+                    ),
+                ),
+                ("new_target", models.PositiveIntegerField()),
+                ("reason", models.CharField(max_length=200)),
+                (
+                    "broadcast",
+                    models.BooleanField(
+                        default=False,
+                        help_text="Also sent to workers by remote control (not on Service Bus).",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-changed_at', '-id'],
+                "ordering": ["-changed_at", "-id"],
             },
         ),
     ]

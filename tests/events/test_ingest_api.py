@@ -70,7 +70,7 @@ def test_it_accepts_an_event_and_publishes_it_enriched(client: Client, acme: Act
     uuid.UUID(body["event_id"])
 
     [message] = queued_messages()
-    args, kwargs, _ = message
+    _args, kwargs, _ = message
     [event] = kwargs["events"]
     assert kwargs["tenant"] == "acme" and kwargs["correlation_id"] == body["correlation_id"]
     assert event["event_id"] == body["event_id"]

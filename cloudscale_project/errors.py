@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +127,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, ApplicationError):
         body = error_body(exc.code, exc.message, [d.as_dict() for d in exc.details])
         return Response(body, status=exc.status, headers=exc.headers)
+    from events.stores.base import StoreUnavailable
+
+    if isinstance(exc, StoreUnavailable):
+        retry_after = max(1, math.ceil(exc.retry_after or 1))
+        body = error_body("store_unavailable", "The event store is unavailable; retry later.")
+        return Response(body, status=503, headers={"Retry-After": str(retry_after)})
     if isinstance(exc, Http404):
         return Response(error_body("not_found", "Not found."), status=404)
     if isinstance(exc, drf_exceptions.APIException):

@@ -171,6 +171,12 @@ class EventBatchView(APIView):
                 "The body must be an object with an `events` list.",
                 [ErrorDetail("events", "required: a list of events")],
             )
+        unknown = sorted(set(payload) - {"events"})
+        if unknown:
+            raise ValidationFailed(
+                "The batch object has fields other than `events`.",
+                [ErrorDetail(name, "unknown field") for name in unknown],
+            )
         if len(events) > settings.MAX_BATCH_EVENTS:
             raise PayloadTooLarge(
                 f"a batch may hold at most {settings.MAX_BATCH_EVENTS} events, got {len(events)}",
@@ -245,12 +251,15 @@ class LedgerView(APIView):
             400: _ERRORS[400],
             401: _ERRORS[401],
             403: _ERRORS[403],
+            503: OpenApiResponse(ErrorSchema, "store_unavailable (Retry-After)"),
         },
     )
     def get(self, request: Request) -> Response:
-        now = utcnow()
-        until = _time_param(request, "until", now + timedelta(hours=1))
-        since = _time_param(request, "since", until - timedelta(hours=25))
-        # An empty or reversed range is simply empty; a range past the ledger's 31 days is cut to them.
-        since = max(since, until - MAX_RANGE)
+        until = _time_param(request, "until", utcnow() + timedelta(hours=1))
+        try:
+            since = _time_param(request, "since", until - timedelta(hours=25))
+            # An empty or reversed range is simply empty; a range past 31 days is cut to the last 31.
+            since = max(since, until - MAX_RANGE)
+        except OverflowError:  # `until` in year 1: nothing can be before it
+            since = until
         return Response(ledger_report(tenant=tenant_of(request).slug, since=since, until=until))

@@ -12,7 +12,7 @@ Per hour of `received_at`:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cache
 
 import redis
@@ -25,6 +25,7 @@ FIELDS = ("received", *API_OUTCOMES, "stored", "dead_lettered", "pending")
 # Kept a little longer than the events themselves, so the ledger outlives the retention window.
 _TTL_SECONDS = 40 * 24 * 3600
 MAX_RANGE = timedelta(days=31)
+_LAST_HOUR = datetime.max.replace(minute=0, second=0, microsecond=0, tzinfo=UTC)
 
 
 @cache
@@ -58,6 +59,8 @@ def _hours(since: datetime, until: datetime) -> Iterator[datetime]:
     hour = hour_floor(since)
     while hour < until:
         yield hour
+        if hour >= _LAST_HOUR:
+            return
         hour += timedelta(hours=1)
 
 
@@ -71,7 +74,8 @@ def ledger_report(*, tenant: str, since: datetime, until: datetime) -> dict[str,
     for hour in hours:
         pipe.hgetall(_key(tenant, hour))
     api_counts = pipe.execute()
-    start, end = hour_floor(since), (hours[-1] + timedelta(hours=1)) if hours else until
+    start = hour_floor(since)
+    end = until if not hours or hours[-1] >= _LAST_HOUR else hours[-1] + timedelta(hours=1)
     stored = {hour_floor(h): n for h, n in get_event_store().count_stored_by_hour(
         tenant=tenant, since=start, until=end).items()}  # fmt: skip
     dead = {hour_floor(h): n for h, n in dead_lettered_by_hour(tenant=tenant, since=start, until=end).items()}

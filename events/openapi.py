@@ -13,6 +13,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
 from events.schemas import event_json_schema
 
+_NO_NUL = "^[^\\u0000]*$"
 _PLACEHOLDERS = {"EventIn", "EventInRequest", "BatchEventIn", "BatchEventInRequest"}
 
 
@@ -24,10 +25,28 @@ def use_pydantic_event_schema(
     for name in _PLACEHOLDERS & set(schemas):
         schemas[name] = event_schema
     schemas.update(definitions)
+    schemas["EventBatchRequest"] = {
+        "type": "object",
+        "required": ["events"],
+        "additionalProperties": False,
+        "properties": {"events": {"type": "array", "minItems": 1, "maxItems": 500, "items": event_schema}},
+    }
+    batch = result.get("paths", {}).get("/api/events/batch", {}).get("post")
+    if batch is not None:
+        batch["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EventBatchRequest"}}},
+        }
     for operations in result.get("paths", {}).values():
         for operation in operations.values():
-            if isinstance(operation, dict) and "requestBody" in operation:
+            if not isinstance(operation, dict):
+                continue
+            if "requestBody" in operation:
                 operation["requestBody"]["required"] = True  # every body we accept is mandatory
+            for parameter in operation.get("parameters", []):
+                schema = parameter.get("schema", {})
+                if schema.get("type") == "string" and not {"pattern", "format", "enum"} & set(schema):
+                    schema["pattern"] = _NO_NUL  # DRF refuses NUL characters in every text field
     return result
 
 

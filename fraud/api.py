@@ -17,7 +17,9 @@ MAX_LIMIT = 1000
 
 class FraudAlertListView(APIView):
     class InputSerializer(serializers.Serializer):
-        user_id = serializers.CharField(required=False, max_length=128, help_text="Alerts of this user.")
+        user_id = serializers.CharField(
+            required=False, max_length=128, trim_whitespace=False, help_text="Alerts of this user."
+        )
         rule = serializers.ChoiceField(required=False, choices=[r.value for r in Rule])
         since = serializers.DateTimeField(required=False, help_text="Alerts raised at or after this time.")
         limit = serializers.IntegerField(required=False, min_value=1, max_value=MAX_LIMIT, default=100)

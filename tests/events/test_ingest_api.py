@@ -329,3 +329,22 @@ def test_the_state_redis_holds_dedup_keys_for_the_window(
     post(client, acme, event)
     ttl = state_redis.ttl(f"seen:acme:{event['event_id']}")
     assert settings.DEDUP_WINDOW_SECONDS - 5 < ttl <= settings.DEDUP_WINDOW_SECONDS
+
+
+def test_a_store_outage_on_a_read_is_a_503_with_retry_after(
+    client: Client, acme: Actor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from events.stores import get_event_store
+    from events.stores.base import StoreUnavailable
+
+    store = get_event_store()
+
+    def unavailable(**kwargs: Any) -> Any:
+        raise StoreUnavailable("throttled", retry_after=2.5)
+
+    monkeypatch.setattr(store, "query", unavailable)
+    monkeypatch.setattr(store, "count_stored_by_hour", unavailable)
+    for path in ("/api/events", "/api/ledger"):
+        response = client.get(path, **acme.headers)
+        assert_error(response, 503, "store_unavailable")
+        assert response["Retry-After"] == "3"

@@ -120,6 +120,12 @@ def test_it_returns_one_event_by_id_and_404_when_it_is_not_stored(client: Client
     assert body["correlation_id"]
 
 
+def test_an_empty_time_range_is_an_empty_page(client: Client, acme: Actor) -> None:
+    response = get(client, acme, since="2026-11-20T12:00:00Z", until="2026-11-20T12:00:00Z")
+    assert response.status_code == 200
+    assert response.json() == {"results": [], "next": None}
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [
@@ -128,7 +134,7 @@ def test_it_returns_one_event_by_id_and_404_when_it_is_not_stored(client: Client
         ({"limit": "ten"}, "limit"),
         ({"since": "last tuesday"}, "since"),
         ({"until": "2026-13-01"}, "until"),
-        ({"since": "2026-11-20T12:00:00Z", "until": "2026-11-20T12:00:00Z"}, "until"),
+        ({"user_id": ""}, "user_id"),
         ({"cursor": "not-a-cursor"}, "cursor"),
         ({"cursor": "WyJ5ZXN0ZXJkYXkiLCJ4Il0"}, "cursor"),  # ["yesterday","x"]: decodes, not a time
         ({"event_type": "teleport"}, "event_type"),

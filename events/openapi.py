@@ -14,6 +14,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from events.schemas import event_json_schema
 
 _NO_NUL = "^[^\\u0000]*$"
+_EVENT_ID_PATH = "^(?!batch$)[A-Za-z0-9][A-Za-z0-9._:-]*$"
 _PLACEHOLDERS = {"EventIn", "EventInRequest", "BatchEventIn", "BatchEventInRequest"}
 
 
@@ -31,6 +32,11 @@ def use_pydantic_event_schema(
         "additionalProperties": False,
         "properties": {"events": {"type": "array", "minItems": 1, "maxItems": 500, "items": event_schema}},
     }
+    detail = result.get("paths", {}).get("/api/events/{event_id}", {}).get("get")
+    for parameter in detail.get("parameters", []) if detail else []:
+        if parameter.get("name") == "event_id":
+            # /api/events/batch is the batch endpoint (POST only), so "batch" is never an id here.
+            parameter["schema"] = {"type": "string", "pattern": _EVENT_ID_PATH, "maxLength": 64}
     batch = result.get("paths", {}).get("/api/events/batch", {}).get("post")
     if batch is not None:
         batch["requestBody"] = {

@@ -87,7 +87,7 @@ class EventIn(BaseModel):
     # strict: `"amount": false` or `"user_id": 42` are errors, not silently coerced values.
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    event_id: EventId | None = None
+    event_id: EventId | None = Field(default=None, json_schema_extra={"not": {"const": "batch"}})
     event_type: str
     user_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     session_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
@@ -108,6 +108,14 @@ class EventIn(BaseModel):
     def _known_type(cls, value: str) -> str:
         if value not in PROPERTY_MODELS:
             raise ValueError(f"unknown event_type {value!r}; expected one of: {', '.join(EVENT_TYPES)}")
+        return value
+
+    @field_validator("event_id")
+    @classmethod
+    def _readable_id(cls, value: str | None) -> str | None:
+        # /api/events/batch is the batch endpoint, so an event called "batch" could never be read back.
+        if value == "batch":
+            raise ValueError("'batch' is reserved; choose another event_id")
         return value
 
     @field_validator("timestamp", "sent_at")

@@ -35,7 +35,9 @@ from cloudscale_project.correlation import get_correlation_id, set_correlation_i
 logger = logging.getLogger(__name__)
 
 TRACER_NAME = "cloudscale"
-CORRELATION_HEADER = "correlation_id"  # message header name, as events/publishing.py sends it
+# Not "correlation_id": Celery sets the AMQP property of that name to the task id, and on the worker
+# the property shadows a header of the same name in `task.request`.
+CORRELATION_HEADER = "cloudscale_correlation_id"
 ATTR_CORRELATION_ID = "cloudscale.correlation_id"
 ATTR_TENANT = "cloudscale.tenant"
 # Probes and scrapes would drown the traces that matter.
@@ -166,11 +168,14 @@ def _end_stale_publish_span() -> None:
         _publishing.span = None
 
 
-def _on_before_publish(sender: str | None = None, headers: dict[str, Any] | None = None,
+def _on_before_publish(sender: str | None = None, body: Any = None, headers: dict[str, Any] | None = None,
                        routing_key: str | None = None, **_: Any) -> None:  # fmt: skip
     if headers is None:
         return
-    correlation_id = headers.get(CORRELATION_HEADER) or get_correlation_id()
+    kwargs = body[1] if isinstance(body, tuple | list) and len(body) > 1 else None
+    correlation_id = (
+        kwargs.get("correlation_id") if isinstance(kwargs, dict) else None
+    ) or get_correlation_id()
     if correlation_id:
         headers.setdefault(CORRELATION_HEADER, correlation_id)
     _end_stale_publish_span()
@@ -201,7 +206,7 @@ def _on_task_prerun(task_id: str | None = None, task: Any = None, kwargs: Mappin
     if task is None or task_id is None:
         return
     request = task.request
-    correlation_id = getattr(request, CORRELATION_HEADER, None) or (kwargs or {}).get("correlation_id")
+    correlation_id = (kwargs or {}).get("correlation_id") or getattr(request, CORRELATION_HEADER, None)
     if isinstance(correlation_id, str) and correlation_id:
         set_correlation_id(correlation_id)
     parent = extract(request, getter=_request_getter)

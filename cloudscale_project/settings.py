@@ -7,6 +7,7 @@ both under `CLOUDSCALE_STATE_DIR`. Production switches integrations with one var
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -68,6 +69,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "cloudscale_project.middleware.CorrelationIdMiddleware",
+    "cloudscale_project.middleware.InstanceHeaderMiddleware",
     "events.middleware.RateLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -78,6 +80,10 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+# Named on every response as `X-CloudScale-Instance`: which replica behind the load balancer answered
+# (the container's host name unless set).
+INSTANCE_NAME = env_str("CLOUDSCALE_INSTANCE") or socket.gethostname()
 
 ROOT_URLCONF = "cloudscale_project.urls"
 WSGI_APPLICATION = "cloudscale_project.wsgi.application"
@@ -190,6 +196,9 @@ BROKER_MAX_MESSAGE_BYTES = (
     env_int("CLOUDSCALE_SERVICEBUS_MAX_MESSAGE_KB", 256, minimum=1) * 1024 if _SERVICE_BUS else 0
 )
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# After a lost broker connection, late-acked messages come back anyway: a task still running could
+# no longer ack, so cancel it rather than let it finish twice (Celery 6's default).
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 # Task events feed Flower. Service Bus cannot carry them to another process (no fanout), so there
 # they would only cost CPU (FACTS.md: ~35 %); the flag still turns them on for a same-process monitor.
 CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CLOUDSCALE_TASK_EVENTS", not _SERVICE_BUS)
@@ -211,7 +220,7 @@ elif BROKER_SCHEME in {"amqp", "pyamqp", "amqps"}:
     # Publisher confirms: basic_publish returns only after RabbitMQ has the message.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True, "connect_timeout": 3}
 elif _SERVICE_BUS:
-    # azureservicebus://<SAS policy>:<SAS key>@<namespace> or azureservicebus://DefaultAzureCredential@<namespace>
+    # azureservicebus://<SAS policy>:<SAS key>@<namespace>, or azureservicebus://DefaultAzureCredential@…
     # (managed identity, workload identity, az login). kombu's transport, subclassed to map Service
     # Bus outages to connection errors, probe on connect, abandon on requeue and count only the
     # active backlog (ops/servicebus_transport.py, docs/decisions.md).
@@ -225,8 +234,10 @@ elif _SERVICE_BUS:
         # batch is let go and redelivered.
         "use_lock_renewal": True,
         "max_lock_renewal_duration": SERVICEBUS_LOCK_RENEWAL_SECONDS,
-        # Long poll of an idle receiver: bounds how long a warm shutdown waits for the poll to end.
-        "wait_time_seconds": 5,
+        # Long poll of an idle receiver. kombu polls a worker's queues in turn, so while the ops
+        # queue is empty a new batch waits up to this long (plus kombu's 1 s idle pause); it also
+        # bounds a warm shutdown. 1 s costs ~1 receive/s per queue and worker when idle.
+        "wait_time_seconds": 1,
         "retry_total": 3,
         "retry_backoff_factor": 0.5,
         "retry_backoff_max": 10,
@@ -281,6 +292,15 @@ EVENT_PURGE_INTERVAL_SECONDS = env_float("CLOUDSCALE_EVENT_PURGE_INTERVAL_SECOND
 # Test-only fault injection: a worker sleeps this long between the store write and the ack, so
 # fault tests can kill it mid-batch. Always 0 outside those tests.
 PIPELINE_FAULT_DELAY_SECONDS = env_float("CLOUDSCALE_PIPELINE_FAULT_DELAY", 0.0)
+# Benchmark-only switches (`make bench` sets them on the stack it starts; never set in a deployment):
+# the naive one-task-per-event baseline task, and a trivial view that is the API's latency floor.
+BENCHMARK_TASKS = env_bool("CLOUDSCALE_BENCHMARK_TASKS", False)
+BENCHMARK_VIEWS = env_bool("CLOUDSCALE_BENCHMARK_VIEWS", False)
+if BENCHMARK_TASKS:
+    CELERY_IMPORTS = ("benchmarks.naive_tasks",)
+# Test-only fault injection: while this file exists, the event store's writes and pings raise
+# StoreUnavailable (events/stores/faults.py). Empty (the default) = no wrapper at all.
+STORE_FAULT_FILE = env_str("CLOUDSCALE_STORE_FAULT_FILE", "")
 
 # --- Backpressure: beat samples the queue, workers follow a shared concurrency target -------------
 # Beat and control tasks get a queue of their own: behind a 10,000-message backlog in the ingestion
@@ -293,6 +313,7 @@ CELERY_WORKER_AUTOSCALER = "ops.autoscaler:TargetAutoscaler"
 AUTOSCALE_CHECK_SECONDS = env_float("CLOUDSCALE_AUTOSCALE_CHECK_SECONDS", 5.0)
 # Every worker writes a heartbeat timestamp to shared state (alert: no worker heartbeat).
 WORKER_HEARTBEAT_SECONDS = env_float("CLOUDSCALE_WORKER_HEARTBEAT_SECONDS", 10.0)
+CELERY_TASK_ROUTES: dict[str, dict[str, str]] = {"ops.sample_queue_depth": {"queue": OPS_QUEUE_NAME}}
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
 CELERY_BEAT_SCHEDULE["ops.sample-queue-depth"] = {
     "task": "ops.sample_queue_depth",
@@ -341,6 +362,8 @@ LOGGING = {
         "celery": {"level": LOG_LEVEL},
         # The Azure SDKs log every HTTP request and response (headers included) at INFO.
         "azure": {"level": "WARNING"},
+        # httpx (the load generator's client) logs every request at INFO.
+        "httpx": {"level": "WARNING"},
     },
 }
 

@@ -24,10 +24,17 @@ from cloudscale_project.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from events.dedup import confirm_event_ids, release_event_ids, reserve_event_ids
+from events.dedup import (
+    RESERVATION_SECONDS,
+    Claim,
+    confirm_event_ids,
+    release_event_ids,
+    reserve_event_ids,
+    state_pipeline,
+)
 from events.enrichment import enrich_event
 from events.ledger import ledger_record
-from events.publishing import publish_events
+from events.publishing import publish_events, split_for_broker
 from events.schemas import validate_event
 from ops.metrics import EVENTS_INGESTED, INGESTION_DURATION
 
@@ -106,30 +113,80 @@ def ingest_events(*, raw_events: list[Any], context: RequestContext, body_bytes:
         )
 
     try:
-        fresh = reserve_event_ids(tenant=context.tenant, event_ids=[e["event_id"] for _, e in enriched])
+        claims = reserve_event_ids(tenant=context.tenant, event_ids=[e["event_id"] for _, e in enriched])
     except redis.RedisError as exc:
         _count_failed(context, len(raw_events))
         raise BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS) from exc
     to_publish: list[dict[str, Any]] = []
-    for (index, event), is_new in zip(enriched, fresh, strict=True):
-        if is_new:
+    for (index, event), claim in zip(enriched, claims, strict=True):
+        if claim is Claim.NEW:
             receipts.accepted.append((index, event["event_id"]))
             to_publish.append(event)
-        else:
+        elif claim is Claim.DUPLICATE:
             receipts.duplicates.append((index, event["event_id"]))
+    if Claim.IN_FLIGHT in claims:
+        # An event of this request is being published by another one, whose publish may still
+        # fail: neither "accepted" nor "duplicate" would be true yet. Refuse the request; its retry
+        # is answered once that publish is confirmed or its reservation has expired.
+        _release(context, receipts.event_ids)
+        _count_failed(context, len(raw_events))
+        raise BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS)
 
-    if to_publish:
-        try:
-            publish_events(tenant=context.tenant, events=to_publish, correlation_id=context.correlation_id)
-        except BrokerUnavailable:
-            # Nothing of this request is in the broker: forget the ids so the retry is accepted.
-            release_event_ids(tenant=context.tenant, event_ids=receipts.event_ids)
-            _count_failed(context, len(raw_events))
-            raise
-        confirm_event_ids(tenant=context.tenant, event_ids=receipts.event_ids)
-
-    _count(context, receipts, to_publish)
+    published = _publish_in_messages(context, receipts, to_publish, total=len(raw_events))
+    _commit(context, receipts, published)
+    _count(context, receipts, published)
     return receipts
+
+
+def _publish_in_messages(
+    context: RequestContext, receipts: Receipts, events: list[dict[str, Any]], *, total: int
+) -> list[dict[str, Any]]:
+    """Publish the accepted events, in as many messages as the broker's size limit needs.
+
+    If the first message fails, nothing is in the broker: 503 for the whole request. If a later one
+    fails (only possible when a request is split), the events already published stay accepted and
+    the rest get a `rejected` receipt saying so: each event's receipt stays true.
+    """
+    published: list[dict[str, Any]] = []
+    chunks = split_for_broker(events, settings.BROKER_MAX_MESSAGE_BYTES)
+    for position, chunk in enumerate(chunks):
+        try:
+            publish_events(tenant=context.tenant, events=chunk, correlation_id=context.correlation_id)
+        except BrokerUnavailable:
+            unpublished = [event for later in chunks[position:] for event in later]
+            _release(context, [event["event_id"] for event in unpublished])
+            if not published:
+                _count_failed(context, total)
+                raise
+            _reject_unpublished(receipts, {event["event_id"] for event in unpublished})
+            break
+        published.extend(chunk)
+    return published
+
+
+def _reject_unpublished(receipts: Receipts, unpublished: set[str]) -> None:
+    detail = [ErrorDetail("broker", "not published: the broker became unavailable; retry this event")]
+    kept = []
+    for index, event_id in receipts.accepted:
+        if event_id in unpublished:
+            receipts.rejected.append((index, detail))
+        else:
+            kept.append((index, event_id))
+    receipts.accepted = kept
+    receipts.rejected.sort(key=lambda item: item[0])
+
+
+def _release(context: RequestContext, event_ids: list[str]) -> None:
+    """Forget this request's reservations. When Redis is away too (on the embedded stack it is
+    the broker) they stay until they expire; until then a retry is refused as in flight, never
+    called a duplicate, and the request still gets its 503 rather than a 500."""
+    try:
+        release_event_ids(tenant=context.tenant, event_ids=event_ids)
+    except redis.RedisError:
+        logger.warning(
+            "could not release %d reserved event id(s) of %s; they expire in %d s",
+            len(event_ids), context.tenant, RESERVATION_SECONDS,
+        )  # fmt: skip
 
 
 def _count_failed(context: RequestContext, n: int) -> None:
@@ -140,7 +197,20 @@ def _count_failed(context: RequestContext, n: int) -> None:
         logger.warning("ledger unavailable while refusing %d event(s) of %s", n, context.tenant)
 
 
-def _count(context: RequestContext, receipts: Receipts, published: list[dict[str, Any]]) -> None:
+def _commit(context: RequestContext, receipts: Receipts, published: list[dict[str, Any]]) -> None:
+    """Confirm the published ids and count the request in the ledger, in one MULTI: both or neither.
+
+    If Redis went away right after the publish (on the embedded stack it is the broker), the
+    request is answered 503 although its events are in the broker: their reservations stay
+    unconfirmed, so the client's retry is refused as in flight until they expire, then accepted,
+    counted once and published again; the store keeps one copy. A 202 here would leave events
+    stored that the ledger never counted as accepted. Found by the fault suite (tests/faults/).
+    """
+    pipe = state_pipeline()
+    if published:
+        confirm_event_ids(
+            tenant=context.tenant, event_ids=[event["event_id"] for event in published], pipe=pipe
+        )
     ledger_record(
         tenant=context.tenant,
         received_at=context.received_at,
@@ -149,7 +219,19 @@ def _count(context: RequestContext, receipts: Receipts, published: list[dict[str
             "duplicate": len(receipts.duplicates),
             "rejected": len(receipts.rejected),
         },
+        pipe=pipe,
     )
+    try:
+        pipe.execute()
+    except redis.RedisError as exc:
+        logger.error(
+            "published %d event(s) of %s but could not confirm or count them; answering 503: %s",
+            len(published), context.tenant, exc,
+        )  # fmt: skip
+        raise BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS) from exc
+
+
+def _count(context: RequestContext, receipts: Receipts, published: list[dict[str, Any]]) -> None:
     by_type = Counter(event["event_type"] for event in published)
     for event_type, n in by_type.items():
         EVENTS_INGESTED.labels(event_type=event_type, tenant_id=context.tenant).inc(n)

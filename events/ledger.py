@@ -37,8 +37,14 @@ def _key(tenant: str, hour: datetime) -> str:
     return f"ledger:{tenant}:{hour.strftime('%Y-%m-%dT%H')}"
 
 
-def ledger_record(*, tenant: str, received_at: datetime, counts: dict[str, int]) -> None:
-    """Count one request's events: each lands in exactly one API outcome."""
+def ledger_record(
+    *, tenant: str, received_at: datetime, counts: dict[str, int], pipe: redis.client.Pipeline | None = None
+) -> None:
+    """Count one request's events: each lands in exactly one API outcome.
+
+    With `pipe` (a MULTI pipeline on REDIS_URL) the counts are only queued on it, so the caller
+    can commit them together with other state (the API confirms its dedup ids in the same MULTI).
+    """
     unknown = set(counts) - set(API_OUTCOMES)
     if unknown:
         raise ValueError(f"not API outcomes: {sorted(unknown)}")
@@ -46,13 +52,15 @@ def ledger_record(*, tenant: str, received_at: datetime, counts: dict[str, int])
     if total == 0:
         return
     key = _key(tenant, hour_floor(received_at))
-    pipe = _client().pipeline(transaction=True)
+    own = pipe is None
+    pipe = _client().pipeline(transaction=True) if pipe is None else pipe
     pipe.hincrby(key, "received", total)
     for outcome, n in counts.items():
         if n:
             pipe.hincrby(key, outcome, n)
     pipe.expire(key, _TTL_SECONDS)
-    pipe.execute()
+    if own:
+        pipe.execute()
 
 
 def _hours(since: datetime, until: datetime) -> Iterator[datetime]:

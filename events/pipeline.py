@@ -31,6 +31,7 @@ from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerOperationalError
 
 from cloudscale_project.correlation import set_correlation_id
+from cloudscale_project.observability import ATTR_TENANT, start_span
 from cloudscale_project.timeutil import parse_iso
 from events.deadletters import DeadLetterInput, deadletter_record_many, event_payload, json_payload
 from events.models import DeadLetter
@@ -292,7 +293,8 @@ def _run_steps(*, pipeline: Pipeline, tenant: str, events: list[Event]) -> set[s
         return set()
     for step in pipeline.before_store:
         step(tenant=tenant, events=events)
-    new_ids = pipeline.store.write_many(events)
+    with start_span("event_store.write_many", {ATTR_TENANT: tenant, "cloudscale.events": len(events)}):
+        new_ids = pipeline.store.write_many(events)
     if settings.PIPELINE_FAULT_DELAY_SECONDS:
         # Test-only fault injection: hold the batch between the store write and the ack, so fault
         # tests can kill a worker "mid-batch" and prove redelivery stores nothing twice.

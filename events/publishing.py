@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 from django.conf import settings
 
 from cloudscale_project.celery import app
@@ -52,7 +53,6 @@ def publish_events(*, tenant: str, events: Sequence[dict[str, Any]], correlation
             TASK_NAME,
             kwargs={"tenant": tenant, "events": list(events), "correlation_id": correlation_id},
             queue=settings.QUEUE_NAME,
-            headers={"correlation_id": correlation_id},
             retry=True,
             retry_policy={
                 "max_retries": settings.PUBLISH_ATTEMPTS - 1,
@@ -68,3 +68,31 @@ def publish_events(*, tenant: str, events: Sequence[dict[str, Any]], correlation
             extra={"tenant": tenant},
         )  # fmt: skip
         raise BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS) from exc
+
+
+# What a message costs beyond its events: Celery's envelope and headers, and base64 (4/3) on
+# transports that encode the body (Service Bus).
+_ENVELOPE_BYTES = 2048
+_ENCODING_FACTOR = 4 / 3
+
+
+def split_for_broker(events: Sequence[dict[str, Any]], max_message_bytes: int) -> list[list[dict[str, Any]]]:
+    """Split one request's events into as few messages as fit the broker's size limit (0 = no limit).
+
+    Service Bus Standard refuses messages over 256 KB; a 500-event batch can exceed that.
+    """
+    if not events:
+        return []
+    if max_message_bytes <= 0:
+        return [list(events)]
+    budget = max_message_bytes / _ENCODING_FACTOR - _ENVELOPE_BYTES
+    chunks: list[list[dict[str, Any]]] = [[]]
+    used = 0.0
+    for event in events:
+        size = len(orjson.dumps(event)) + 2
+        if chunks[-1] and used + size > budget:
+            chunks.append([])
+            used = 0.0
+        chunks[-1].append(event)
+        used += size
+    return chunks

@@ -94,6 +94,10 @@ class TargetAutoscaler(Autoscaler):  # type: ignore[misc]
             # Only idle processes can go: the rest follow as they finish (retried every tick).
             self._shrink(excess)
             return True
+        if self.processes < self.min_concurrency:
+            # The floor came back after a target below it (Celery grows to MIN only in update()).
+            self._grow(self.min_concurrency - self.processes)
+            return True
         result: bool | None = super()._maybe_scale(req)
         return result
 

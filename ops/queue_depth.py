@@ -27,7 +27,9 @@ def queue_depth(*, queue: str | None = None, broker_url: str | None = None) -> i
     with app.connection_for_read(broker_url) as conn:
         conn.ensure_connection(max_retries=1)
         channel = conn.default_channel
-        if conn.transport_cls == "azureservicebus":
+        # Service Bus, by kombu's transport or ours (CELERY_BROKER_TRANSPORT names a subclass, so
+        # the URL scheme is not what the connection reports): its channels have the admin client.
+        if hasattr(type(channel), "queue_mgmt_service"):
             return _service_bus_active_count(channel, name)
         try:
             _, message_count, _ = channel.queue_declare(queue=name, passive=True)

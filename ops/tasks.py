@@ -15,8 +15,7 @@ logger = logging.getLogger(__name__)
 
 
 @shared_task(
-    name="ops.sample_queue_depth",
-    queue=settings.OPS_QUEUE_NAME,
+    name="ops.sample_queue_depth",  # routed to OPS_QUEUE_NAME (settings.CELERY_TASK_ROUTES)
     ignore_result=True,
     # A sample that waited longer than a period is stale: the next one is already due.
     expires=settings.QUEUE_DEPTH_SAMPLE_SECONDS,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 from django.conf import settings
+from django.test import Client
 
 from cloudscale_project.celery import app
 from ops.metrics import render_metrics
@@ -89,3 +90,14 @@ def test_it_runs_as_a_beat_task_on_the_ops_queue() -> None:
     assert entry["options"]["queue"] == settings.OPS_QUEUE_NAME != settings.QUEUE_NAME  # type: ignore[index]
     sample_queue_depth()
     assert concurrency_target_get() == 32
+
+
+def test_it_lists_the_changes_read_only_in_admin(admin_client: Client) -> None:
+    concurrency_target_apply(target=4, depth=12_345, reason="depth 12345 > 10000", broadcast=False)
+    change = ConcurrencyChange.objects.get()
+    listing = admin_client.get("/admin/ops/concurrencychange/")
+    assert listing.status_code == 200
+    assert b"depth 12345 &gt; 10000" in listing.content  # HTML-escaped reason
+    assert admin_client.get("/admin/ops/concurrencychange/add/").status_code == 403
+    detail = admin_client.get(f"/admin/ops/concurrencychange/{change.pk}/change/")
+    assert detail.status_code == 200 and b'name="_save"' not in detail.content

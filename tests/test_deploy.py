@@ -1,0 +1,213 @@
+"""The production stack as files: docker-compose.yml, the Dockerfile, deploy/nginx.conf.
+
+No Docker engine runs here, so these tests read the files the way Compose and Docker would and
+check what the stack promises: replicas, one image, production settings, health checks, start
+order, the trusted-proxy address, the Azure profile. tests/ops/test_nginx.py runs the nginx config.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+APP_SERVICES = ("api", "worker", "beat", "flower")
+_VARIABLE = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?:(?P<op>:?[-?])(?P<arg>(?:[^{}]|\{[^{}]*\})*))?\}")
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's `${VAR}`, `${VAR:-default}` (nested too) and `${VAR:?error}`."""
+
+    def replace(match: re.Match[str]) -> str:
+        name, op, arg = match["name"], match["op"], match["arg"] or ""
+        current = env.get(name)
+        if op in (":-", "-") and (current is None or (op == ":-" and current == "")):
+            return interpolate(arg, env)
+        if op in (":?", "?") and not current:
+            raise KeyError(f"{name}: {arg}")
+        return current or ""
+
+    return _VARIABLE.sub(replace, value)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    return dict(compose["services"])
+
+
+def _env(service: dict[str, Any], given: dict[str, str] | None = None) -> dict[str, str]:
+    given = {"DJANGO_SECRET_KEY": "s3cret", "FLOWER_BASIC_AUTH": "admin:pw", **(given or {})}
+    return {key: interpolate(str(value), given) for key, value in service.get("environment", {}).items()}
+
+
+def _command(service: dict[str, Any]) -> list[str]:
+    command = service["command"]
+    return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
+
+
+# --- the services ----------------------------------------------------------------------------------
+
+
+def test_it_runs_the_whole_platform(services: dict[str, Any]) -> None:
+    assert {"nginx", "api", "worker", "beat", "flower", "redis", "postgres", "migrate"} <= set(services)
+
+
+def test_it_runs_four_api_replicas_two_workers_and_one_beat(services: dict[str, Any]) -> None:
+    replicas = {name: services[name].get("deploy", {}).get("replicas", 1) for name in APP_SERVICES}
+    assert replicas == {"api": 4, "worker": 2, "beat": 1, "flower": 1}
+
+
+def test_it_builds_one_image_for_every_process(services: dict[str, Any]) -> None:
+    images = {services[name]["image"] for name in (*APP_SERVICES, "migrate", "azure-provision")}
+    assert len(images) == 1
+    assert all(services[name]["build"] == "." for name in APP_SERVICES)
+    assert _command(services["api"])[:2] == ["gunicorn", "cloudscale_project.wsgi:application"]
+    assert _command(services["api"])[2:] == ["--config", "deploy/gunicorn.conf.py"]
+    assert _command(services["worker"])[:4] == ["celery", "-A", "cloudscale_project", "worker"]
+    assert _command(services["beat"])[:4] == ["celery", "-A", "cloudscale_project", "beat"]
+    assert _command(services["flower"])[:4] == ["celery", "-A", "cloudscale_project", "flower"]
+
+
+def test_it_binds_gunicorn_through_the_environment(services: dict[str, Any]) -> None:
+    assert _env(services["api"])["GUNICORN_BIND"] == "0.0.0.0:8000"
+    config = (ROOT / "deploy" / "gunicorn.conf.py").read_text()
+    assert 'os.environ.get("GUNICORN_BIND"' in config
+
+
+def test_it_runs_production_settings(services: dict[str, Any]) -> None:
+    for name in (*APP_SERVICES, "migrate"):
+        env = _env(services[name])
+        assert env["CLOUDSCALE_ENV"] == "production", name
+        assert env["DJANGO_SECRET_KEY"] == "s3cret", name
+        assert env["DJANGO_ALLOWED_HOSTS"], name
+        assert env["DATABASE_URL"].startswith("postgres://"), name
+        assert env["CLOUDSCALE_BROKER_URL"] == "redis://redis:6379/0", name
+        assert env["CLOUDSCALE_REDIS_URL"] == "redis://redis:6379/1", name
+
+
+def test_it_refuses_to_start_without_a_secret_key(services: dict[str, Any]) -> None:
+    raw = services["api"]["environment"]["DJANGO_SECRET_KEY"]
+    with pytest.raises(KeyError, match="DJANGO_SECRET_KEY"):
+        interpolate(raw, {})
+
+
+def test_it_trusts_forwarded_for_only_from_nginx(compose: dict[str, Any], services: dict[str, Any]) -> None:
+    nginx_address = ipaddress.ip_address(services["nginx"]["networks"]["backend"]["ipv4_address"])
+    (pool,) = compose["networks"]["backend"]["ipam"]["config"]
+    subnet, dynamic = ipaddress.ip_network(pool["subnet"]), ipaddress.ip_network(pool["ip_range"])
+    assert nginx_address in subnet
+    assert nginx_address not in dynamic, "another container could be given nginx's address"
+    for name in APP_SERVICES:
+        trusted = [
+            ipaddress.ip_network(cidr)
+            for cidr in _env(services[name])["CLOUDSCALE_TRUSTED_PROXIES"].split(",")
+        ]
+        assert trusted == [ipaddress.ip_network(f"{nginx_address}/32")], name
+        assert services[name]["networks"] == ["backend"], name
+
+
+def test_it_checks_health_and_starts_in_order(services: dict[str, Any]) -> None:
+    for name in ("nginx", "api", "flower", "redis", "postgres"):
+        check = services[name]["healthcheck"]["test"]
+        assert check[0] in {"CMD", "CMD-SHELL"}, name
+    assert services["api"]["healthcheck"]["test"][-1].endswith("/readyz")
+    assert services["nginx"]["depends_on"] == {"api": {"condition": "service_healthy"}}
+    for name in APP_SERVICES:
+        depends = services[name]["depends_on"]
+        assert depends["migrate"] == {"condition": "service_completed_successfully"}, name
+        assert depends["redis"] == {"condition": "service_healthy"}, name
+        assert services[name]["restart"] == "unless-stopped", name  # e.g. a worker after a broker outage
+    assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+
+
+def test_it_keeps_flower_and_the_api_off_the_public_ports(services: dict[str, Any]) -> None:
+    assert services["flower"]["ports"] == ["127.0.0.1:${FLOWER_PORT:-5555}:5555"]
+    assert "--basic-auth=admin:pw" in [
+        interpolate(part, {"FLOWER_BASIC_AUTH": "admin:pw"}) for part in _command(services["flower"])
+    ]
+    assert "ports" not in services["api"]
+    assert services["nginx"]["ports"] == ["${CLOUDSCALE_HTTP_PORT:-8000}:80"]
+    assert services["nginx"]["volumes"] == ["./deploy/nginx.conf:/etc/nginx/nginx.conf:ro"]
+
+
+def test_it_has_an_azure_profile(services: dict[str, Any]) -> None:
+    provision = services["azure-provision"]
+    assert provision["profiles"] == ["azure"]
+    assert "provision_servicebus" in " ".join(_command(provision))
+    assert "provision_cosmos" in " ".join(_command(provision))
+    azure = {
+        "CLOUDSCALE_BROKER_URL": "azureservicebus://DefaultAzureCredential@cloudscale-prod",
+        "CLOUDSCALE_EVENT_STORE": "cosmos",
+        "COSMOS_ENDPOINT": "https://cloudscale.documents.azure.com:443/",
+        "AZURE_CLIENT_ID": "00000000-0000-0000-0000-000000000001",
+    }
+    for name in (*APP_SERVICES, "azure-provision"):
+        env = _env(services[name], azure)
+        assert {key: env[key] for key in azure} == azure, name
+    assert _env(provision)["CLOUDSCALE_EVENT_STORE"] == "cosmos"
+    for name in APP_SERVICES:  # the profile's provisioning runs first, and only when enabled
+        assert services[name]["depends_on"]["azure-provision"] == {
+            "condition": "service_completed_successfully",
+            "required": False,
+        }
+    example = (ROOT / "deploy" / "azure.env.example").read_text()
+    assert "CLOUDSCALE_BROKER_URL=azureservicebus://" in example
+    assert "COSMOS_ENDPOINT=" in example
+
+
+def test_it_consumes_both_queues_in_workers(services: dict[str, Any]) -> None:
+    command = [interpolate(part, {}) for part in _command(services["worker"])]
+    assert command[command.index("-Q") + 1] == "events-ingestion,cloudscale-ops"
+    assert "--autoscale" in command
+
+
+# --- the image -------------------------------------------------------------------------------------
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def test_it_builds_a_slim_non_root_image() -> None:
+    instructions = _dockerfile_instructions()
+    froms = [arg for op, arg in instructions if op == "FROM"]
+    assert froms and all(arg.split()[0] == "python:3.11-slim" for arg in froms)
+    final_stage = instructions[max(i for i, (op, _) in enumerate(instructions) if op == "FROM") :]
+    users = [arg for op, arg in final_stage if op == "USER"]
+    assert users and users[-1].split(":")[0] not in {"root", "0"}
+    assert not any(op == "ADD" for op, _ in instructions)
+    entrypoint = [arg for op, arg in final_stage if op == "ENTRYPOINT"]
+    assert entrypoint == ['["/app/deploy/docker-entrypoint.sh"]']
+    cmd = [arg for op, arg in final_stage if op == "CMD"]
+    assert cmd and "gunicorn" in cmd[-1] and "deploy/gunicorn.conf.py" in cmd[-1]
+    # Build tools stay in the build stage: the runtime stage only copies the virtualenv.
+    assert any(op == "COPY" and arg.startswith("--from=build /opt/venv") for op, arg in final_stage)
+
+
+def test_it_keeps_local_state_and_secrets_out_of_the_build_context() -> None:
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert {".git", ".venv", ".state", "node_modules", "deploy/*.env", "tests"} <= ignored
+
+
+# --- nginx -----------------------------------------------------------------------------------------
+
+
+def test_it_passes_the_client_address_and_fails_over_in_nginx() -> None:
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in conf
+    assert re.search(r"server api:8000 [^;]*max_fails=\d+ [^;]*fail_timeout=\d+s", conf)
+    assert "proxy_next_upstream error timeout" in conf
+    assert "non_idempotent" not in conf  # a POST that reached a replica is never sent twice

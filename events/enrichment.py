@@ -39,13 +39,14 @@ def enrich_event(
     skew_corrected = False
     out_of_range = False
     if event.timestamp is not None:
-        timestamp = parse_iso(event.timestamp)
-        if event.sent_at is not None:
-            try:
+        # A time beyond year 1..9999 once in UTC or once corrected is not a time we can keep.
+        try:
+            timestamp = parse_iso(event.timestamp)
+            if event.sent_at is not None:
                 timestamp += received_at - parse_iso(event.sent_at)
                 skew_corrected = True
-            except OverflowError:  # a corrected time beyond year 1..9999 is not a time
-                out_of_range = True
+        except OverflowError:
+            timestamp, skew_corrected, out_of_range = received_at, False, True
     clamped = out_of_range or timestamp - received_at > MAX_FUTURE_SKEW
     if clamped:
         timestamp = received_at

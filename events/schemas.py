@@ -124,7 +124,9 @@ class EventIn(BaseModel):
         if value is not None:
             try:
                 parse_iso(value)
-            except (ValueError, OverflowError):
+            except OverflowError:
+                pass  # valid ISO 8601 but beyond year 1..9999 in UTC: enrichment clamps and flags it
+            except ValueError:
                 raise ValueError("not an ISO 8601 timestamp (e.g. 2026-11-26T10:00:00Z)") from None
         return value
 

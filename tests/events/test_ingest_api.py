@@ -348,3 +348,13 @@ def test_a_store_outage_on_a_read_is_a_503_with_retry_after(
         response = client.get(path, **acme.headers)
         assert_error(response, 503, "store_unavailable")
         assert response["Retry-After"] == "3"
+
+
+def test_a_timestamp_beyond_year_1_in_utc_is_clamped_not_refused(client: Client, acme: Actor) -> None:
+    response = post(
+        client, acme, {"event_type": "click", "user_id": "u", "timestamp": "0001-01-01T00:00:00+00:01"}
+    )
+    assert response.status_code == 202
+    [message] = queued_messages()
+    stored = message[1]["events"][0]
+    assert stored["timestamp"] == stored["received_at"] and stored["timestamp_clamped"] is True

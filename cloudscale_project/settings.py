@@ -196,9 +196,11 @@ BROKER_MAX_MESSAGE_BYTES = (
     env_int("CLOUDSCALE_SERVICEBUS_MAX_MESSAGE_KB", 256, minimum=1) * 1024 if _SERVICE_BUS else 0
 )
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# After a lost broker connection, late-acked messages come back anyway: a task still running could
-# no longer ack, so cancel it rather than let it finish twice (Celery 6's default).
-CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# After a lost broker connection, let running tasks finish. Cancelling them (Celery 6's default)
+# assumes the broker will redeliver; on Redis a message popped in the instant the server went
+# away may not be in the unacked set yet, and would be lost. Finishing twice is harmless: every
+# effect is idempotent per (tenant, event_id).
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # Task events feed Flower. Service Bus cannot carry them to another process (no fanout), so there
 # they would only cost CPU (FACTS.md: ~35 %); the flag still turns them on for a same-process monitor.
 CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CLOUDSCALE_TASK_EVENTS", not _SERVICE_BUS)
@@ -213,6 +215,10 @@ if BROKER_SCHEME in {"redis", "rediss"}:
         # every 100 s): a SIGKILLed worker's batches return within visibility timeout + 10 s.
         "unacked_restore_interval": 10,
         "unacked_restore_throttle": 1,
+        # The sweep's lock (a Redis key) outlives a Redis stop or a worker killed while holding it;
+        # kombu's 300 s expiry would then block every sweep for 5 minutes (seen in tests/faults/).
+        # A sweep takes milliseconds.
+        "unacked_mutex_expire": 30,
         "socket_timeout": 5,
         "socket_connect_timeout": 3,
     }

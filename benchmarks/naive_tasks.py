@@ -28,5 +28,6 @@ def naive_process_one(self: BatchTask, *, tenant: str, event: dict[str, Any], co
             message=message, attempt=self.request.retries + 1, pipeline=default_pipeline()
         )
     except RetryBatch as retry:  # same retry policy as the platform's task
-        raise self.retry(kwargs=self.request.kwargs, countdown=retry.countdown) from retry
+        kwargs = {"tenant": tenant, "event": event, "correlation_id": correlation_id}
+        raise self.retry(kwargs=kwargs, countdown=retry.countdown) from retry
     return len(outcome.stored)

@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 TENANT = "demo"
 READY_TIMEOUT_SECONDS = 120.0
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.1
 RSS_SAMPLE_SECONDS = 0.5
 WARMUP_BATCHES = 4
 WARMUP_NAIVE_EVENTS = 50
@@ -224,14 +224,17 @@ class Platform:
 
 
 class CpuMeter:
-    """CPU seconds (user + system) spent by each role's processes, and by this process (the load
-    generator), between `start()` and `stop()`."""
+    """CPU seconds (user + system) spent by each role's processes and by this process (the load
+    generator) while the block runs, and how busy the rest of the machine was meanwhile (the
+    machine is shared: other processes' CPU is capacity this run did not have)."""
 
     ROLES = ("api", "worker", "redis")
+    OURS = (*ROLES, "client")
 
     def __init__(self, stack: Platform) -> None:
         self._stack = stack
         self.seconds: dict[str, float] = {}
+        self.others_cores = 0.0  # average CPU cores used by processes outside this run
         self._start: dict[str, float] = {}
 
     def _now(self) -> dict[str, float]:
@@ -247,6 +250,11 @@ class CpuMeter:
             totals[role] = total
         own = psutil.Process().cpu_times()
         totals["client"] = own.user + own.system
+        machine = psutil.cpu_times()
+        # Linux counts guest time inside user time already; steal is capacity the hypervisor gave away.
+        not_busy = ("idle", "iowait", "guest", "guest_nice")
+        totals["machine_busy"] = sum(machine) - sum(getattr(machine, name, 0.0) for name in not_busy)
+        totals["wall"] = time.monotonic()
         return totals
 
     def __enter__(self) -> CpuMeter:
@@ -255,12 +263,18 @@ class CpuMeter:
 
     def __exit__(self, *exc: object) -> None:
         end = self._now()
-        self.seconds = {role: end[role] - self._start[role] for role in end}
+        delta = {key: end[key] - self._start[key] for key in end}
+        self.seconds = {role: delta[role] for role in self.OURS}
+        others = delta["machine_busy"] - sum(self.seconds.values())
+        self.others_cores = max(0.0, others / delta["wall"]) if delta["wall"] > 0 else 0.0
 
     def per_thousand(self, events: int, unit: str = "events") -> str:
-        parts = [f"{role} {1000 * self.seconds[role] / events:.2f}" for role in (*self.ROLES, "client")]
+        parts = [f"{role} {1000 * self.seconds[role] / events:.2f}" for role in self.OURS]
         total = 1000 * sum(self.seconds.values()) / events
         return f"{total:.2f} CPU-s per 1,000 {unit} ({', '.join(parts)})"
+
+    def others(self) -> str:
+        return f"other processes on the machine used {self.others_cores:.2f} cores meanwhile"
 
     def ceiling(self, events: int, cores: int) -> float:
         """Events/s this machine could carry at this CPU cost per event, if nothing else ran on it."""
@@ -358,22 +372,28 @@ def profiled(stack: Platform, folder: str, name: str) -> Iterator[None]:
 # --- the runs -------------------------------------------------------------------------------------------
 
 
-def _stored_count() -> int:
+def _stored_mark() -> int:
+    """The newest stored row's id: a run counts only rows after it (cheap to count while polling)."""
+    from django.db.models import Max
+
     from events.models import StoredEvent
 
-    return StoredEvent.objects.filter(tenant=TENANT).count()
+    return StoredEvent.objects.aggregate(last=Max("id"))["last"] or 0
 
 
-def _wait_stored(target: int, *, timeout: float, what: str) -> float:
-    """Poll the event store until it holds `target` events of the tenant; the monotonic time it did."""
+def _wait_stored(*, after: int, events: int, timeout: float, what: str) -> float:
+    """Poll the event store until `events` events of the tenant were stored after row `after`;
+    returns the monotonic time it saw them."""
+    from events.models import StoredEvent
+
     deadline = time.monotonic() + timeout
     while True:
-        count = _stored_count()
+        count = StoredEvent.objects.filter(tenant=TENANT, id__gt=after).count()
         now = time.monotonic()
-        if count >= target:
+        if count >= events:
             return now
         if now > deadline:
-            raise RuntimeError(f"{what}: only {count} of {target} events stored after {timeout:.0f} s")
+            raise RuntimeError(f"{what}: only {count} of {events} events stored after {timeout:.0f} s")
         time.sleep(POLL_SECONDS)
 
 
@@ -394,7 +414,7 @@ def run_batched(stack: Platform, config: BenchConfig, *, events: int, profile: s
 
     traffic = TrafficGenerator(seed=7).take(events)  # generated before the clock starts
     requests = list(plan_requests(traffic, total=events, batch=config.batch))
-    before = _stored_count()
+    before = _stored_mark()
     load = LoadConfig(
         url=stack.url,
         key=stack.api_key,
@@ -407,7 +427,7 @@ def run_batched(stack: Platform, config: BenchConfig, *, events: int, profile: s
         summary = run_load(load, requests=requests, progress=False)
         if summary.accepted != events:
             raise RuntimeError(f"batched run: {summary.accepted} of {events} accepted: {summary.as_dict()}")
-        done = _wait_stored(before + events, timeout=config.timeout, what="batched run")
+        done = _wait_stored(after=before, events=events, timeout=config.timeout, what="batched run")
     return E2EResult(events=events, seconds=done - summary.started, ingest_seconds=summary.elapsed, cpu=cpu)
 
 
@@ -442,7 +462,7 @@ def run_naive(stack: Platform, config: BenchConfig, *, events: int) -> E2EResult
     from cloudscale_project.celery import app
 
     prepared = _enriched_events(events, one_address=config.one_address)
-    before = _stored_count()
+    before = _stored_mark()
     with CpuMeter(stack) as cpu:
         started = time.monotonic()
         with app.producer_or_acquire() as producer:
@@ -455,7 +475,7 @@ def run_naive(stack: Platform, config: BenchConfig, *, events: int) -> E2EResult
                     ignore_result=True,
                 )
         published = time.monotonic()
-        done = _wait_stored(before + events, timeout=config.timeout, what="naive run")
+        done = _wait_stored(after=before, events=events, timeout=config.timeout, what="naive run")
     return E2EResult(events=events, seconds=done - started, ingest_seconds=published - started, cpu=cpu)
 
 
@@ -521,7 +541,7 @@ def _machine() -> str:
     with contextlib.suppress(ImportError):
         import psutil
 
-        memory = f", {psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
+        memory = f", {psutil.virtual_memory().total / 2**30:.1f} GiB RAM"
     return f"{os.cpu_count()} CPUs ({model}){memory}, Python {platform.python_version()}"
 
 
@@ -562,14 +582,16 @@ def main() -> int:
             run_naive(stack, config, events=min(WARMUP_NAIVE_EVENTS, config.naive_events))
             warm = replace(config, latency_requests=min(WARMUP_REQUESTS, config.latency_requests))
             run_latency(stack, warm, path="/bench/noop", seed=1)
-            before = _stored_count()
+            before = _stored_mark()
             warm_api = run_latency(stack, warm, path=None, seed=2)
-            _wait_stored(before + warm_api.accepted, timeout=config.timeout, what="warm-up")
+            _wait_stored(after=before, events=warm_api.accepted, timeout=config.timeout, what="warm-up")
 
             _step(f"batched: {config.events:,} events in batches of {config.batch}, {config.clients} clients")
             batched = run_batched(stack, config, events=config.events, profile=config.profile_dir)
+            _step(f"  {batched.per_second:,.0f} events/s; {batched.cpu.per_thousand(batched.events)}")
             _step(f"naive: {config.naive_events:,} events, one task and one store write each")
             naive = run_naive(stack, config, events=config.naive_events)
+            _step(f"  {naive.per_second:,.0f} events/s; {naive.cpu.per_thousand(naive.events)}")
             _step(
                 f"latency: {config.latency_requests:,} requests from {config.latency_clients} clients, each"
             )
@@ -599,17 +621,21 @@ def main() -> int:
         ("", f"{batched.events:,} events, batches of {config.batch}, {config.clients} clients"),
         ("", f"all stored after {batched.seconds:.1f} s, accepted after {batched.ingest_seconds:.1f} s"),
         ("", batched.cpu.per_thousand(batched.events)),
+        ("", batched.cpu.others()),
         ("", f"at that CPU cost {cores} idle cores would carry {ceiling:,.0f} events/s"),
         ("naive e2e (a task per event)", f"{naive.per_second:,.0f} events/s"),
         ("", f"{naive.events:,} events: all stored after {naive.seconds:.1f} s (published after "
              f"{naive.ingest_seconds:.1f} s)"),
         ("", naive.cpu.per_thousand(naive.events)),
+        ("", naive.cpu.others()),
         ("ratio batched / naive", f"{ratio:.1f}x"),
         ("", ""),
         (f"POST /api/events, {clients} clients", api.line()),
         ("", api.cpu.per_thousand(api.requests, "requests")),
+        ("", api.cpu.others()),
         (f"floor: trivial view, {clients} clients", floor.line()),
         ("", floor.cpu.per_thousand(floor.requests, "requests")),
+        ("", floor.cpu.others()),
         ("", ""),
         ("peak memory, API (gunicorn)", memory.line("api")),
         ("peak memory, worker (Celery)", memory.line("worker")),

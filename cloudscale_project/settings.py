@@ -111,7 +111,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # API, worker and beat share one file: WAL lets readers run beside the writer, IMMEDIATE
     # transactions take the write lock up front (no deadlock on lock upgrade), and the timeout
     # lets a writer wait for another instead of failing with "database is locked".
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
     # Tests need a file, not SQLite's in-memory default: live worker processes share the database.
     DATABASES["default"]["TEST"] = {"NAME": str(STATE_DIR / "test-cloudscale.sqlite3")}
     DATABASES["default"]["OPTIONS"] = {

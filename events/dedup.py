@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from functools import cache
 
 import redis
 from django.conf import settings
+
+from cloudscale_project.state import state_redis
 
 # Covers a publish with all its retries (3 attempts, socket timeouts of 3-5 s: under 20 s); a
 # crashed API process or an unreleased failed publish frees the id after it.
@@ -37,9 +38,7 @@ class Claim(enum.Enum):
     IN_FLIGHT = "in_flight"  # reserved by another request and not confirmed: retry later
 
 
-@cache
-def _client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+_client = state_redis  # one client (and connection pool) per process
 
 
 def _key(tenant: str, event_id: str) -> str:

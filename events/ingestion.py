@@ -14,7 +14,6 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-import redis
 from django.conf import settings
 
 from cloudscale_project.errors import (
@@ -24,6 +23,7 @@ from cloudscale_project.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from cloudscale_project.state import STATE_ERRORS
 from events.dedup import (
     RESERVATION_SECONDS,
     Claim,
@@ -114,7 +114,7 @@ def ingest_events(*, raw_events: list[Any], context: RequestContext, body_bytes:
 
     try:
         claims = reserve_event_ids(tenant=context.tenant, event_ids=[e["event_id"] for _, e in enriched])
-    except redis.RedisError as exc:
+    except STATE_ERRORS as exc:
         _count_failed(context, len(raw_events))
         raise BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS) from exc
     to_publish: list[dict[str, Any]] = []
@@ -182,7 +182,7 @@ def _release(context: RequestContext, event_ids: list[str]) -> None:
     called a duplicate, and the request still gets its 503 rather than a 500."""
     try:
         release_event_ids(tenant=context.tenant, event_ids=event_ids)
-    except redis.RedisError:
+    except STATE_ERRORS:
         logger.warning(
             "could not release %d reserved event id(s) of %s; they expire in %d s",
             len(event_ids), context.tenant, RESERVATION_SECONDS,
@@ -193,7 +193,7 @@ def _count_failed(context: RequestContext, n: int) -> None:
     """A 503: every event of the request was refused, and the client was told so."""
     try:
         ledger_record(tenant=context.tenant, received_at=context.received_at, counts={"rejected": n})
-    except redis.RedisError:
+    except STATE_ERRORS:
         logger.warning("ledger unavailable while refusing %d event(s) of %s", n, context.tenant)
 
 
@@ -223,7 +223,7 @@ def _commit(context: RequestContext, receipts: Receipts, published: list[dict[st
     )
     try:
         pipe.execute()
-    except redis.RedisError as exc:
+    except STATE_ERRORS as exc:
         logger.error(
             "published %d event(s) of %s but could not confirm or count them; answering 503: %s",
             len(published), context.tenant, exc,

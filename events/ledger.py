@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from functools import cache
 
 import redis
-from django.conf import settings
 
+from cloudscale_project.state import state_redis
 from cloudscale_project.timeutil import hour_floor, isoformat_z
 
 API_OUTCOMES = ("accepted", "duplicate", "rejected", "rate_limited")
@@ -28,9 +27,7 @@ MAX_RANGE = timedelta(days=31)
 _LAST_HOUR = datetime.max.replace(minute=0, second=0, microsecond=0, tzinfo=UTC)
 
 
-@cache
-def _client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+_client = state_redis  # one client (and connection pool) per process
 
 
 def _key(tenant: str, hour: datetime) -> str:

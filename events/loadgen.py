@@ -529,7 +529,8 @@ def _read_receipts(response: httpx.Response, events: list[Event], *, single: boo
         else:
             outcome.accepted += [str(e) for e in body.get("event_ids", [])]
             outcome.duplicates += [str(d["event_id"]) for d in body.get("duplicates", [])]
-            outcome.rejected[REASON_INVALID] += len(body.get("rejected", []))
+            if body.get("rejected"):
+                outcome.rejected[REASON_INVALID] += len(body["rejected"])
         return outcome
     if status == 400 and not single and isinstance(body, dict) and "rejected" in body:
         outcome.rejected[REASON_INVALID] += len(events)  # no event of the batch was valid

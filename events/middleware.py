@@ -10,12 +10,12 @@ import logging
 from collections.abc import Callable
 
 import orjson
-import redis
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from cloudscale_project.errors import BrokerUnavailable, RateLimited, error_body
+from cloudscale_project.state import STATE_ERRORS
 from cloudscale_project.timeutil import utcnow
 from events.authentication import api_key_from_headers
 from events.enrichment import client_ip
@@ -61,7 +61,7 @@ class RateLimitMiddleware:
             tenant_slug, events = (tenant.slug, _events_in(request)) if tenant else ("", 1)
         try:
             decision = check_rate_limits(ip=client_ip(request), tenant=tenant_slug, events=events)
-        except redis.RedisError:
+        except STATE_ERRORS:
             logger.warning("rate-limit state unavailable", exc_info=True)
             return _render(BrokerUnavailable(retry_after=5))
         if not decision.allowed:
@@ -91,5 +91,5 @@ class RateLimitMiddleware:
             ledger_record(
                 tenant=tenant.slug, received_at=utcnow(), counts={"rate_limited": _events_in(request)}
             )
-        except redis.RedisError:
+        except STATE_ERRORS:
             logger.warning("ledger unavailable while refusing a request of %s", tenant.slug)

@@ -16,6 +16,8 @@ from functools import cache
 import redis
 from django.conf import settings
 
+from cloudscale_project.state import state_redis
+
 _WINDOW_SECONDS = 60
 
 _SCRIPT = """
@@ -101,9 +103,7 @@ class RateDecision:
         }
 
 
-@cache
-def _client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+_client = state_redis  # one client (and connection pool) per process
 
 
 @cache

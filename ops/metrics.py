@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping
-from functools import cache
 
 import redis
 from django.conf import settings
@@ -21,6 +20,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+
+from cloudscale_project.state import state_redis
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +67,7 @@ _GAUGE_KEY = "metrics:gauges"
 _LABELED_GAUGE_KEY = "metrics:gauge:{name}"
 
 
-@cache
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+_redis = state_redis  # one client (and connection pool) per process
 
 
 def _field(labels: Mapping[str, str]) -> str:

@@ -39,7 +39,8 @@ class Command(BaseCommand):
         "Send realistic synthetic traffic to the ingestion API: interleaved sessions that view, search, "
         "add to cart, purchase or abandon, sign up and log in, plus a few fraud-like bursts. Shows a "
         "progress bar, then a summary: events sent, accepted, duplicates, rejected by reason, responses "
-        "by status (429, 503, ...) and latency p50/p95/p99. Example: "
+        "by status (429, 503, ...) and latency p50/p95/p99; Ctrl-C stops early with the summary of what "
+        "was sent. Example: "
         "`manage.py loadgen --events 20000 --batch 500 --concurrency 4` (against `make run`)."
     )
 

@@ -1,0 +1,64 @@
+"""`make bench` end to end at toy sizes: it starts its own stack, measures every figure, stops it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+RESULT = re.compile(r"^RESULT e2e_events_per_s=(\d+) ratio_vs_naive=(\d+\.\d) p99_ms=(\d+\.\d)$")
+TINY = {
+    "CLOUDSCALE_BENCH_EVENTS": "1000",
+    "CLOUDSCALE_BENCH_BATCH": "250",
+    "CLOUDSCALE_BENCH_CLIENTS": "2",
+    "CLOUDSCALE_BENCH_NAIVE_EVENTS": "100",
+    "CLOUDSCALE_BENCH_LATENCY_CLIENTS": "10",
+    "CLOUDSCALE_BENCH_LATENCY_REQUESTS": "100",
+    "CLOUDSCALE_BENCH_TIMEOUT": "120",
+}
+
+
+def test_it_prints_the_table_and_ends_with_the_result_line() -> None:
+    # The bench builds its own environment; the test run's (queue, database, state) must not leak in.
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("CLOUDSCALE_", "DATABASE_URL", "DJANGO_"))
+    }
+    env.update(TINY)
+    before = {p.pid for p in psutil.process_iter()}
+
+    done = subprocess.run(
+        [sys.executable, "benchmarks/run.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=280, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    match = RESULT.match(lines[-1])
+    assert match, lines[-1]
+    e2e, ratio, p99 = int(match[1]), float(match[2]), float(match[3])
+    assert e2e > 0 and ratio > 0 and p99 > 0
+    table = done.stdout
+    for label in (
+        "batched e2e (POST /api/events/batch)",
+        "naive e2e (a task per event)",
+        "ratio batched / naive",
+        "POST /api/events, 10 clients",
+        "floor: trivial view, 10 clients",
+        "peak memory, API (gunicorn)",
+        "peak memory, worker (Celery)",
+    ):
+        assert label in table
+    assert "1,000 events, batches of 250, 2 clients" in table
+    leftovers = [
+        p for p in psutil.process_iter(["pid", "cmdline"])
+        if p.pid not in before and "cloudscale-bench-" in " ".join(p.info["cmdline"] or [])
+    ]  # fmt: skip
+    assert leftovers == [], "the bench left processes behind"

@@ -12,7 +12,6 @@ import http.client
 import json
 import re
 import shutil
-import socket
 import ssl
 import subprocess
 import threading
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, NoReturn
 import pytest
 
 from tests.conftest import IN_CI, ROOT, service_is_listening
+from tests.netutil import free_port
 
 if TYPE_CHECKING:
     from azure.cosmos import ContainerProxy
@@ -41,12 +41,6 @@ SERVER_CERT = SERVER_CLI.parent.parent / "cert.pem"
 SERVER_KEY = SERVER_CLI.parent.parent / "key.pem"
 TEST_DATABASE = "cloudscale-test"
 AUTOSCALE_MAX_RU = 4000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _missing(reason: str) -> NoReturn:

@@ -15,14 +15,9 @@ never touches `make run`'s data.
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.netutil import free_port
 
 
 def _configure_test_environment() -> None:
@@ -31,7 +26,7 @@ def _configure_test_environment() -> None:
     state_dir = tempfile.mkdtemp(prefix="cloudscale-test-")
     os.environ["CLOUDSCALE_TEST_CONFIGURED"] = "1"
     os.environ["CLOUDSCALE_STATE_DIR"] = state_dir
-    os.environ["CLOUDSCALE_EMBEDDED_REDIS_PORT"] = str(_free_port())
+    os.environ["CLOUDSCALE_EMBEDDED_REDIS_PORT"] = str(free_port())
     os.environ["CLOUDSCALE_EMBEDDED_REDIS_FSYNC"] = "everysec"
     os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key-not-for-production")
     os.environ["CLOUDSCALE_ENV"] = "local"

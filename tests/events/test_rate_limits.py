@@ -19,6 +19,7 @@ from events import enrichment
 from events.enrichment import client_ip_from
 from events.throttling import check_rate_limits
 from tests.conftest import ROOT, child_env, wait_until
+from tests.netutil import free_port
 
 NETS = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("127.0.0.1/32"))
 
@@ -117,14 +118,6 @@ def test_the_tenant_quota_counts_events(settings: Any) -> None:
 # --- two real API processes share one bucket --------------------------------------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _status(url: str) -> int:
     request = urllib.request.Request(url, data=b"{}", headers={"Content-Type": "application/json"})
     try:
@@ -143,7 +136,7 @@ def two_api_processes(transactional_db: None, tmp_path: Path) -> Iterator[list[s
     )
     processes, urls = [], []
     for i in range(2):
-        port = _free_port()
+        port = free_port()
         log = (tmp_path / f"api{i}.log").open("wb")
         processes.append(subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "cloudscale_project.wsgi:application", "--config",

@@ -12,7 +12,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,16 +31,11 @@ from events.models import DeadLetter, StoredEvent
 from ops.metrics import PlatformCollector
 from tests.conftest import ROOT, LiveProcess, child_env, wait_until
 from tests.events.pipeline_support import platform_counter
+from tests.netutil import free_port
 
 CONNECTION_ERROR = "connection error"
 # One line per scenario run, printed in the terminal summary (tests/faults/conftest.py).
 SUMMARY: list[str] = []
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- the API process -------------------------------------------------------------------------------

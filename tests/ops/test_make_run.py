@@ -14,18 +14,11 @@ import psutil
 import pytest
 
 from tests.conftest import ROOT
+from tests.netutil import free_port
 
 pytestmark = [pytest.mark.e2e]
 
 _START_TIMEOUT_SECONDS = 120
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _get(url: str) -> int:
@@ -47,7 +40,7 @@ def _family(pid: int) -> list[psutil.Process]:
 
 
 def test_make_run_starts_every_process_and_ctrl_c_stops_them_all(tmp_path: Path) -> None:
-    port, flower_port, redis_port = _free_port(), _free_port(), _free_port()
+    port, flower_port, redis_port = free_port(), free_port(), free_port()
     env = {
         key: value
         for key, value in os.environ.items()

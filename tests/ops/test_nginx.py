@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import IN_CI, ROOT, LiveProcess, child_env, wait_until
+from tests.netutil import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -42,12 +43,6 @@ def _require_nginx() -> None:
         if IN_CI:
             pytest.fail(f"{message} (CI=true: a missing service is a failure)", pytrace=False)
         pytest.skip(message)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def render_for_loopback(conf: str, *, listen_port: int, api_ports: list[int], prefix: Path) -> str:
@@ -130,9 +125,9 @@ def _listening(port: int) -> bool:
 
 @pytest.fixture
 def stack(django_db_setup: None, tmp_path: Path) -> Iterator[Stack]:
-    api_ports = [_free_port() for _ in range(API_COUNT)]
+    api_ports = [free_port() for _ in range(API_COUNT)]
     apis = [_start_api(index, port, tmp_path) for index, port in enumerate(api_ports)]
-    listen_port = _free_port()
+    listen_port = free_port()
     conf = render_for_loopback(
         (ROOT / "deploy" / "nginx.conf").read_text(),
         listen_port=listen_port,

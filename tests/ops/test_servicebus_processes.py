@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import sys
 import time
 import urllib.error
@@ -22,16 +21,11 @@ import pytest
 from ops.launcher import Child, Supervisor
 from ops.management.commands.runplatform import Command as RunPlatform
 from tests.conftest import child_env, wait_until
+from tests.netutil import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 _FAILURE_MARKERS = ("Unrecoverable error", "Traceback (most recent call last)")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _with_fake_servicebus(child: Child) -> None:
@@ -65,7 +59,7 @@ def _log(logs: Path, name: str) -> str:
 
 
 def test_it_starts_api_worker_beat_and_flower_on_service_bus(tmp_path: Path) -> None:
-    api_port, flower_port = _free_port(), _free_port()
+    api_port, flower_port = free_port(), free_port()
     env = child_env(
         CLOUDSCALE_BROKER_URL="azureservicebus://RootManageSharedAccessKey:k3y=@cloudscale-proc",
         CLOUDSCALE_QUEUE_DEPTH_SAMPLE_SECONDS="2",  # beat publishes within seconds

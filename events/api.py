@@ -19,7 +19,7 @@ from cloudscale_project.errors import ErrorDetail, PayloadTooLarge, ValidationFa
 from cloudscale_project.timeutil import parse_iso, utcnow
 from events.authentication import tenant_of
 from events.enrichment import client_ip
-from events.ingestion import RequestContext, ingest_events, parse_json_body
+from events.ingestion import RequestContext, body_too_large, ingest_events, parse_json_body
 from events.ledger import MAX_RANGE, ledger_report
 from events.models import Tenant
 from events.schemas import EVENT_TYPES
@@ -81,21 +81,14 @@ def _context(request: Request, tenant: Tenant) -> RequestContext:
     )
 
 
-def _too_large(size: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"request body is {size} bytes; the limit is {settings.MAX_BODY_BYTES} (1 MiB)",
-        [ErrorDetail("body", "larger than 1 MiB")],
-    )
-
-
 def _body(request: Request) -> tuple[Any, int]:
     declared = request.META.get("CONTENT_LENGTH") or "0"
     if declared.isdigit() and int(declared) > settings.MAX_BODY_BYTES:
-        raise _too_large(int(declared))  # refuse before reading a byte of it
+        raise body_too_large(int(declared))  # refuse before reading a byte of it
     try:
         body = request._request.body
     except RequestDataTooBig:
-        raise _too_large(int(declared) if declared.isdigit() else 0) from None
+        raise body_too_large(int(declared) if declared.isdigit() else 0) from None
     return parse_json_body(body=body, content_type=request.content_type or ""), len(body)
 
 

@@ -64,16 +64,20 @@ class Receipts:
         return [event_id for _, event_id in self.accepted]
 
 
+def body_too_large(size: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"request body is {size} bytes; the limit is {settings.MAX_BODY_BYTES} (1 MiB)",
+        [ErrorDetail("body", "larger than 1 MiB")],
+    )
+
+
 def parse_json_body(*, body: bytes, content_type: str) -> Any:
     """The request body as JSON, or the contract's 415 / 413 / 400."""
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type != "application/json":
         raise UnsupportedMediaType(content_type)
     if len(body) > settings.MAX_BODY_BYTES:
-        raise PayloadTooLarge(
-            f"request body is {len(body)} bytes; the limit is {settings.MAX_BODY_BYTES} (1 MiB)",
-            [ErrorDetail("body", "larger than 1 MiB")],
-        )
+        raise body_too_large(len(body))
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:

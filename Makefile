@@ -42,6 +42,7 @@ run: $(VENV)/.installed
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: install-test
 	$(BIN)/mypy .
@@ -49,6 +50,7 @@ typecheck: install-test
 test: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/mypy .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	@echo "--- the core suite again on PostgreSQL (127.0.0.1:5432) ---"

@@ -148,9 +148,7 @@ class Platform:
             CLOUDSCALE_ADMIN_PASSWORD=secrets.token_urlsafe(12),
             CLOUDSCALE_TRUSTED_PROXIES=TRUSTED_PROXY,
             CLOUDSCALE_TASK_EVENTS="false",  # no Flower in this run: task events would only cost CPU
-            CLOUDSCALE_BENCHMARK_TASKS="1",
-            CLOUDSCALE_BENCHMARK_VIEWS="1",
-            DJANGO_SETTINGS_MODULE="cloudscale_project.settings",
+            DJANGO_SETTINGS_MODULE="benchmarks.settings",  # the naive task and the floor view
             PYTHONUNBUFFERED="1",
         )
         self.argv = [
@@ -410,7 +408,7 @@ class E2EResult:
 
 
 def run_batched(stack: Platform, config: BenchConfig, *, events: int, profile: str = "") -> E2EResult:
-    from events.loadgen import LoadConfig, TrafficGenerator, plan_requests, run_load
+    from benchmarks.loadgen import LoadConfig, TrafficGenerator, plan_requests, run_load
 
     traffic = TrafficGenerator(seed=7).take(events)  # generated before the clock starts
     requests = list(plan_requests(traffic, total=events, batch=config.batch))
@@ -433,9 +431,9 @@ def run_batched(stack: Platform, config: BenchConfig, *, events: int, profile: s
 
 def _enriched_events(n: int, *, one_address: bool) -> list[dict[str, Any]]:
     """Events as the API would publish them (its own validation and enrichment), made in advance."""
+    from benchmarks.loadgen import TrafficGenerator
     from cloudscale_project.timeutil import utcnow
     from events.enrichment import enrich_event
-    from events.loadgen import TrafficGenerator
     from events.schemas import validate_event
 
     enriched = []
@@ -500,7 +498,7 @@ class LatencyResult:
 def run_latency(
     stack: Platform, config: BenchConfig, *, path: str | None, seed: int, profile: str = ""
 ) -> LatencyResult:
-    from events.loadgen import LoadConfig, TrafficGenerator, plan_requests, run_load
+    from benchmarks.loadgen import LoadConfig, TrafficGenerator, plan_requests, run_load
 
     traffic = TrafficGenerator(seed=seed).take(config.latency_requests)
     load = LoadConfig(

@@ -25,8 +25,8 @@ from django.db.models import Case, Count, F, QuerySet, Value, When
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
+from cloudscale_project.metrics import platform_incr_many
 from events.models import DeadLetter
-from ops.metrics import platform_incr_many
 
 logger = logging.getLogger(__name__)
 

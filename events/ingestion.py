@@ -23,6 +23,7 @@ from cloudscale_project.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from cloudscale_project.metrics import EVENTS_INGESTED, INGESTION_DURATION
 from cloudscale_project.state import STATE_ERRORS
 from events.dedup import (
     RESERVATION_SECONDS,
@@ -36,7 +37,6 @@ from events.enrichment import enrich_event
 from events.ledger import ledger_record
 from events.publishing import publish_events, split_for_broker
 from events.schemas import validate_event
-from ops.metrics import EVENTS_INGESTED, INGESTION_DURATION
 
 logger = logging.getLogger(__name__)
 

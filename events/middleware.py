@@ -15,14 +15,14 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from cloudscale_project.errors import BrokerUnavailable, RateLimited, error_body
+from cloudscale_project.metrics import RATE_LIMIT_REJECTIONS
 from cloudscale_project.state import STATE_ERRORS
 from cloudscale_project.timeutil import utcnow
-from events.authentication import api_key_from_headers
 from events.enrichment import client_ip
 from events.ledger import ledger_record
-from events.tenants import tenant_for_key
 from events.throttling import check_rate_limits
-from ops.metrics import RATE_LIMIT_REJECTIONS
+from tenants.authentication import api_key_from_headers
+from tenants.services import tenant_for_key
 
 logger = logging.getLogger(__name__)
 

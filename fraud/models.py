@@ -5,8 +5,8 @@ from __future__ import annotations
 from django.core.validators import MinValueValidator
 from django.db import models
 
-from events.models import Tenant
 from fraud.rules import RULES, Rule
+from tenants.models import Tenant
 
 RULE_CHOICES = [(rule.value, f"{rule.value}: more than N {spec.description}") for rule, spec in RULES.items()]
 

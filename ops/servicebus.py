@@ -363,7 +363,7 @@ def servicebus_import_queue_dead_letters(
     wait_seconds: float = 5.0,
     on_progress: Callable[[int], None] | None = None,
 ) -> DeadLetterImport:
-    """`manage.py dlq import-servicebus`: import the ingestion queue's dead-letter sub-queue."""
+    """`manage.py import_servicebus_dead_letters`: import the ingestion queue's dead-letter sub-queue."""
     with (
         servicebus_channel() as channel,
         servicebus_dead_letter_receiver(

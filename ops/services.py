@@ -19,8 +19,8 @@ from django.utils import timezone
 from kombu.exceptions import KombuError
 
 from cloudscale_project.celery import app
+from cloudscale_project.metrics import platform_set_gauge
 from ops.autoscale import concurrency_target
-from ops.metrics import platform_set_gauge
 from ops.models import ConcurrencyChange
 from ops.queue_depth import queue_depth
 

@@ -46,8 +46,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 from cloudscale_project.timeutil import hour_floor, isoformat_z, parse_iso
 from events.enrichment import MAX_FUTURE_SKEW
+from events.shape import normalised
 from events.stores.base import (
-    PUBLIC_FIELDS,
     Event,
     EventPage,
     InvalidCursor,
@@ -125,32 +125,18 @@ def _index_key(tenant: str) -> str:
 def _as_item(event: Event, *, write_id: str) -> dict[str, Any]:
     """The stored item: the enriched event with normalised values (the ORM store's rules), so
     both stores read back the same event and ISO strings sort as times."""
-    timestamp = parse_iso(event["timestamp"])
+    event = normalised(event)
     return {
         "id": event["event_id"],
-        "pk": partition_key(event["tenant"], timestamp),
-        "tenant": event["tenant"],
-        "event_id": event["event_id"],
-        "event_type": event["event_type"],
-        "user_id": event["user_id"],
-        "session_id": event.get("session_id") or None,
-        "properties": event.get("properties") or {},
-        "timestamp": isoformat_z(timestamp),
-        "client_timestamp": event.get("client_timestamp") or None,
-        "sent_at": event.get("sent_at") or None,
-        "received_at": isoformat_z(parse_iso(event["received_at"])),
-        "skew_corrected": bool(event.get("skew_corrected")),
-        "timestamp_clamped": bool(event.get("timestamp_clamped")),
-        "ip": event.get("ip") or None,
-        "user_agent": (event.get("user_agent") or "")[:512] or None,
-        "correlation_id": event.get("correlation_id") or None,
+        "pk": partition_key(event["tenant"], parse_iso(event["timestamp"])),
+        **event,
         # Which write_many call stored it: tells "our own earlier attempt landed" from a duplicate.
         "write_id": write_id,
     }
 
 
 def _as_event(item: dict[str, Any]) -> Event:
-    return {"tenant": item["tenant"], **{name: item.get(name) for name in PUBLIC_FIELDS}}
+    return normalised(item)
 
 
 def _retry_after_seconds(exc: BaseException) -> float | None:

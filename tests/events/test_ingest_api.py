@@ -14,7 +14,7 @@ from django.test import Client
 
 import events.publishing
 from cloudscale_project.celery import app
-from events.tenants import tenant_set_active
+from tenants.services import tenant_set_active
 from tests.conftest import Actor, EmbeddedRedis
 
 pytestmark = [pytest.mark.django_db, pytest.mark.core]
@@ -315,7 +315,7 @@ def test_the_ledger_balances_and_is_tenant_scoped(client: Client, acme: Actor, g
 
 
 def test_ingested_counter_counts_accepted_events_by_type_and_tenant(client: Client, acme: Actor) -> None:
-    from ops.metrics import EVENTS_INGESTED
+    from cloudscale_project.metrics import EVENTS_INGESTED
 
     before = EVENTS_INGESTED.labels(event_type="purchase", tenant_id="acme")._value.get()
     post(client, acme, PURCHASE)

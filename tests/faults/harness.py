@@ -27,8 +27,8 @@ from typing import Any
 
 from django.db.models import Count
 
+from cloudscale_project.metrics import PlatformCollector
 from events.models import DeadLetter, StoredEvent
-from ops.metrics import PlatformCollector
 from tests.conftest import ROOT, LiveProcess, child_env, wait_until
 from tests.events.pipeline_support import platform_counter
 from tests.netutil import free_port

@@ -11,7 +11,7 @@ from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from ops.metrics import (
+from cloudscale_project.metrics import (
     EVENTS_INGESTED,
     INGESTION_DURATION,
     RATE_LIMIT_REJECTIONS,

@@ -1,11 +1,10 @@
-"""Test-only fault injection for the event store. Off unless `CLOUDSCALE_STORE_FAULT_FILE` is set.
+"""Test-only fault injection for the event store, outside the production code.
 
-`get_event_store()` wraps the configured store in `FaultSwitchStore` only when that setting names a
-file; a production process never sees this class. While the file exists, writes and pings raise
-`StoreUnavailable` (a store outage as the pipeline sees it: transient, retried with backoff); reads
-pass through, so the loss ledger can still be computed. The fault suite (tests/faults/) creates and
-removes the file to take "the store" down for a while under live traffic. The cost is one
-`os.path.exists` per batch write, and only in processes started with the setting.
+Tests start processes with `CLOUDSCALE_EVENT_STORE=tests.faults.stores.FaultSwitchStore` and
+`CLOUDSCALE_TEST_STORE_FAULT_FILE=<path>`: the ORM store behind a switch file. While the file exists,
+writes and pings raise `StoreUnavailable` (a store outage as the pipeline sees it: transient, retried
+with backoff); reads pass through, so the loss ledger can still be computed. The fault suite creates
+and removes the file to take "the store" down for a while under live traffic.
 """
 
 from __future__ import annotations
@@ -14,14 +13,24 @@ import os
 from collections.abc import Sequence
 from datetime import datetime
 
+from events.stores import build_event_store
 from events.stores.base import Event, EventPage, EventStore, StoreUnavailable
 
 # What a throttled or unreachable store would suggest; the fault suite's outage outlasts it.
 FAULT_RETRY_AFTER_SECONDS = 1.0
 
 
+# The environment variable naming the switch file of processes the tests start.
+FAULT_FILE_ENV = "CLOUDSCALE_TEST_STORE_FAULT_FILE"
+STORE_BACKEND = "tests.faults.stores.FaultSwitchStore"
+
+
 class FaultSwitchStore:
     """The real store behind a switch file: present = "the store is down"."""
+
+    @classmethod
+    def from_settings(cls) -> FaultSwitchStore:
+        return cls(build_event_store("orm"), fault_file=os.environ[FAULT_FILE_ENV])
 
     def __init__(self, inner: EventStore, *, fault_file: str) -> None:
         self.inner = inner

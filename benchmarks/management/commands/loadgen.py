@@ -11,8 +11,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from events.loadgen import MAX_BATCH, LoadConfig, TrafficGenerator, format_summary, run_load
-from ops.management.commands.runplatform import DEMO_TENANT
+from benchmarks.loadgen import LoadConfig, TrafficGenerator, format_summary, run_load
+from tenants.services import DEMO_TENANT
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -53,7 +53,8 @@ class Command(BaseCommand):
             type=_at_least(1),
             default=1,
             metavar="B",
-            help=f"events per request: 1 posts single events to /api/events, more (≤ {MAX_BATCH}) "
+            help="events per request: 1 posts single events to /api/events, more "
+            f"(≤ {settings.MAX_BATCH_EVENTS}) "
             "posts batches to /api/events/batch (default 1)",
         )
         parser.add_argument(
@@ -128,8 +129,8 @@ class Command(BaseCommand):
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if options["batch"] > MAX_BATCH:
-            raise CommandError(f"--batch must be at most {MAX_BATCH} (the API's limit)")
+        if options["batch"] > settings.MAX_BATCH_EVENTS:
+            raise CommandError(f"--batch must be at most {settings.MAX_BATCH_EVENTS} (the API's limit)")
         key, key_source = self._api_key(tenant=options["tenant"], key=options["key"])
         config = LoadConfig(
             url=options["url"].rstrip("/"),

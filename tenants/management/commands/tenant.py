@@ -1,4 +1,4 @@
-"""`manage.py tenant create|list|rotate-key|disable|enable`."""
+"""`manage.py tenant create|create-key|list|rotate-key|disable|enable|retire`."""
 
 from __future__ import annotations
 
@@ -8,12 +8,23 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from events.models import Tenant
-from events.tenants import tenant_create, tenant_rotate_key, tenant_set_active
+from tenants.models import ApiKey, Tenant
+from tenants.services import (
+    TenantRetired,
+    tenant_create,
+    tenant_create_key,
+    tenant_retire,
+    tenant_rotate_key,
+    tenant_set_active,
+)
 
 
 class Command(BaseCommand):
-    help = "Manage tenants and their API keys. Commands that issue a key print it alone on the last line."
+    help = (
+        "Manage tenants and their API keys. Commands that issue a key print it alone on the last line. "
+        "Example: python manage.py tenant create acme --name 'Acme Corp'; "
+        "python manage.py tenant create-key acme --scope ingest"
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -21,6 +32,11 @@ class Command(BaseCommand):
         create.add_argument("slug", help="short unique id, e.g. acme")
         create.add_argument("--name", default="", help="display name (defaults to the slug)")
         create.add_argument("--webhook-url", default="", help="URL that receives cart-abandonment webhooks")
+        create_key = sub.add_parser(
+            "create-key", help="issue a further key; `ingest` keys may only send events (for SDKs in apps)"
+        )
+        create_key.add_argument("slug")
+        create_key.add_argument("--scope", required=True, choices=ApiKey.Scope.values)
         sub.add_parser("list", help="list tenants")
         rotate = sub.add_parser("rotate-key", help="revoke the tenant's keys and issue a new one")
         rotate.add_argument("slug")
@@ -28,7 +44,12 @@ class Command(BaseCommand):
         disable.add_argument("slug")
         enable = sub.add_parser("enable", help="enable a disabled tenant")
         enable.add_argument("slug")
-        for action in (create, rotate, disable, enable):
+        retire = sub.add_parser(
+            "retire",
+            help="retire a tenant for good: keys revoked, slug never reused (tenants are not deleted)",
+        )
+        retire.add_argument("slug")
+        for action in (create, create_key, rotate, disable, enable, retire):
             action.formatter_class = argparse.ArgumentDefaultsHelpFormatter
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -46,11 +67,23 @@ class Command(BaseCommand):
                     f"Revoked the old keys of {issued.tenant.slug!r}. New API key (shown once):"
                 )
                 self.stdout.write(issued.key)
+            elif action == "create-key":
+                issued = tenant_create_key(slug=options["slug"], scope=options["scope"])
+                self.stderr.write(
+                    f"New {options['scope']} API key for {issued.tenant.slug!r} (shown once; "
+                    "its other keys stay valid):"
+                )
+                self.stdout.write(issued.key)
+            elif action == "retire":
+                tenant = tenant_retire(slug=options["slug"])
+                self.stdout.write(f"{tenant.slug}: retired (keys revoked; the slug stays taken)")
             elif action in {"disable", "enable"}:
                 tenant = tenant_set_active(slug=options["slug"], active=action == "enable")
                 self.stdout.write(f"{tenant.slug}: {'active' if tenant.active else 'disabled'}")
             else:
                 self._list()
+        except TenantRetired as exc:
+            raise CommandError(str(exc)) from None
         except Tenant.DoesNotExist:
             raise CommandError(f"No tenant with slug {options['slug']!r}.") from None
         except ValidationError as exc:
@@ -60,9 +93,8 @@ class Command(BaseCommand):
 
     def _list(self) -> None:
         tenants = Tenant.objects.all()
-        self.stdout.write(f"{'SLUG':<24} {'ACTIVE':<7} {'KEYS':<5} NAME")
+        self.stdout.write(f"{'SLUG':<24} {'STATE':<9} {'KEYS':<5} NAME")
         for tenant in tenants:
             keys = tenant.api_keys.filter(revoked_at__isnull=True).count()
-            self.stdout.write(
-                f"{tenant.slug:<24} {'yes' if tenant.active else 'no':<7} {keys:<5} {tenant.name}"
-            )
+            state = "retired" if tenant.retired_at else "active" if tenant.active else "disabled"
+            self.stdout.write(f"{tenant.slug:<24} {state:<9} {keys:<5} {tenant.name}")

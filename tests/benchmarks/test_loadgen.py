@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from events.loadgen import REASON_INVALID, TrafficGenerator
+from benchmarks.loadgen import REASON_INVALID, TrafficGenerator
 from events.models import StoredEvent
 from events.schemas import EVENT_TYPES, validate_event
 from tests.conftest import Actor, LiveProcess, wait_until
@@ -146,7 +146,7 @@ def test_it_keeps_the_target_rate(acme: Actor, live_server: Any, tmp_path: Path)
 def test_it_uses_the_demo_key_from_the_state_folder(
     live_server: Any, tmp_path: Path, db: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from events.tenants import tenant_create
+    from tenants.services import tenant_create
 
     monkeypatch.delenv("CLOUDSCALE_API_KEY", raising=False)
     key_file = settings.STATE_DIR / "demo_api_key"

@@ -32,11 +32,11 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 
+from carts.models import CartAbandonment, CartCheck, CartPurchase
+from carts.webhooks import DeliveryResult, webhook_post
+from cloudscale_project.metrics import platform_incr
 from cloudscale_project.timeutil import isoformat_z, parse_iso, utcnow
-from events.models import Tenant
-from ops.metrics import platform_incr
-from scoring.models import CartAbandonment, CartCheck, CartPurchase
-from scoring.webhooks import DeliveryResult, webhook_post
+from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
 

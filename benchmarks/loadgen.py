@@ -34,11 +34,18 @@ from tqdm import tqdm
 
 from cloudscale_project.timeutil import isoformat_z
 
+
+def max_batch() -> int:
+    """The API's batch limit, from the settings the API itself reads."""
+    from django.conf import settings
+
+    return int(settings.MAX_BATCH_EVENTS)
+
+
 Event = dict[str, Any]
 
 SINGLE_PATH = "/api/events"
 BATCH_PATH = "/api/events/batch"
-MAX_BATCH = 500  # the API's limit (CONTRACT section 3)
 USER_AGENT = "cloudscale-loadgen/1"
 
 # Reasons an event did not get a 202 receipt, besides "<status> <error code>" of a refused request.
@@ -112,7 +119,7 @@ class TrafficGenerator:
     ) -> None:
         if not 0 <= fraud_ratio <= 1 or not 0 <= invalid_ratio <= 1:
             raise ValueError("fraud_ratio and invalid_ratio are fractions between 0 and 1")
-        self._rng = random.Random(seed)  # noqa: S311 - synthetic traffic, not security
+        self._rng = random.Random(seed)
         self._users = max(1, users)
         self._fraud_ratio = fraud_ratio
         self._invalid_ratio = invalid_ratio
@@ -370,8 +377,8 @@ class LoadConfig:
     def __post_init__(self) -> None:
         if self.events < 0:
             raise ValueError("events must be ≥ 0")
-        if not 1 <= self.batch <= MAX_BATCH:
-            raise ValueError(f"batch must be between 1 and {MAX_BATCH} (the API's limit)")
+        if not 1 <= self.batch <= max_batch():
+            raise ValueError(f"batch must be between 1 and {max_batch()} (the API's limit)")
         if self.rate < 0 or self.concurrency < 1 or self.retries < 0 or self.timeout <= 0:
             raise ValueError("rate ≥ 0, concurrency ≥ 1, retries ≥ 0 and timeout > 0 are required")
 
@@ -512,7 +519,7 @@ def _retry_wait(response: httpx.Response | None, attempt: int) -> float:
         with contextlib.suppress(TypeError, ValueError):
             return min(float(response.headers.get("Retry-After", "")), _RETRY_BACKOFF_CAP_SECONDS)
     step = min(_RETRY_BACKOFF_CAP_SECONDS, _RETRY_BACKOFF_SECONDS * 2**attempt)
-    return step / 2 + random.random() * step / 2  # noqa: S311 - jitter, not security
+    return step / 2 + random.random() * step / 2
 
 
 def _read_receipts(response: httpx.Response, events: list[Event], *, single: bool) -> RequestOutcome:

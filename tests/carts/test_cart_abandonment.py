@@ -17,12 +17,11 @@ import pytest
 import redis
 from django.conf import settings
 
+from carts.models import CartAbandonment, CartCheck
+from carts.services import cart_checks_fire, cart_events_record, cart_webhooks_deliver, cart_webhooks_retry
+from carts.tasks import fire_cart_abandonments
 from cloudscale_project.timeutil import isoformat_z
-from events.actions import actions_schedule_batch
-from events.models import Tenant
-from scoring.carts import cart_checks_fire, cart_webhooks_deliver, cart_webhooks_retry
-from scoring.models import CartAbandonment, CartCheck
-from scoring.tasks import fire_cart_abandonments
+from tenants.models import Tenant
 
 pytestmark = [pytest.mark.core]
 
@@ -94,8 +93,8 @@ def abandonment_metric(state_redis: redis.Redis) -> int:
 class TestCartAbandonment:
     def test_a_purchase_within_30_minutes_cancels_the_check(self, shop: Tenant, receiver: Receiver) -> None:
         added = now() - timedelta(minutes=45)
-        actions_schedule_batch(tenant="acme", events=[event("add_to_cart", at=added)])
-        actions_schedule_batch(tenant="acme", events=[event("purchase", at=added + timedelta(minutes=29))])
+        cart_events_record(tenant="acme", events=[event("add_to_cart", at=added)])
+        cart_events_record(tenant="acme", events=[event("purchase", at=added + timedelta(minutes=29))])
         fire_cart_abandonments()
         assert not CartAbandonment.objects.exists()
         assert CartCheck.objects.get().status == CartCheck.Status.CANCELLED
@@ -103,8 +102,8 @@ class TestCartAbandonment:
 
     def test_a_purchase_processed_before_its_add_to_cart_still_cancels_it(self, shop: Tenant) -> None:
         added = now() - timedelta(minutes=45)
-        actions_schedule_batch(tenant="acme", events=[event("purchase", at=added + timedelta(minutes=5))])
-        actions_schedule_batch(tenant="acme", events=[event("add_to_cart", at=added)])
+        cart_events_record(tenant="acme", events=[event("purchase", at=added + timedelta(minutes=5))])
+        cart_events_record(tenant="acme", events=[event("add_to_cart", at=added)])
         assert cart_checks_fire() == []
         assert CartCheck.objects.get().status == CartCheck.Status.CANCELLED
 
@@ -113,8 +112,8 @@ class TestCartAbandonment:
     ) -> None:
         added = now() - timedelta(minutes=31)
         add = event("add_to_cart", at=added)
-        actions_schedule_batch(tenant="acme", events=[add])
-        actions_schedule_batch(tenant="acme", events=[add])  # a redelivered batch
+        cart_events_record(tenant="acme", events=[add])
+        cart_events_record(tenant="acme", events=[add])  # a redelivered batch
         fire_cart_abandonments()
         fire_cart_abandonments()  # beat runs again
 
@@ -138,14 +137,14 @@ class TestCartAbandonment:
 
     def test_nothing_fires_before_30_minutes_of_event_time(self, shop: Tenant, receiver: Receiver) -> None:
         added = now() - timedelta(minutes=10)
-        actions_schedule_batch(tenant="acme", events=[event("add_to_cart", at=added)])
+        cart_events_record(tenant="acme", events=[event("add_to_cart", at=added)])
         assert cart_checks_fire() == []
         assert CartCheck.objects.get().due_at == added + timedelta(minutes=30)
         assert len(cart_checks_fire(now=added + timedelta(minutes=30))) == 1
 
     def test_a_purchase_after_the_due_time_does_not_cancel(self, shop: Tenant) -> None:
         added = now() - timedelta(hours=2)
-        actions_schedule_batch(
+        cart_events_record(
             tenant="acme",
             events=[event("add_to_cart", at=added), event("purchase", at=added + timedelta(minutes=30))],
         )
@@ -153,7 +152,7 @@ class TestCartAbandonment:
 
     def test_a_purchase_by_another_user_does_not_cancel(self, shop: Tenant) -> None:
         added = now() - timedelta(hours=1)
-        actions_schedule_batch(
+        cart_events_record(
             tenant="acme",
             events=[
                 event("add_to_cart", at=added),
@@ -166,7 +165,7 @@ class TestCartAbandonment:
         self, shop: Tenant, receiver: Receiver
     ) -> None:
         receiver.answers = [503]
-        actions_schedule_batch(tenant="acme", events=[event("add_to_cart", at=now() - timedelta(hours=1))])
+        cart_events_record(tenant="acme", events=[event("add_to_cart", at=now() - timedelta(hours=1))])
         fire_cart_abandonments()
         abandonment = CartAbandonment.objects.get()
         assert abandonment.webhook_status == CartAbandonment.Webhook.PENDING
@@ -186,7 +185,7 @@ class TestCartAbandonment:
 
     def test_it_gives_up_after_the_last_attempt(self, shop: Tenant, receiver: Receiver) -> None:
         receiver.answers = [500] * 20
-        actions_schedule_batch(tenant="acme", events=[event("add_to_cart", at=now() - timedelta(hours=1))])
+        cart_events_record(tenant="acme", events=[event("add_to_cart", at=now() - timedelta(hours=1))])
         cart_checks_fire()
         later = now()
         for _ in range(10):
@@ -201,7 +200,7 @@ class TestCartAbandonment:
         assert cart_webhooks_deliver() == 1
 
     def test_a_delivery_cut_off_mid_post_is_not_sent_again(self, shop: Tenant, receiver: Receiver) -> None:
-        actions_schedule_batch(tenant="acme", events=[event("add_to_cart", at=now() - timedelta(hours=1))])
+        cart_events_record(tenant="acme", events=[event("add_to_cart", at=now() - timedelta(hours=1))])
         cart_checks_fire()
         # A sender claimed it and died before recording the outcome.
         CartAbandonment.objects.update(
@@ -218,14 +217,14 @@ class TestCartAbandonment:
     def test_without_a_webhook_url_it_records_the_abandonment_only(
         self, acme: Any, receiver: Receiver
     ) -> None:
-        actions_schedule_batch(tenant="acme", events=[event("add_to_cart", at=now() - timedelta(hours=1))])
+        cart_events_record(tenant="acme", events=[event("add_to_cart", at=now() - timedelta(hours=1))])
         fire_cart_abandonments()
         assert CartAbandonment.objects.get().webhook_status == CartAbandonment.Webhook.NONE
         assert receiver.requests == []
 
     def test_each_cart_is_its_own_record_and_users_stay_apart(self, shop: Tenant, receiver: Receiver) -> None:
         added = now() - timedelta(hours=1)
-        actions_schedule_batch(
+        cart_events_record(
             tenant="acme",
             events=[event("add_to_cart", at=added), event("add_to_cart", at=added, user="u2"),
                     event("purchase", at=added + timedelta(minutes=3), user="u2")],
@@ -236,11 +235,11 @@ class TestCartAbandonment:
 
 
 def test_two_beat_runs_at_once_fire_each_cart_once(transactional_db: None, receiver: Receiver) -> None:
-    from events.tenants import tenant_create
+    from tenants.services import tenant_create
 
     tenant_create(slug="acme", webhook_url=receiver.url)
     added = now() - timedelta(hours=1)
-    actions_schedule_batch(
+    cart_events_record(
         tenant="acme", events=[event("add_to_cart", at=added, user=f"u{i}") for i in range(20)]
     )
     errors: list[BaseException] = []
@@ -269,5 +268,5 @@ def test_two_beat_runs_at_once_fire_each_cart_once(transactional_db: None, recei
 
 def test_beat_fires_the_checks_every_30_seconds() -> None:
     entry = settings.CELERY_BEAT_SCHEDULE["scoring.fire-cart-abandonments"]
-    assert entry["task"] == "scoring.fire_cart_abandonments"
+    assert entry["task"] == "carts.fire_cart_abandonments"
     assert 30 <= float(entry["schedule"]) <= 60  # type: ignore[arg-type]

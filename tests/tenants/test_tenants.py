@@ -5,8 +5,8 @@ import io
 import pytest
 from django.core.management import CommandError, call_command
 
-from events.models import ApiKey, Tenant
-from events.tenants import hash_api_key, tenant_for_key
+from tenants.models import ApiKey, Tenant
+from tenants.services import hash_api_key, tenant_for_key
 
 pytestmark = [pytest.mark.django_db, pytest.mark.core]
 

@@ -7,6 +7,8 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from tenants.keycache import tenants_changed
+
 
 class TenantQuerySet(models.QuerySet["Tenant"]):
     def delete(self) -> tuple[int, dict[str, int]]:
@@ -47,6 +49,7 @@ class Tenant(models.Model):
             if stored is not None and stored != self.slug:
                 raise ValidationError({"slug": f"A tenant's slug is frozen once created (it is {stored!r})."})
         super().save(*args, **kwargs)
+        tenants_changed()  # e.g. `active` unticked in the admin: refused at once everywhere
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise TenantsAreNeverDeleted(TenantsAreNeverDeleted.MESSAGE)
@@ -74,3 +77,7 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.tenant.slug})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        super().save(*args, **kwargs)
+        tenants_changed()  # e.g. revoked in the admin

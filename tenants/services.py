@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
+from tenants.keycache import cached_lookup, tenants_changed
 from tenants.models import ApiKey, Tenant
 
 KEY_PREFIX = "cs_"
@@ -63,6 +64,7 @@ def tenant_rotate_key(*, slug: str) -> IssuedKey:
     """Revoke every live key of the tenant and issue a new (full) one."""
     tenant = _live_tenant_for_update(slug)
     ApiKey.objects.filter(tenant=tenant, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    tenants_changed()
     return IssuedKey(tenant=tenant, key=_issue_key(tenant))
 
 
@@ -79,6 +81,7 @@ def tenant_set_active(*, slug: str, active: bool) -> Tenant:
     # A retired tenant stays disabled: enabling it is refused, disabling it again is harmless.
     rows = Tenant.objects.filter(slug=slug)
     updated = (rows.filter(retired_at__isnull=True) if active else rows).update(active=active)
+    tenants_changed()
     if updated != 1:
         if rows.exists():
             raise TenantRetired(f"Tenant {slug!r} was retired; it cannot be enabled again.")
@@ -97,6 +100,7 @@ def tenant_retire(*, slug: str) -> Tenant:
     tenant = Tenant.objects.select_for_update().get(slug=slug)
     now = timezone.now()
     ApiKey.objects.filter(tenant=tenant, revoked_at__isnull=True).update(revoked_at=now)
+    tenants_changed()
     if tenant.retired_at is None:
         Tenant.objects.filter(pk=tenant.pk).update(active=False, retired_at=now)
         tenant.refresh_from_db()
@@ -107,10 +111,12 @@ def api_key_lookup(key: str) -> ApiKey | None:
     """The live key (with its tenant, active or not: the caller decides 401 vs 403)."""
     if not key.startswith(KEY_PREFIX) or len(key) > 100:
         return None
-    return (
-        ApiKey.objects.select_related("tenant")
-        .filter(key_hash=hash_api_key(key), revoked_at__isnull=True)
-        .first()
+    key_hash = hash_api_key(key)
+    return cached_lookup(
+        key_hash,
+        lambda: (
+            ApiKey.objects.select_related("tenant").filter(key_hash=key_hash, revoked_at__isnull=True).first()
+        ),
     )
 
 

@@ -27,7 +27,7 @@ DEFAULT_PAGE = 100
 
 
 class StoredEventSerializer(serializers.Serializer[Any]):
-    """Documentation of a stored event (CONTRACT section 4); responses render `public_view` dicts."""
+    """Documentation of a stored event (docs/api.md, "Stored events"); responses render `public_view`."""
 
     event_id = serializers.CharField()
     event_type = serializers.ChoiceField(choices=EVENT_TYPES)

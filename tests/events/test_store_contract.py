@@ -28,7 +28,7 @@ def make_event(
     user_id: str = "u-1",
     **extra: Any,
 ) -> dict[str, Any]:
-    """An enriched event as the worker hands it to the store (CONTRACT section 4, plus tenant)."""
+    """An enriched event as the worker hands it to the store (docs/api.md, "Stored events", plus tenant)."""
     event: dict[str, Any] = {
         "event_id": event_id or str(uuid.uuid4()),
         "event_type": event_type,

@@ -1,4 +1,4 @@
-"""GET /metrics: every metric of CONTRACT section 8, the API's own and the platform's, in one scrape."""
+"""GET /metrics: every metric of docs/api.md ("Metrics"), the API's own and the platform's, in one scrape."""
 
 from __future__ import annotations
 

@@ -210,7 +210,7 @@ def test_it_dead_letters_after_the_max_delivery_count(
     wait_until(
         lambda: _queue_state(servicebus, queue) == (0, 1), timeout=30, message="broker dead-lettered it"
     )
-    assert deliveries.attempts["poison"] == 10  # CONTRACT: max delivery count 10
+    assert deliveries.attempts["poison"] == 10  # docs/api.md, "Service Bus queues": max delivery count 10
     (message,) = servicebus.default.queues[queue].dead_letter
     assert message.dead_letter_reason == "MaxDeliveryCountExceeded"
 

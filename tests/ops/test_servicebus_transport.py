@@ -278,7 +278,12 @@ def test_it_keeps_a_worker_alive_through_an_outage(
 ) -> None:
     namespace = servicebus.default
     namespace.fail_with = ServiceRequestError("Name or service not known")
-    time.sleep(1.5)  # the worker's receive fails; it reconnects instead of exiting
+    # The worker's receive is refused; it does not exit but reconnects, and its connection probe
+    # (ops/servicebus_transport.py) is refused again and again until the namespace is back.
+    wait_until(lambda: namespace.refused["receive"] >= 1, timeout=30, message="a receive refused")
+    wait_until(
+        lambda: namespace.refused["get_namespace_properties"] >= 2, timeout=30, message="reconnects refused"
+    )
     namespace.fail_with = None
     _publish(sb_app, key="after-outage")
     wait_until(lambda: deliveries.done == ["after-outage"], timeout=30, message="consumed after the outage")

@@ -1,4 +1,4 @@
-"""`manage.py provision_servicebus` sends exactly the contract's queue settings (docs/api.md, "Service Bus queues")."""
+"""`manage.py provision_servicebus` sends exactly the queue settings of docs/api.md, "Service Bus queues"."""
 
 from __future__ import annotations
 
@@ -46,11 +46,11 @@ def _calls(servicebus: FakeServiceBus, operation: str) -> list[tuple[str, dict[s
     return [(name, args) for op, name, args in servicebus.default.admin_calls if op == operation]
 
 
-def test_it_holds_the_contract_settings() -> None:
+def test_it_holds_the_documented_queue_settings() -> None:
     assert QUEUE_PROPERTIES == QUEUE_SETTINGS
 
 
-def test_it_creates_the_queue_with_exactly_the_contract_settings(servicebus: FakeServiceBus) -> None:
+def test_it_creates_the_queue_with_exactly_the_documented_settings(servicebus: FakeServiceBus) -> None:
     output = _provision("--queue", "events-ingestion")
 
     assert _calls(servicebus, "create_queue") == [("events-ingestion", QUEUE_SETTINGS)]

@@ -218,8 +218,8 @@ class TrafficGenerator:
             steps.append(("login_failed", {"reason": "wrong_password"}))
         return [*steps, ("login", {"method": self._rng.choice(_LOGIN_METHODS)}), self._page_view()]
 
-    # Fraud-like bursts (CONTRACT section 6 defaults: > 3 purchases / 10 min, > 5 login_failed /
-    # 5 min by one user, > 10 users from one address / 10 min).
+    # Fraud-like bursts (the default rules of docs/api.md, "Fraud rules": > 3 purchases / 10 min,
+    # > 5 login_failed / 5 min by one user, > 10 users from one address / 10 min).
 
     def _purchase_burst(self) -> list[tuple[str, dict[str, Any]]]:
         steps = [("login", {"method": "password"})]

@@ -1,9 +1,9 @@
-"""`make bench`: the platform's numbers from one run on this machine (CONTRACT section 9).
+"""`make bench`: the platform's numbers from one run on this machine (docs/benchmarks.md).
 
 Starts the embedded stack itself (`manage.py runplatform` with its own temporary state folder and
 free ports, no Flower, no beat, task events off), then measures, one after the other:
 
-1. batched end-to-end throughput: synthetic traffic (events/loadgen.py) in batches through
+1. batched end-to-end throughput: synthetic traffic (benchmarks/loadgen.py) in batches through
    `POST /api/events/batch` from several clients, from the first POST until every accepted event
    is in the event store (counted through the ORM on the same SQLite file);
 2. the naive baseline: the same kind of events published straight to the broker, one Celery task
@@ -37,7 +37,6 @@ import platform
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+# Only once ROOT is on sys.path (this file runs as a script).
+from cloudscale_project.env import env_int  # noqa: E402
+from tests.netutil import free_port  # noqa: E402
 
 TENANT = "demo"
 READY_TIMEOUT_SECONDS = 120.0
@@ -75,35 +78,22 @@ LIFTED_LIMITS = {
 }
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    return int(raw) if raw else default
-
-
 @dataclass(frozen=True)
 class BenchConfig:
-    events: int = field(default_factory=lambda: _env_int("CLOUDSCALE_BENCH_EVENTS", 50_000))
-    batch: int = field(default_factory=lambda: _env_int("CLOUDSCALE_BENCH_BATCH", 500))
-    clients: int = field(default_factory=lambda: _env_int("CLOUDSCALE_BENCH_CLIENTS", 4))
-    naive_events: int = field(default_factory=lambda: _env_int("CLOUDSCALE_BENCH_NAIVE_EVENTS", 5_000))
-    latency_clients: int = field(default_factory=lambda: _env_int("CLOUDSCALE_BENCH_LATENCY_CLIENTS", 50))
-    latency_requests: int = field(
-        default_factory=lambda: _env_int("CLOUDSCALE_BENCH_LATENCY_REQUESTS", 3_000)
-    )
-    api_workers: int = field(default_factory=lambda: _env_int("CLOUDSCALE_BENCH_API_WORKERS", 2))
+    events: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_EVENTS", 50_000))
+    batch: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_BATCH", 500))
+    clients: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_CLIENTS", 4))
+    naive_events: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_NAIVE_EVENTS", 5_000))
+    latency_clients: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_LATENCY_CLIENTS", 50))
+    latency_requests: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_LATENCY_REQUESTS", 3_000))
+    api_workers: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_API_WORKERS", 2))
     autoscale: str = field(default_factory=lambda: os.environ.get("CLOUDSCALE_BENCH_AUTOSCALE", "2,2"))
     profile_dir: str = field(default_factory=lambda: os.environ.get("CLOUDSCALE_BENCH_PROFILE", ""))
     one_address: bool = field(default_factory=lambda: os.environ.get("CLOUDSCALE_BENCH_ONE_ADDRESS") == "1")
-    timeout: float = field(default_factory=lambda: float(_env_int("CLOUDSCALE_BENCH_TIMEOUT", 240)))
+    timeout: float = field(default_factory=lambda: float(env_int("CLOUDSCALE_BENCH_TIMEOUT", 240)))
 
 
 _ROLE_MARKERS = {"api": "gunicorn", "worker": " worker ", "redis": "redis-server"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _status(url: str) -> int:
@@ -124,7 +114,7 @@ class Platform:
 
     def __init__(self, config: BenchConfig) -> None:
         self.state = Path(tempfile.mkdtemp(prefix="cloudscale-bench-"))
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
             key: value
@@ -144,7 +134,7 @@ class Platform:
         self.env.update(
             LIFTED_LIMITS,
             CLOUDSCALE_STATE_DIR=str(self.state),
-            CLOUDSCALE_EMBEDDED_REDIS_PORT=str(_free_port()),
+            CLOUDSCALE_EMBEDDED_REDIS_PORT=str(free_port()),
             CLOUDSCALE_ADMIN_PASSWORD=secrets.token_urlsafe(12),
             CLOUDSCALE_TRUSTED_PROXIES=TRUSTED_PROXY,
             CLOUDSCALE_TASK_EVENTS="false",  # no Flower in this run: task events would only cost CPU

@@ -1,4 +1,4 @@
-"""Cart abandonment (CONTRACT section 6): scheduled in the database, fired by beat.
+"""Cart abandonment (docs/api.md, "Cart abandonment"): scheduled in the database, fired by beat.
 
 - The actions step records every add_to_cart as a CartCheck due CART_ABANDONMENT_MINUTES of event
   time later, and every purchase as a CartPurchase that cancels the user's pending checks with

@@ -1,4 +1,4 @@
-"""The one error shape of the API (CONTRACT section 5) and the one handler that renders it.
+"""The one error shape of the API (docs/api.md, "Errors") and the one handler that renders it.
 
 {"error": {"code", "message", "details": [{"field", "message"}]}, "correlation_id"}
 """
@@ -134,7 +134,7 @@ class StoreUnavailable(Exception):
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's EXCEPTION_HANDLER: every error, ours or DRF's, leaves in the contract's shape."""
+    """DRF's EXCEPTION_HANDLER: every error, ours or DRF's, leaves in that one shape."""
     if isinstance(exc, ApplicationError):
         body = error_body(exc.code, exc.message, [d.as_dict() for d in exc.details])
         return Response(body, status=exc.status, headers=exc.headers)

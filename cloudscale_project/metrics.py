@@ -1,4 +1,4 @@
-"""Prometheus metrics (CONTRACT section 8).
+"""Prometheus metrics (the list, with labels and meaning: docs/api.md, "Metrics").
 
 Two kinds:
 - the API processes' own (ingested, duration, rate-limit rejections): prometheus_client objects,

@@ -205,7 +205,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # effect is idempotent per (tenant, event_id).
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # Task events feed Flower. Service Bus cannot carry them to another process (no fanout), so there
-# they would only cost CPU (FACTS.md: ~35 %); the flag still turns them on for a same-process monitor.
+# they would only cost CPU (~35 % of throughput, docs/decisions.md "Measured facts"); the flag
+# still turns them on for a same-process monitor.
 CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CLOUDSCALE_TASK_EVENTS", not _SERVICE_BUS)
 CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
@@ -290,7 +291,6 @@ RATE_LIMIT_GLOBAL_PER_MINUTE = env_int("CLOUDSCALE_RATE_LIMIT_GLOBAL_PER_MINUTE"
 # 0 turns the per-tenant events-per-second quota off.
 RATE_LIMIT_TENANT_EVENTS_PER_SECOND = env_int("CLOUDSCALE_RATE_LIMIT_TENANT_EVENTS_PER_SECOND", 0, minimum=0)
 PUBLISH_ATTEMPTS = env_int("CLOUDSCALE_PUBLISH_ATTEMPTS", 3, minimum=1)
-PUBLISH_TIMEOUT_SECONDS = env_float("CLOUDSCALE_PUBLISH_TIMEOUT", 2.0)
 BROKER_RETRY_AFTER_SECONDS = env_int("CLOUDSCALE_BROKER_RETRY_AFTER", 5, minimum=1)
 
 # --- Processing -----------------------------------------------------------------------------------

@@ -161,6 +161,7 @@ class RequeueResult:
 def _publish(letter: DeadLetter) -> None:
     """Send the original payload to the ingestion queue again."""
     from cloudscale_project.celery import app
+    from events.publishing import TASK_NAME
 
     payload = bytes(letter.payload)
     if letter.kind == Kind.RAW:
@@ -190,7 +191,7 @@ def _publish(letter: DeadLetter) -> None:
                 "correlation_id": letter.correlation_id,
             },
         )
-    app.send_task("events.process_batch", args=args, kwargs=kwargs, queue=settings.QUEUE_NAME)
+    app.send_task(TASK_NAME, args=args, kwargs=kwargs, queue=settings.QUEUE_NAME)
 
 
 def deadletter_requeue(

@@ -72,7 +72,7 @@ def body_too_large(size: int) -> PayloadTooLarge:
 
 
 def parse_json_body(*, body: bytes, content_type: str) -> Any:
-    """The request body as JSON, or the contract's 415 / 413 / 400."""
+    """The request body as JSON, or a 415 / 413 / 400 (docs/api.md, "Errors")."""
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type != "application/json":
         raise UnsupportedMediaType(content_type)

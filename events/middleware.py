@@ -1,4 +1,4 @@
-"""Rate limiting of /api/events* in front of everything else (CONTRACT section 5).
+"""Rate limiting of /api/events* in front of everything else (docs/api.md, "Rate limits").
 
 It runs before authentication, so floods are refused before any database work, and it puts the
 RateLimit-* headers on every /api/events* response, including 401s and 400s.
@@ -63,7 +63,7 @@ class RateLimitMiddleware:
             decision = check_rate_limits(ip=client_ip(request), tenant=tenant_slug, events=events)
         except STATE_ERRORS:
             logger.warning("rate-limit state unavailable", exc_info=True)
-            return _render(BrokerUnavailable(retry_after=5))
+            return _render(BrokerUnavailable(retry_after=settings.BROKER_RETRY_AFTER_SECONDS))
         if not decision.allowed:
             RATE_LIMIT_REJECTIONS.inc()
             self._count_refused(request)

@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 Reason = DeadLetter.Reason
 
-# The catalog is the API's (CONTRACT section 4): a type the API would refuse is unknown here too.
+# The catalog is the API's (docs/api.md, "Events"): a type the API would refuse is unknown here too.
 EVENT_TYPES: frozenset[str] = frozenset(CATALOG)
 
 # (field, required, max length) of the string fields a worker checks (events/shape.py): an

@@ -1,4 +1,4 @@
-"""Durable publish of one request's events as one message (CONTRACT sections 3 and 5).
+"""Durable publish of one request's events as one message (docs/api.md, "Delivery guarantee").
 
 A 202 is returned only after this returns: on Redis the LPUSH reply (with the embedded server's
 `appendfsync always`, after the write reached disk), on RabbitMQ the publisher confirm. Transient
@@ -19,6 +19,8 @@ from cloudscale_project.errors import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 
+# The one name of the batch task (events/tasks.py) that publishers, requeue and the Service Bus
+# dead-letter import all refer to.
 TASK_NAME = "events.process_batch"
 
 
@@ -34,7 +36,7 @@ def _broker_errors() -> tuple[type[BaseException], ...]:
         errors.append(RedisError)
     except ImportError:  # pragma: no cover - redis is a dependency
         pass
-    try:  # Service Bus raises azure-core errors that kombu does not map (FACTS.md)
+    try:  # Service Bus raises azure-core errors (ServiceRequestError) that kombu does not map
         from azure.core.exceptions import AzureError
 
         errors.append(AzureError)

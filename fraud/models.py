@@ -12,7 +12,7 @@ RULE_CHOICES = [(rule.value, f"{rule.value}: more than N {spec.description}") fo
 
 
 class FraudRuleSetting(models.Model):
-    """A tenant's override of one rule; a rule without a row runs with the contract's defaults."""
+    """A tenant's override of one rule; a rule without a row runs with its defaults."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="fraud_rule_settings")
     rule = models.CharField(max_length=32, choices=RULE_CHOICES)

@@ -68,7 +68,7 @@ def _last_recorded_target() -> int | None:
 
 
 def broadcast_supported() -> bool:
-    """Service Bus's kombu transport has no fanout, so no remote control (FACTS.md)."""
+    """Service Bus's kombu transport has no fanout: remote control (inspect, autoscale) never arrives."""
     return settings.BROKER_SCHEME != "azureservicebus"
 
 

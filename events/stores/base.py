@@ -1,7 +1,7 @@
 """The event-store port. Every adapter passes the same contract tests (tests/events/test_store_contract.py).
 
-Events travel as plain dicts of JSON primitives (the enriched event of CONTRACT section 4,
-plus `tenant`); timestamps are ISO 8601 strings in UTC with a `Z`.
+Events travel as plain dicts of JSON primitives (the enriched event of docs/api.md,
+"Stored events", plus `tenant`); timestamps are ISO 8601 strings in UTC with a `Z`.
 """
 
 from __future__ import annotations

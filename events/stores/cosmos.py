@@ -1,6 +1,6 @@
 """The Azure Cosmos DB event store (`CLOUDSCALE_EVENT_STORE=cosmos`).
 
-Layout (CONTRACT section 7): one container, partition key path `/pk`, item `id` = `event_id`,
+Layout (docs/api.md, "Cosmos DB layout"): one container, partition key path `/pk`, item `id` = `event_id`,
 `pk` = "<tenant slug>:<yyyy-MM of the event timestamp>", no per-item `ttl` (the container's default,
 2,592,000 s, expires items 30 days after their write), session consistency.
 
@@ -623,7 +623,7 @@ class CosmosEventStore:
             raise failure
 
     def purge_expired(self, *, older_than: datetime) -> int:
-        """Nothing to do: the container's default TTL expires items (CONTRACT section 6)."""
+        """Nothing to do: the container's default TTL expires items (docs/api.md, "Retention")."""
         return 0
 
     def ping(self) -> None:

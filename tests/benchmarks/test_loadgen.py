@@ -55,7 +55,7 @@ def test_it_generates_fraud_like_bursts() -> None:
     users_by_address: dict[str, set[str]] = defaultdict(set)
     for p in planned:
         users_by_address[p.client_ip].add(p.event["user_id"])
-    assert max(purchases.values()) > 3  # CONTRACT section 6 defaults
+    assert max(purchases.values()) > 3  # the default fraud rules (docs/api.md, "Fraud rules")
     assert max(failed_logins.values()) > 5
     assert max(len(users) for users in users_by_address.values()) > 10
 

@@ -220,7 +220,7 @@ def test_it_saves_an_edited_fraud_threshold(admin: Admin) -> None:
     tenant_create(slug="acme", name="Acme Corp")
     admin.login()
     admin.open("/admin/fraud/fraudrulesetting/add/?rule=purchase_velocity")
-    # The form starts from the contract's default for the rule: more than 3 purchases in 10 minutes.
+    # The form starts from the rule's default: more than 3 purchases in 10 minutes.
     assert admin.page.input_value("#id_threshold") == "3"
     assert admin.page.input_value("#id_window_seconds") == "600"
     admin.page.select_option("#id_tenant", label="acme")

@@ -19,7 +19,7 @@ from events.stores.orm import OrmEventStore
 
 
 def enriched_event(tenant: str = "acme", **overrides: Any) -> dict[str, Any]:
-    """An event as the API publishes it (CONTRACT section 4, enriched)."""
+    """An event as the API publishes it (docs/api.md, "Stored events")."""
     now = utcnow()
     event: dict[str, Any] = {
         "event_id": str(uuid.uuid4()),

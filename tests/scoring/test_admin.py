@@ -50,7 +50,7 @@ def test_it_searches_scores_by_user(admin_client: Client, data: None) -> None:
     assert "alice" in page and "bob" not in page
 
 
-def test_the_rule_form_starts_from_the_contract_defaults(admin_client: Client, data: None) -> None:
+def test_it_starts_the_rule_form_from_the_rules_defaults(admin_client: Client, data: None) -> None:
     form = (
         admin_client.get("/admin/fraud/fraudrulesetting/add/?rule=login_failed_velocity")
         .context["adminform"]

@@ -1,4 +1,4 @@
-"""`manage.py loadgen`: realistic synthetic traffic against a running platform (events/loadgen.py)."""
+"""`manage.py loadgen`: realistic synthetic traffic against a running platform (benchmarks/loadgen.py)."""
 
 from __future__ import annotations
 

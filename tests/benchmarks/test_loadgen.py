@@ -161,8 +161,41 @@ def test_it_uses_the_demo_key_from_the_state_folder(
     assert "(key: tenant demo)" in table
 
 
-def test_it_refuses_to_start_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.e2e
+def test_it_sends_as_any_tenant_with_an_ingest_key_of_its_own(
+    acme: Actor, live_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tenants.models import ApiKey
+
     monkeypatch.delenv("CLOUDSCALE_API_KEY", raising=False)
 
-    with pytest.raises(CommandError, match="no API key for tenant 'acme'"):
+    summary, _, table = _loadgen(tmp_path, live_server.url, events=4, batch=2, tenant="acme")
+
+    assert summary["accepted"] == 4
+    assert "(key: tenant acme (a new ingest-only key))" in table
+    assert ApiKey.objects.filter(tenant__slug="acme", scope="ingest").count() == 1
+
+
+@pytest.mark.e2e
+def test_it_creates_a_tenant_it_does_not_know(
+    live_server: Any, tmp_path: Path, db: None, monkeypatch: Any
+) -> None:
+    from tenants.models import Tenant
+
+    monkeypatch.delenv("CLOUDSCALE_API_KEY", raising=False)
+
+    summary, _, table = _loadgen(tmp_path, live_server.url, events=3, tenant="newcomer")
+
+    assert summary["accepted"] == 3
+    assert Tenant.objects.filter(slug="newcomer").exists()
+    assert "(key: tenant newcomer (created just now))" in table
+
+
+def test_it_refuses_a_retired_tenant(acme: Actor, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tenants.services import tenant_retire
+
+    monkeypatch.delenv("CLOUDSCALE_API_KEY", raising=False)
+    tenant_retire(slug="acme")
+
+    with pytest.raises(CommandError, match=r"no API key for tenant 'acme'.*retired"):
         call_command("loadgen", events=1, tenant="acme", no_progress=True)

@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 
 from benchmarks.loadgen import LoadConfig, TrafficGenerator, format_summary, run_load
-from tenants.services import DEMO_TENANT
+from tenants.models import ApiKey, Tenant
+from tenants.services import DEMO_TENANT, TenantRetired, tenant_create, tenant_create_key
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -75,8 +78,9 @@ class Command(BaseCommand):
             "--tenant",
             default=DEMO_TENANT,
             metavar="SLUG",
-            help="the tenant whose key to use when --key and CLOUDSCALE_API_KEY are absent; for the "
-            f"'{DEMO_TENANT}' tenant the key `make run` keeps in the state folder (default {DEMO_TENANT})",
+            help="the tenant to send as when --key and CLOUDSCALE_API_KEY are absent: the "
+            f"'{DEMO_TENANT}' tenant's key `make run` keeps in the state folder, else a new ingest-only key "
+            f"of the tenant, created if missing (default {DEMO_TENANT})",
         )
         parser.add_argument("--url", default=DEFAULT_URL, help=f"API base URL (default {DEFAULT_URL})")
         parser.add_argument("--key", help="API key (default: $CLOUDSCALE_API_KEY, then the demo key file)")
@@ -158,7 +162,9 @@ class Command(BaseCommand):
 
     @staticmethod
     def _api_key(*, tenant: str, key: str | None) -> tuple[str, str]:
-        """(key, where it came from): --key, then $CLOUDSCALE_API_KEY, then the demo key file."""
+        """(key, where it came from): --key, then $CLOUDSCALE_API_KEY, then the demo key file that
+        `make run` keeps, else a new ingest-only key of the tenant (created if missing) in this
+        settings' database, which is the platform's own when loadgen runs beside `make run`."""
         if key:
             return key, "--key"
         from_env = os.environ.get("CLOUDSCALE_API_KEY", "").strip()
@@ -167,9 +173,13 @@ class Command(BaseCommand):
         key_file = settings.STATE_DIR / "demo_api_key"
         if tenant == DEMO_TENANT and key_file.exists():
             return key_file.read_text().strip(), f"tenant {DEMO_TENANT}"
-        hint = (
-            f"; `make run` writes the {DEMO_TENANT} tenant's key to {key_file}"
-            if tenant == DEMO_TENANT
-            else ""
-        )
-        raise CommandError(f"no API key for tenant {tenant!r}: pass --key or set CLOUDSCALE_API_KEY{hint}")
+        try:
+            if Tenant.objects.filter(slug=tenant).exists():
+                issued = tenant_create_key(slug=tenant, scope=ApiKey.Scope.INGEST)
+                return issued.key, f"tenant {tenant} (a new ingest-only key)"
+            issued = tenant_create(slug=tenant)
+            return issued.key, f"tenant {tenant} (created just now)"
+        except (DatabaseError, ValidationError, TenantRetired) as exc:
+            raise CommandError(
+                f"no API key for tenant {tenant!r} ({exc}): pass --key or set CLOUDSCALE_API_KEY"
+            ) from None

@@ -291,6 +291,10 @@ RATE_LIMIT_GLOBAL_PER_MINUTE = env_int("CLOUDSCALE_RATE_LIMIT_GLOBAL_PER_MINUTE"
 # 0 turns the per-tenant events-per-second quota off.
 RATE_LIMIT_TENANT_EVENTS_PER_SECOND = env_int("CLOUDSCALE_RATE_LIMIT_TENANT_EVENTS_PER_SECOND", 0, minimum=0)
 PUBLISH_ATTEMPTS = env_int("CLOUDSCALE_PUBLISH_ATTEMPTS", 3, minimum=1)
+# Group commit: small publishes of one API process that arrive within this linger share one broker
+# message (each request still answers only once it is in the broker). 0 turns it off.
+GROUP_COMMIT_LINGER_SECONDS = env_float("CLOUDSCALE_GROUP_COMMIT_LINGER_MS", 2.0) / 1000
+GROUP_COMMIT_MAX_EVENTS = env_int("CLOUDSCALE_GROUP_COMMIT_MAX_EVENTS", 100, minimum=1)
 BROKER_RETRY_AFTER_SECONDS = env_int("CLOUDSCALE_BROKER_RETRY_AFTER", 5, minimum=1)
 
 # --- Processing -----------------------------------------------------------------------------------

@@ -275,6 +275,23 @@ RATE_LIMIT_PER_IP_REFILL_PER_SECOND = env_float("CLOUDSCALE_RATE_LIMIT_PER_IP_RE
 RATE_LIMIT_GLOBAL_PER_MINUTE = env_int("CLOUDSCALE_RATE_LIMIT_GLOBAL_PER_MINUTE", 10_000, minimum=1)
 # 0 turns the per-tenant events-per-second quota off.
 RATE_LIMIT_TENANT_EVENTS_PER_SECOND = env_int("CLOUDSCALE_RATE_LIMIT_TENANT_EVENTS_PER_SECOND", 0, minimum=0)
+# IPv6 clients share one per-address bucket per network of this many bits (a host has a /64).
+RATE_LIMIT_IPV6_PREFIX = env_int("CLOUDSCALE_RATE_LIMIT_IPV6_PREFIX", 64, minimum=1)
+if RATE_LIMIT_IPV6_PREFIX > 128:
+    raise ImproperlyConfigured("CLOUDSCALE_RATE_LIMIT_IPV6_PREFIX must be at most 128")
+# Requests without an active tenant (401/403) spend this window, never the tenants' global one.
+RATE_LIMIT_ANONYMOUS_PER_MINUTE = env_int("CLOUDSCALE_RATE_LIMIT_ANONYMOUS_PER_MINUTE", 1_000, minimum=1)
+# Fair share: while the global window is over CONTENDED_AT of its limit, a tenant holding more
+# than SHARE of it is refused. SHARE >= 1 turns it off (docs/decisions.md, "Fair rate limits").
+RATE_LIMIT_TENANT_SHARE = env_float("CLOUDSCALE_RATE_LIMIT_TENANT_SHARE", 0.5)
+RATE_LIMIT_CONTENDED_AT = env_float("CLOUDSCALE_RATE_LIMIT_CONTENDED_AT", 0.8)
+if RATE_LIMIT_TENANT_SHARE <= 0 or not 0 < RATE_LIMIT_CONTENDED_AT <= 1:
+    raise ImproperlyConfigured(
+        "CLOUDSCALE_RATE_LIMIT_TENANT_SHARE must be > 0 and CLOUDSCALE_RATE_LIMIT_CONTENDED_AT in (0, 1]"
+    )
+# Per-tenant read requests (GET /api/...): a bucket of READ_BURST refilled at READS_PER_SECOND; 0 = off.
+RATE_LIMIT_TENANT_READS_PER_SECOND = env_float("CLOUDSCALE_RATE_LIMIT_TENANT_READS_PER_SECOND", 10.0)
+RATE_LIMIT_TENANT_READ_BURST = env_int("CLOUDSCALE_RATE_LIMIT_TENANT_READ_BURST", 50, minimum=1)
 PUBLISH_ATTEMPTS = env_int("CLOUDSCALE_PUBLISH_ATTEMPTS", 3, minimum=1)
 PUBLISH_TIMEOUT_SECONDS = env_float("CLOUDSCALE_PUBLISH_TIMEOUT", 2.0)
 BROKER_RETRY_AFTER_SECONDS = env_int("CLOUDSCALE_BROKER_RETRY_AFTER", 5, minimum=1)

@@ -303,6 +303,13 @@ RETRY_BACKOFF_MAX_SECONDS = env_float("CLOUDSCALE_RETRY_BACKOFF_MAX", 60.0)
 CART_ABANDONMENT_MINUTES = env_int("CLOUDSCALE_CART_ABANDONMENT_MINUTES", 30, minimum=1)
 # How often beat fires due cart-abandonment checks and posts their webhooks.
 CART_ABANDONMENT_TICK_SECONDS = env_float("CLOUDSCALE_CART_ABANDONMENT_TICK_SECONDS", 30.0)
+# A webhook delivery ends after this long in all (connect, send, answer), however the receiver drips.
+WEBHOOK_DEADLINE_SECONDS = env_float("CLOUDSCALE_WEBHOOK_DEADLINE", 10.0)
+if not 0 < WEBHOOK_DEADLINE_SECONDS <= 30:
+    raise ImproperlyConfigured("CLOUDSCALE_WEBHOOK_DEADLINE must be in (0, 30] seconds")
+# Webhooks to loopback, private, link-local (cloud metadata) or other non-public addresses are
+# refused unless this is set (a receiver on the operator's own network).
+WEBHOOK_ALLOW_PRIVATE = env_bool("CLOUDSCALE_WEBHOOK_ALLOW_PRIVATE", False)
 # Fraud windows: an event arriving up to this far (event time) behind the newest event of its
 # subject is still judged against a complete window; older window entries are trimmed.
 FRAUD_LATENESS_SECONDS = env_int("CLOUDSCALE_FRAUD_LATENESS_SECONDS", 3600, minimum=0)

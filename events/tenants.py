@@ -35,10 +35,15 @@ def _issue_key(tenant: Tenant) -> str:
     return key
 
 
+def new_webhook_secret() -> str:
+    """The HMAC key of a tenant's webhooks: without one, webhooks are not sent at all."""
+    return secrets.token_hex(32)
+
+
 @transaction.atomic
 def tenant_create(*, slug: str, name: str = "", webhook_url: str = "") -> IssuedKey:
     tenant = Tenant(
-        slug=slug, name=name or slug, webhook_url=webhook_url, webhook_secret=secrets.token_hex(32)
+        slug=slug, name=name or slug, webhook_url=webhook_url, webhook_secret=new_webhook_secret()
     )
     tenant.full_clean()
     tenant.save()

@@ -262,6 +262,9 @@ COSMOS_DATABASE = env_str("COSMOS_DATABASE", "cloudscale")
 COSMOS_CONTAINER = env_str("COSMOS_CONTAINER", "events")
 COSMOS_VERIFY_TLS = env_bool("COSMOS_VERIFY_TLS", True)
 COSMOS_AUTOSCALE_MAX_RU = env_int("COSMOS_AUTOSCALE_MAX_RU", 4000, minimum=1000)
+# A read (GET /api/events/{id}, the ledger) visits at most this many month partitions one by one;
+# the tenant's older months, if any, in one cross-partition query (events/stores/cosmos.py).
+COSMOS_READ_MAX_MONTHS = env_int("COSMOS_READ_MAX_MONTHS", 3, minimum=1)
 
 # --- Ingestion API ------------------------------------------------------------------------------
 MAX_BODY_BYTES = 1024 * 1024

@@ -12,6 +12,9 @@ from rest_framework.request import Request
 from events.models import Tenant
 from events.tenants import tenant_for_key
 
+# Set on the HttpRequest by the rate-limit middleware: (key, tenant or None).
+LOOKED_UP_ATTRIBUTE = "_cloudscale_key_lookup"
+
 
 def api_key_from_headers(headers: Any) -> str | None:
     authorization = headers.get("Authorization", "")
@@ -30,7 +33,9 @@ class ApiKeyAuthentication(BaseAuthentication):
         key = api_key_from_headers(request.headers)
         if key is None:
             return None  # DRF answers NotAuthenticated (401) via IsTenant
-        tenant = tenant_for_key(key)
+        # The rate-limit middleware already looked this key up for this request: reuse it.
+        looked_up = getattr(request._request, LOOKED_UP_ATTRIBUTE, None)
+        tenant = looked_up[1] if looked_up is not None and looked_up[0] == key else tenant_for_key(key)
         if tenant is None:
             raise exceptions.AuthenticationFailed("Invalid API key.")
         if not tenant.active:

@@ -18,7 +18,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from cloudscale_project.errors import BrokerUnavailable, RateLimited, error_body
 from cloudscale_project.state import STATE_ERRORS
 from cloudscale_project.timeutil import utcnow
-from events.authentication import api_key_from_headers
+from events.authentication import LOOKED_UP_ATTRIBUTE, api_key_from_headers
 from events.enrichment import client_ip
 from events.ledger import ledger_record
 from events.models import Tenant
@@ -71,6 +71,8 @@ class RateLimitMiddleware:
             return self.get_response(request)
         key = api_key_from_headers(request.headers)
         tenant = tenant_for_key(key) if key else None
+        if key:
+            setattr(request, LOOKED_UP_ATTRIBUTE, (key, tenant))  # authentication reuses it
         active = tenant.slug if tenant is not None and tenant.active else ""
         events = _events_in(request) if active and request.method == "POST" else 1
         try:

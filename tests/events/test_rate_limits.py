@@ -275,3 +275,13 @@ def test_two_api_processes_share_the_same_bucket(two_api_processes: list[str]) -
     passed = sum(1 for s in statuses if s != 429)
     assert 100 <= passed <= 100 + int(elapsed * 10) + 1, (passed, elapsed)
     assert statuses.count(429) >= 150 - 100 - int(elapsed * 10) - 1
+
+
+@pytest.mark.django_db
+def test_it_looks_the_key_up_once_per_request(
+    client: Client, acme: Actor, django_assert_num_queries: Any
+) -> None:
+    # The middleware needs the tenant to choose the window; authentication reuses its lookup.
+    with django_assert_num_queries(1):
+        response = client.post("/api/events", data="{}", content_type="application/json", **acme.headers)
+    assert response.status_code == 400

@@ -6,10 +6,12 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from events.models import ApiKey, Tenant
+from scoring.webhooks import webhook_url_refusal
 
 KEY_PREFIX = "cs_"
 _KEY_ENTROPY_BYTES = 32
@@ -46,6 +48,9 @@ def tenant_create(*, slug: str, name: str = "", webhook_url: str = "") -> Issued
         slug=slug, name=name or slug, webhook_url=webhook_url, webhook_secret=new_webhook_secret()
     )
     tenant.full_clean()
+    refusal = webhook_url_refusal(webhook_url) if webhook_url else None
+    if refusal:
+        raise ValidationError({"webhook_url": [refusal]})
     tenant.save()
     return IssuedKey(tenant=tenant, key=_issue_key(tenant))
 

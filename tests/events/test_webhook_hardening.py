@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.test import Client
 
 from events.actions import actions_schedule_batch
@@ -182,8 +183,9 @@ def test_it_refuses_a_host_name_that_resolves_to_loopback(settings: Any) -> None
 
 @pytest.mark.django_db
 def test_it_does_not_post_to_a_loopback_receiver_unless_allowed(fast: Receiver, settings: Any) -> None:
-    settings.WEBHOOK_ALLOW_PRIVATE = False
     tenant_create(slug="acme", webhook_url=fast.url)
+    # Refused at delivery too, not only when saved: a name may resolve elsewhere by then.
+    settings.WEBHOOK_ALLOW_PRIVATE = False
     abandon("acme", users=1, hours_ago=1)
     fire_cart_abandonments()
     row = CartAbandonment.objects.get()
@@ -231,4 +233,12 @@ def test_the_admin_refuses_a_private_webhook_url(admin_client: Client, settings:
     )
     assert response.status_code == 200
     assert b"link-local (cloud metadata)" in response.content
+    assert not Tenant.objects.filter(slug="initech").exists()
+
+
+@pytest.mark.django_db
+def test_the_tenant_command_refuses_a_metadata_webhook_url(settings: Any) -> None:
+    settings.WEBHOOK_ALLOW_PRIVATE = False
+    with pytest.raises(CommandError, match="link-local"):
+        call_command("tenant", "create", "initech", "--webhook-url", "http://169.254.169.254/latest/")
     assert not Tenant.objects.filter(slug="initech").exists()

@@ -10,10 +10,10 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
+from cloudscale_project.outbound import webhook_url_refusal
 from events.deadletters import deadletter_discard, deadletter_payload_text, deadletter_requeue
 from events.models import ApiKey, DeadLetter, Tenant
 from events.tenants import new_webhook_secret, tenant_rotate_key
-from scoring.webhooks import webhook_url_refusal
 
 
 class ApiKeyInline(admin.TabularInline):

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 
 import orjson
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
@@ -74,7 +75,9 @@ class RateLimitMiddleware:
         if key:
             setattr(request, LOOKED_UP_ATTRIBUTE, (key, tenant))  # authentication reuses it
         active = tenant.slug if tenant is not None and tenant.active else ""
-        events = _events_in(request) if active and request.method == "POST" else 1
+        # Parsing the body for its event count is only worth it when the events/s quota is on.
+        quota = settings.RATE_LIMIT_TENANT_EVENTS_PER_SECOND and active and request.method == "POST"
+        events = _events_in(request) if quota else 1
         try:
             decision = check_rate_limits(
                 ip=client_ip(request), tenant=active, events=events, read=request.method in _READ_METHODS

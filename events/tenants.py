@@ -10,8 +10,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from cloudscale_project.outbound import webhook_url_refusal
 from events.models import ApiKey, Tenant
-from scoring.webhooks import webhook_url_refusal
 
 KEY_PREFIX = "cs_"
 _KEY_ENTROPY_BYTES = 32

@@ -6,10 +6,8 @@ recomputes it over the raw body, compares with `hmac.compare_digest`, refuses a 
 five minutes from its own clock (replay protection) and drops repeats by `X-CloudScale-Delivery`
 (the abandonment's cart id). The recipe is in README.md, "Cart-abandonment webhooks".
 
-Destinations: the host is resolved here and every address it resolves to must be global; the
-connection goes to the address that was checked (a second lookup by the HTTP client could answer
-differently: DNS rebinding). Loopback, private, link-local (cloud metadata), shared, reserved and
-multicast addresses are refused unless `CLOUDSCALE_WEBHOOK_ALLOW_PRIVATE` is set.
+Destinations: public addresses only (cloudscale_project/outbound.py); the connection goes to the
+address that was checked, so the HTTP client never resolves the name a second time.
 
 Deadline: a socket timeout bounds each read, not the delivery; a receiver that drips one byte a
 second would hold it for ever. A watchdog shuts the socket down when the delivery's deadline
@@ -22,7 +20,6 @@ import contextlib
 import hashlib
 import hmac
 import http.client
-import ipaddress
 import socket
 import ssl
 import threading
@@ -31,6 +28,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from django.conf import settings
+
+from cloudscale_project.outbound import address_refusal, parse_target, resolve
 
 SIGNATURE_HEADER = "X-CloudScale-Signature"
 TIMESTAMP_HEADER = "X-CloudScale-Timestamp"
@@ -60,51 +59,6 @@ class DeliveryResult:
     # The request may have reached the receiver (it was being sent or answered when it ended):
     # whether the receiver acted on it is unknown, so resending it may deliver it twice.
     unknown: bool = False
-
-
-def address_refusal(address: str) -> str | None:
-    """Why a webhook may not go to this address (None: it may)."""
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_global and not ip.is_multicast:
-        return None
-    if settings.WEBHOOK_ALLOW_PRIVATE:
-        return None
-    kind = (
-        "loopback" if ip.is_loopback
-        else "link-local (cloud metadata)" if ip.is_link_local
-        else "private" if ip.is_private
-        else "non-public"
-    )  # fmt: skip
-    return f"webhook address {address} is {kind}: refused (CLOUDSCALE_WEBHOOK_ALLOW_PRIVATE allows it)"
-
-
-def _resolve(host: str, port: int) -> list[str]:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-def webhook_url_refusal(url: str) -> str | None:
-    """Why a webhook URL cannot be used (scheme, host, or an address it resolves to); None if it can.
-    Resolves the host, so a name that does not resolve is refused too."""
-    try:
-        _, host, port = _target(url)
-        addresses = _resolve(host, port)
-    except (ValueError, OSError) as exc:
-        return f"webhook URL {url[:80]!r} cannot be used: {exc}"[:_ERROR_TEXT_LIMIT]
-    refusals = [refusal for refusal in map(address_refusal, addresses) if refusal]
-    return refusals[0] if refusals else None
-
-
-def _target(url: str) -> tuple[str, str, int]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in {"http", "https"}:
-        raise ValueError(f"unsupported scheme {parts.scheme!r}")
-    if not parts.hostname:
-        raise ValueError("no host")
-    return scheme, parts.hostname, parts.port or (443 if scheme == "https" else 80)
 
 
 class _Watchdog:
@@ -146,11 +100,11 @@ def _connect(addresses: list[str], port: int, deadline: float) -> socket.socket:
 def _checked_target(url: str) -> tuple[str, str, int, list[str]] | DeliveryResult:
     """Scheme, host, port and the addresses to connect to, or why not to send at all."""
     try:
-        scheme, host, port = _target(url)
+        scheme, host, port = parse_target(url)
     except ValueError as exc:
         return DeliveryResult(False, None, f"webhook URL {url[:80]!r}: {exc}", permanent=True)
     try:
-        addresses = _resolve(host, port)
+        addresses = resolve(host, port)
     except OSError as exc:  # DNS may recover: retried
         return DeliveryResult(False, None, f"cannot resolve {host!r}: {exc}"[:_ERROR_TEXT_LIMIT])
     for address in addresses:

@@ -15,13 +15,13 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.test import Client
 
+from cloudscale_project.outbound import address_refusal, webhook_url_refusal
 from events.actions import actions_schedule_batch
 from events.models import Tenant
 from events.tenants import tenant_create, tenant_set_active
 from scoring.carts import RECEIVER_DEDUPLICATES, cart_checks_fire, cart_webhooks_deliver
 from scoring.models import CartAbandonment
 from scoring.tasks import fire_cart_abandonments
-from scoring.webhooks import address_refusal, webhook_url_refusal
 from tests.events.test_cart_abandonment import Receiver, event, now, receiver  # noqa: F401 (the fixture)
 
 pytestmark = [pytest.mark.core]

@@ -158,6 +158,10 @@ def webhook_post(
             },
         )
         response = connection.getresponse()
+        if watchdog.fired:
+            # The deadline cut the answer short; http.client takes an early end of the headers
+            # for their end, so a status read here is not one the receiver finished sending.
+            raise http.client.IncompleteRead(b"")
         status = int(response.status)
         # Redirects are not followed: a redirect is an answer, and the body is never re-sent elsewhere.
         with contextlib.suppress(OSError, http.client.HTTPException):

@@ -3,12 +3,15 @@ outcomes, refused destinations, disabled tenants, and tenants created in the adm
 
 from __future__ import annotations
 
+import ipaddress
 import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +25,7 @@ from events.tenants import tenant_create, tenant_set_active
 from scoring.carts import RECEIVER_DEDUPLICATES, cart_checks_fire, cart_webhooks_deliver
 from scoring.models import CartAbandonment
 from scoring.tasks import fire_cart_abandonments
+from scoring.webhooks import DeliveryResult, webhook_post
 from tests.events.test_cart_abandonment import Receiver, event, now, receiver  # noqa: F401 (the fixture)
 
 pytestmark = [pytest.mark.core]
@@ -242,3 +246,84 @@ def test_the_tenant_command_refuses_a_metadata_webhook_url(settings: Any) -> Non
     with pytest.raises(CommandError, match="link-local"):
         call_command("tenant", "create", "initech", "--webhook-url", "http://169.254.169.254/latest/")
     assert not Tenant.objects.filter(slug="initech").exists()
+
+
+# --- over TLS ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 that the sender's default context trusts."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now() - timedelta(days=1)).not_valid_after(now() + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_path))  # read by ssl.create_default_context()
+    return cert_path, key_path
+
+
+def _serve_tls(
+    handler: type[socketserver.BaseRequestHandler], files: tuple[Path, Path]
+) -> socketserver.TCPServer:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*files)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server
+
+
+def test_it_delivers_over_tls_and_keeps_the_deadline_there(tls_files: tuple[Path, Path]) -> None:
+    drip_for = {"seconds": 0.0}
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += self.request.recv(65536)
+            ends = time.monotonic() + drip_for["seconds"]
+            if drip_for["seconds"]:
+                self.request.sendall(b"HTTP/1.1 200 OK\r\n")
+            while time.monotonic() < ends:  # headers that never end
+                self.request.sendall(b"X-Pad: a\r\n")
+                time.sleep(0.2)
+            self.request.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+
+    server = _serve_tls(Handler, tls_files)
+    url = f"https://127.0.0.1:{server.server_address[1]}/hook"
+    try:
+        sent: dict[str, Any] = {
+            "url": url,
+            "secret": "s3cret",
+            "body": b"{}",
+            "delivery_id": "c-1",
+            "event": "cart.abandoned",
+        }
+        assert webhook_post(**sent, deadline_seconds=5) == DeliveryResult(True, 204, "")
+        drip_for["seconds"] = 10
+        started = time.monotonic()
+        result = webhook_post(**sent, deadline_seconds=1)
+        assert time.monotonic() - started < 4
+        assert result.unknown and not result.ok and "1 s deadline" in result.error
+    finally:
+        server.shutdown()
+        server.server_close()

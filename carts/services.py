@@ -7,17 +7,23 @@
   recorded purchases — that covers a purchase processed concurrently with, or before, its
   add_to_cart — and each one left becomes exactly one CartAbandonment (the check's status change
   and the unique cart id decide it, so two overlapping beat runs cannot both fire a cart).
-- `cart_webhooks_deliver` POSTs each abandonment's signed payload when the tenant has a webhook URL.
-  A sender first claims the row (conditional update tagged with its token), so two senders never
-  post the same cart; a failed POST is retried with exponential backoff; a sender that died while
-  posting leaves an unknown outcome, which is marked failed rather than re-sent (an operator can
-  retry it from admin): never twice for the same cart.
+- `cart_webhooks_deliver` POSTs each abandonment's signed payload when the tenant has a webhook URL
+  and is active. A sender first claims the row (conditional update tagged with its token), so two
+  senders never post the same cart; a failed POST is retried with exponential backoff. Each tenant's
+  deliveries of a run go one after another in a lane of their own, lanes run side by side, and every
+  POST has a total deadline: a slow receiver delays only its own tenant's webhooks.
+- An unknown outcome (the request went out, no answer came back: deadline, reset, or a sender that
+  died while posting) is retried only for a tenant whose receiver deduplicates by
+  `X-CloudScale-Delivery` (`Tenant.settings["webhook_receiver_deduplicates"] = true`); for the others
+  it is marked failed rather than re-sent (an operator can retry it from admin): never twice for the
+  same cart without someone deciding so.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -30,7 +36,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Min, Q
 
 from carts.models import CartAbandonment, CartCheck, CartPurchase
 from carts.webhooks import DeliveryResult, webhook_post
@@ -44,9 +50,18 @@ logger = logging.getLogger(__name__)
 FIRE_BATCH = 500
 # Purchases per cancelling UPDATE (one OR-ed condition each).
 _CANCEL_CHUNK = 100
-# Webhooks claimed per run, posted by this many threads (5 s timeout each: a run stays < 1 min).
-DELIVERY_BATCH = 50
+# Webhooks claimed per run, at most DELIVERY_PER_TENANT of one tenant, posted by DELIVERY_THREADS
+# tenant lanes at once. Each POST ends within settings.WEBHOOK_DEADLINE_SECONDS (10 s).
+DELIVERY_BATCH = 200
+DELIVERY_PER_TENANT = 50
 DELIVERY_THREADS = 8
+# A lane starts no new POST after this long (a receiver that answers just inside the deadline
+# every time); a run starts none after RUN_BUDGET. Left-over rows go back to pending, unattempted.
+# Worst run: RUN_BUDGET + LANE_BUDGET + one deadline = 75 s, under the task's 90 s soft limit.
+LANE_BUDGET_SECONDS = 20.0
+RUN_BUDGET_SECONDS = 45.0
+# The tenant's receiver drops repeats by X-CloudScale-Delivery: an unknown outcome may be resent.
+RECEIVER_DEDUPLICATES = "webhook_receiver_deduplicates"
 WEBHOOK_MAX_ATTEMPTS = 6
 WEBHOOK_BACKOFF_BASE_SECONDS = 30.0
 WEBHOOK_BACKOFF_MAX_SECONDS = 3600.0
@@ -160,8 +175,11 @@ def cart_checks_fire(*, now: datetime | None = None, limit: int = FIRE_BATCH) ->
         CartCheck.objects.filter(pk__in=[c.pk for c in fired]).update(
             status=CartCheck.Status.FIRED, resolved_at=now
         )
+        # A disabled tenant gets no webhooks: its abandonments are recorded without one.
         urls = dict(
-            Tenant.objects.filter(slug__in={c.tenant for c in fired}).values_list("slug", "webhook_url")
+            Tenant.objects.filter(slug__in={c.tenant for c in fired}, active=True).values_list(
+                "slug", "webhook_url"
+            )
         )
         abandonments = [
             CartAbandonment(
@@ -202,18 +220,36 @@ def _backoff(attempts: int) -> timedelta:
     return timedelta(seconds=base * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not security
 
 
+def _due_fairly(*, now: datetime, limit: int) -> list[int]:
+    """Due rows, at most DELIVERY_PER_TENANT per tenant, tenants with the oldest due row first: one
+    tenant's backlog cannot fill a run."""
+    due = CartAbandonment.objects.filter(
+        webhook_status=CartAbandonment.Webhook.PENDING, next_attempt_at__lte=now
+    )
+    tenants = (
+        due.values("tenant")
+        .annotate(oldest=Min("next_attempt_at"))
+        .order_by("oldest")
+        .values_list("tenant", flat=True)
+    )
+    picked: list[int] = []
+    for tenant in tenants[:limit]:
+        room = min(DELIVERY_PER_TENANT, limit - len(picked))
+        if room <= 0:
+            break
+        picked += (
+            due.filter(tenant=tenant).order_by("next_attempt_at", "pk").values_list("pk", flat=True)[:room]
+        )
+    return picked
+
+
 def cart_webhooks_deliver(*, now: datetime | None = None, limit: int = DELIVERY_BATCH) -> int:
     """Post the abandonment webhooks that are due; return how many were delivered."""
     now = now or utcnow()
+    started = time.monotonic()
     _webhooks_expire_leases(now=now)
     token = uuid.uuid4().hex
-    due = list(
-        CartAbandonment.objects.filter(
-            webhook_status=CartAbandonment.Webhook.PENDING, next_attempt_at__lte=now
-        )
-        .order_by("next_attempt_at", "pk")
-        .values_list("pk", flat=True)[:limit]
-    )
+    due = _due_fairly(now=now, limit=limit)
     if not due:
         return 0
     # The conditional update is the claim: only rows still pending take my token.
@@ -224,37 +260,86 @@ def cart_webhooks_deliver(*, now: datetime | None = None, limit: int = DELIVERY_
         webhook_attempts=F("webhook_attempts") + 1,
     )
     claimed = list(
-        CartAbandonment.objects.filter(claim=token, webhook_status=CartAbandonment.Webhook.SENDING)
+        CartAbandonment.objects.filter(claim=token, webhook_status=CartAbandonment.Webhook.SENDING).order_by(
+            "next_attempt_at", "pk"
+        )
     )
     if not claimed:
         return 0
-    secrets = dict(
-        Tenant.objects.filter(slug__in={a.tenant for a in claimed}).values_list("slug", "webhook_secret")
-    )
-    with ThreadPoolExecutor(max_workers=min(DELIVERY_THREADS, len(claimed))) as pool:
-        results = list(pool.map(lambda a: _post(a, secrets.get(a.tenant, "")), claimed))
+    tenants = {t.slug: t for t in Tenant.objects.filter(slug__in={a.tenant for a in claimed})}
+    lanes: dict[str, list[CartAbandonment]] = defaultdict(list)
+    for abandonment in claimed:
+        lanes[abandonment.tenant].append(abandonment)
+
+    def run_lane(rows: list[CartAbandonment]) -> list[tuple[CartAbandonment, DeliveryResult | None]]:
+        lane_started = time.monotonic()
+        done: list[tuple[CartAbandonment, DeliveryResult | None]] = []
+        for abandonment in rows:
+            out_of_time = (
+                time.monotonic() - started > RUN_BUDGET_SECONDS
+                or time.monotonic() - lane_started > LANE_BUDGET_SECONDS
+            )
+            # After a POST without an answer the receiver is unwell: the rest waits for the next run.
+            receiver_stuck = any(r is not None and r.unknown for _, r in done)
+            if out_of_time or receiver_stuck:
+                done.append((abandonment, None))
+            else:
+                done.append((abandonment, _post(abandonment, tenants.get(abandonment.tenant))))
+        return done
+
+    with ThreadPoolExecutor(max_workers=min(DELIVERY_THREADS, len(lanes))) as pool:
+        outcomes = [pair for lane in pool.map(run_lane, lanes.values()) for pair in lane]
     delivered = 0
-    for abandonment, result in zip(claimed, results, strict=True):
-        delivered += _delivery_record(abandonment=abandonment, result=result, token=token, now=now)
+    for abandonment, result in outcomes:
+        tenant = tenants.get(abandonment.tenant)
+        if result is None:
+            _delivery_release(abandonment=abandonment, token=token)
+        else:
+            delivered += _delivery_record(
+                abandonment=abandonment,
+                result=result,
+                token=token,
+                now=now,
+                resend_unknown=_deduplicates(tenant),
+            )
     return delivered
 
 
-def _post(abandonment: CartAbandonment, secret: str) -> DeliveryResult:
-    if not secret:
+def _deduplicates(tenant: Tenant | None) -> bool:
+    return (
+        tenant is not None
+        and isinstance(tenant.settings, dict)
+        and tenant.settings.get(RECEIVER_DEDUPLICATES) is True
+    )
+
+
+def _post(abandonment: CartAbandonment, tenant: Tenant | None) -> DeliveryResult:
+    if tenant is None or not tenant.active:
+        return DeliveryResult(False, None, _DISABLED, permanent=True)
+    if not tenant.webhook_secret:
         return DeliveryResult(
             False, None, "the tenant has no webhook secret: not sent unsigned", permanent=True
         )
     return webhook_post(
         url=abandonment.webhook_url,
-        secret=secret,
+        secret=tenant.webhook_secret,
         body=orjson.dumps(abandonment.payload),
         delivery_id=abandonment.cart_event_id,
         event=WEBHOOK_EVENT,
     )
 
 
+def _delivery_release(*, abandonment: CartAbandonment, token: str) -> None:
+    """A claimed row this run did not get to: pending again, due now, the attempt not counted."""
+    CartAbandonment.objects.filter(pk=abandonment.pk, claim=token).update(
+        webhook_status=CartAbandonment.Webhook.PENDING,
+        webhook_attempts=F("webhook_attempts") - 1,
+        lease_until=None,
+    )
+
+
 def _delivery_record(
-    *, abandonment: CartAbandonment, result: DeliveryResult, token: str, now: datetime
+    *, abandonment: CartAbandonment, result: DeliveryResult, token: str, now: datetime, resend_unknown: bool
 ) -> int:
     mine_q = CartAbandonment.objects.filter(pk=abandonment.pk, claim=token)
     extra = {"tenant": abandonment.tenant, "event_id": abandonment.cart_event_id}
@@ -270,51 +355,74 @@ def _delivery_record(
             "cart webhook delivered cart=%s status=%s", abandonment.cart_event_id, result.status, extra=extra
         )
         return 1
-    give_up = result.permanent or abandonment.webhook_attempts >= WEBHOOK_MAX_ATTEMPTS
+    give_up = (
+        result.permanent
+        or (result.unknown and not resend_unknown)
+        or abandonment.webhook_attempts >= WEBHOOK_MAX_ATTEMPTS
+    )
+    error = result.error
+    if result.unknown and not resend_unknown:
+        error += "; not re-sent automatically: the receiver does not deduplicate (retry in admin)"
     mine_q.update(
         webhook_status=CartAbandonment.Webhook.FAILED if give_up else CartAbandonment.Webhook.PENDING,
         next_attempt_at=None if give_up else now + _backoff(abandonment.webhook_attempts),
         response_status=result.status,
-        last_error=result.error,
+        last_error=error[:_LAST_ERROR_LIMIT],
         lease_until=None,
     )
     logger.warning(
         "cart webhook attempt %d failed cart=%s: %s%s",
         abandonment.webhook_attempts,
         abandonment.cart_event_id,
-        result.error,
+        error,
         " (giving up)" if give_up else "",
         extra=extra,
     )
     return 0
 
 
+_LAST_ERROR_LIMIT = 1000
+_DISABLED = "the tenant is disabled: no webhooks (retry in admin once it is enabled)"
 _UNKNOWN_OUTCOME = (
     "outcome unknown: the sender stopped while posting; not re-sent automatically (retry in admin)"
 )
 
 
 def _webhooks_expire_leases(*, now: datetime) -> None:
-    """A claim past its lease belongs to a sender that died mid-POST: the outcome is unknown."""
+    """A claim past its lease belongs to a sender that died mid-POST: the outcome is unknown.
+    Resent (as a new attempt) where the receiver deduplicates, marked failed elsewhere."""
     expired = CartAbandonment.objects.filter(
         webhook_status=CartAbandonment.Webhook.SENDING, lease_until__lte=now
+    )
+    deduplicating = [
+        slug
+        for slug, tenant_settings in Tenant.objects.filter(
+            slug__in=expired.values("tenant"), active=True
+        ).values_list("slug", "settings")
+        if isinstance(tenant_settings, dict) and tenant_settings.get(RECEIVER_DEDUPLICATES) is True
+    ]
+    resent = expired.filter(tenant__in=deduplicating).update(
+        webhook_status=CartAbandonment.Webhook.PENDING,
+        next_attempt_at=now,
+        last_error="outcome unknown: the sender stopped while posting; resent (the receiver deduplicates)",
+        lease_until=None,
     )
     count = expired.update(
         webhook_status=CartAbandonment.Webhook.FAILED,
         last_error=_UNKNOWN_OUTCOME,
         lease_until=None,
     )
-    if count:
-        logger.warning("%d cart webhook(s) left mid-delivery marked failed", count)
+    if count or resent:
+        logger.warning("cart webhook(s) left mid-delivery: %d marked failed, %d resent", count, resent)
 
 
 def cart_webhooks_retry(*, ids: Iterable[int]) -> int:
     """Operator action: send failed webhooks again (a new round of attempts) to the tenant's current URL.
 
-    Rows of tenants without a webhook URL stay failed: there is nowhere to send them.
+    Rows of tenants without a webhook URL, or disabled, stay failed: there is nowhere to send them.
     """
     failed = CartAbandonment.objects.filter(pk__in=list(ids), webhook_status=CartAbandonment.Webhook.FAILED)
-    urls = Tenant.objects.filter(slug__in=failed.values("tenant")).exclude(webhook_url="")
+    urls = Tenant.objects.filter(slug__in=failed.values("tenant"), active=True).exclude(webhook_url="")
     retried = 0
     for slug, url in urls.values_list("slug", "webhook_url"):
         retried += failed.filter(tenant=slug).update(

@@ -275,6 +275,9 @@ COSMOS_DATABASE = env_str("COSMOS_DATABASE", "cloudscale")
 COSMOS_CONTAINER = env_str("COSMOS_CONTAINER", "events")
 COSMOS_VERIFY_TLS = env_bool("COSMOS_VERIFY_TLS", True)
 COSMOS_AUTOSCALE_MAX_RU = env_int("COSMOS_AUTOSCALE_MAX_RU", 4000, minimum=1000)
+# A read (GET /api/events/{id}, the ledger) visits at most this many month partitions one by one;
+# the tenant's older months, if any, in one cross-partition query (events/stores/cosmos.py).
+COSMOS_READ_MAX_MONTHS = env_int("COSMOS_READ_MAX_MONTHS", 3, minimum=1)
 
 # --- Ingestion API ------------------------------------------------------------------------------
 # Request limits (docs/api.md, Limits). The batch limit is one setting everywhere: the API, its
@@ -290,6 +293,23 @@ RATE_LIMIT_PER_IP_REFILL_PER_SECOND = env_float("CLOUDSCALE_RATE_LIMIT_PER_IP_RE
 RATE_LIMIT_GLOBAL_PER_MINUTE = env_int("CLOUDSCALE_RATE_LIMIT_GLOBAL_PER_MINUTE", 10_000, minimum=1)
 # 0 turns the per-tenant events-per-second quota off.
 RATE_LIMIT_TENANT_EVENTS_PER_SECOND = env_int("CLOUDSCALE_RATE_LIMIT_TENANT_EVENTS_PER_SECOND", 0, minimum=0)
+# IPv6 clients share one per-address bucket per network of this many bits (a host has a /64).
+RATE_LIMIT_IPV6_PREFIX = env_int("CLOUDSCALE_RATE_LIMIT_IPV6_PREFIX", 64, minimum=1)
+if RATE_LIMIT_IPV6_PREFIX > 128:
+    raise ImproperlyConfigured("CLOUDSCALE_RATE_LIMIT_IPV6_PREFIX must be at most 128")
+# Requests without an active tenant (401/403) spend this window, never the tenants' global one.
+RATE_LIMIT_ANONYMOUS_PER_MINUTE = env_int("CLOUDSCALE_RATE_LIMIT_ANONYMOUS_PER_MINUTE", 1_000, minimum=1)
+# Fair share: while the global window is over CONTENDED_AT of its limit, a tenant holding more
+# than SHARE of it is refused. SHARE >= 1 turns it off (docs/decisions.md, "Fair rate limits").
+RATE_LIMIT_TENANT_SHARE = env_float("CLOUDSCALE_RATE_LIMIT_TENANT_SHARE", 0.5)
+RATE_LIMIT_CONTENDED_AT = env_float("CLOUDSCALE_RATE_LIMIT_CONTENDED_AT", 0.8)
+if RATE_LIMIT_TENANT_SHARE <= 0 or not 0 < RATE_LIMIT_CONTENDED_AT <= 1:
+    raise ImproperlyConfigured(
+        "CLOUDSCALE_RATE_LIMIT_TENANT_SHARE must be > 0 and CLOUDSCALE_RATE_LIMIT_CONTENDED_AT in (0, 1]"
+    )
+# Per-tenant read requests (GET /api/...): a bucket of READ_BURST refilled at READS_PER_SECOND; 0 = off.
+RATE_LIMIT_TENANT_READS_PER_SECOND = env_float("CLOUDSCALE_RATE_LIMIT_TENANT_READS_PER_SECOND", 10.0)
+RATE_LIMIT_TENANT_READ_BURST = env_int("CLOUDSCALE_RATE_LIMIT_TENANT_READ_BURST", 50, minimum=1)
 PUBLISH_ATTEMPTS = env_int("CLOUDSCALE_PUBLISH_ATTEMPTS", 3, minimum=1)
 # Group commit: small publishes of one API process that arrive within this linger share one broker
 # message (each request still answers only once it is in the broker). 0 turns it off.
@@ -304,6 +324,13 @@ RETRY_BACKOFF_MAX_SECONDS = env_float("CLOUDSCALE_RETRY_BACKOFF_MAX", 60.0)
 CART_ABANDONMENT_MINUTES = env_int("CLOUDSCALE_CART_ABANDONMENT_MINUTES", 30, minimum=1)
 # How often beat fires due cart-abandonment checks and posts their webhooks.
 CART_ABANDONMENT_TICK_SECONDS = env_float("CLOUDSCALE_CART_ABANDONMENT_TICK_SECONDS", 30.0)
+# A webhook delivery ends after this long in all (connect, send, answer), however the receiver drips.
+WEBHOOK_DEADLINE_SECONDS = env_float("CLOUDSCALE_WEBHOOK_DEADLINE", 10.0)
+if not 0 < WEBHOOK_DEADLINE_SECONDS <= 30:
+    raise ImproperlyConfigured("CLOUDSCALE_WEBHOOK_DEADLINE must be in (0, 30] seconds")
+# Webhooks to loopback, private, link-local (cloud metadata) or other non-public addresses are
+# refused unless this is set (a receiver on the operator's own network).
+WEBHOOK_ALLOW_PRIVATE = env_bool("CLOUDSCALE_WEBHOOK_ALLOW_PRIVATE", False)
 # Fraud windows: an event arriving up to this far (event time) behind the newest event of its
 # subject is still judged against a complete window; older window entries are trimmed.
 FRAUD_LATENESS_SECONDS = env_int("CLOUDSCALE_FRAUD_LATENESS_SECONDS", 3600, minimum=0)

@@ -248,6 +248,7 @@ class LedgerView(APIView):
             400: _ERRORS[400],
             401: _ERRORS[401],
             403: _ERRORS[403],
+            429: _ERRORS[429],
             503: OpenApiResponse(ErrorSchema, "store_unavailable (Retry-After)"),
         },
     )

@@ -1,14 +1,24 @@
 """Rate limits shared by every API process, decided atomically in Redis by one Lua script.
 
-- per client IP: a token bucket (capacity 100, refilled at 10/s);
-- global: a sliding window of 10,000 requests per minute (the weighted two-window counter, O(1));
-- optionally per tenant: a token bucket of events per second (cost = events in the request).
+- per client address: a token bucket (capacity 100, refilled at 10/s); an IPv6 client is its /64
+  (`RATE_LIMIT_IPV6_PREFIX`), because one host routinely holds a whole /64;
+- global: a sliding window of 10,000 requests per minute (the weighted two-window counter, O(1)),
+  spent only by requests of an active tenant. Requests without one (no key, a wrong key, a
+  disabled tenant: they end in 401/403) spend a separate, smaller anonymous window instead, so a
+  flood of them cannot make the tenants' requests 429;
+- fair share: while the global window is contended (over `RATE_LIMIT_CONTENDED_AT` of it), a
+  tenant that holds more than `RATE_LIMIT_TENANT_SHARE` of the window is refused, so one tenant
+  never takes the whole platform (docs/decisions.md, "Fair rate limits");
+- optionally per tenant: a token bucket of events per second (cost = events in the request);
+- per tenant, for reads (GET): a token bucket of read requests per second, so a loop on a read
+  endpoint cannot spend the event store's throughput for everyone.
 A request consumes from every limit only when all of them allow it, so a rejected request never
 drains a bucket. The clock is Redis's own (TIME), so API hosts with skewed clocks agree.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass
 from functools import cache
@@ -26,6 +36,9 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local capacity, rate = tonumber(ARGV[1]), tonumber(ARGV[2])
 local window_limit, window = tonumber(ARGV[3]), tonumber(ARGV[4])
 local tenant_rate, cost = tonumber(ARGV[5]), tonumber(ARGV[6])
+local share_limit, contended_at = tonumber(ARGV[7]), tonumber(ARGV[8])
+local read_rate, read_burst = tonumber(ARGV[9]), tonumber(ARGV[10])
+local window_scope = ARGV[11]
 
 local function refill(key, cap, per_second)
   local state = redis.call('HMGET', key, 'tokens', 'ts')
@@ -34,7 +47,23 @@ local function refill(key, cap, per_second)
   return math.min(cap, tokens + math.max(0, now - ts) * per_second)
 end
 
--- 1. per-IP token bucket
+-- a sliding window: this window's count plus the previous one's, weighted by overlap
+local current = math.floor(now / window)
+local elapsed = now - current * window
+local function window_state(prefix)
+  local prev_count = tonumber(redis.call('GET', prefix .. ':' .. (current - 1))) or 0
+  local cur_count = tonumber(redis.call('GET', prefix .. ':' .. current)) or 0
+  return prev_count, cur_count, prev_count * (window - elapsed) / window + cur_count
+end
+-- how long until one more request fits under `limit`
+local function window_wait(limit, prev_count, cur_count)
+  if cur_count + 1 > limit then
+    return window - elapsed
+  end
+  return math.max(window * (1 - (limit - cur_count - 1) / prev_count) - elapsed, 0.001)
+end
+
+-- 1. per-address token bucket
 local ip_tokens = refill(KEYS[1], capacity, rate)
 local function deny(scope, wait)
   return {0, scope, tostring(wait), tostring(ip_tokens), tostring((capacity - ip_tokens) / rate)}
@@ -43,24 +72,23 @@ if ip_tokens < 1 then
   return deny('ip', (1 - ip_tokens) / rate)
 end
 
--- 2. global sliding window: this window's count plus the previous one's, weighted by overlap
-local current = math.floor(now / window)
-local elapsed = now - current * window
-local cur_key = KEYS[2] .. ':' .. current
-local prev_count = tonumber(redis.call('GET', KEYS[2] .. ':' .. (current - 1))) or 0
-local cur_count = tonumber(redis.call('GET', cur_key)) or 0
-local estimate = prev_count * (window - elapsed) / window + cur_count
+-- 2. the window this request spends: the tenants' global one, or the anonymous one
+local prev_count, cur_count, estimate = window_state(KEYS[2])
 if estimate + 1 > window_limit then
-  local wait
-  if cur_count + 1 > window_limit then
-    wait = window - elapsed
-  else
-    wait = window * (1 - (window_limit - cur_count - 1) / prev_count) - elapsed
-  end
-  return deny('global', math.max(wait, 0.001))
+  return deny(window_scope, window_wait(window_limit, prev_count, cur_count))
 end
 
--- 3. optional per-tenant events-per-second bucket (one second of burst)
+-- 3. fair share: only while the window is contended, and only for a tenant over its share
+local share_prev, share_cur = 0, 0
+if share_limit > 0 then
+  local share_estimate
+  share_prev, share_cur, share_estimate = window_state(KEYS[4])
+  if estimate + 1 > contended_at and share_estimate + 1 > share_limit then
+    return deny('share', window_wait(share_limit, share_prev, share_cur))
+  end
+end
+
+-- 4. optional per-tenant events-per-second bucket (one second of burst)
 local tenant_tokens = 0
 if tenant_rate > 0 then
   tenant_tokens = refill(KEYS[3], tenant_rate, tenant_rate)
@@ -71,15 +99,35 @@ if tenant_rate > 0 then
   end
 end
 
+-- 5. per-tenant read bucket
+local read_tokens = 0
+if read_rate > 0 then
+  read_tokens = refill(KEYS[5], read_burst, read_rate)
+  if read_tokens < 1 then
+    return deny('reads', math.max((1 - read_tokens) / read_rate, 0.001))
+  end
+end
+
 -- every limit allows it: consume
 ip_tokens = ip_tokens - 1
 redis.call('HSET', KEYS[1], 'tokens', tostring(ip_tokens), 'ts', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil(capacity / rate) + 1)
+local cur_key = KEYS[2] .. ':' .. current
 redis.call('INCR', cur_key)
 redis.call('EXPIRE', cur_key, window * 2 + 1)
+if share_limit > 0 then
+  -- counted whether or not the window is contended: when contention starts, recent use is known
+  local share_key = KEYS[4] .. ':' .. current
+  redis.call('INCR', share_key)
+  redis.call('EXPIRE', share_key, window * 2 + 1)
+end
 if tenant_rate > 0 then
   redis.call('HSET', KEYS[3], 'tokens', tostring(tenant_tokens - cost), 'ts', tostring(now))
   redis.call('EXPIRE', KEYS[3], 10)
+end
+if read_rate > 0 then
+  redis.call('HSET', KEYS[5], 'tokens', tostring(read_tokens - 1), 'ts', tostring(now))
+  redis.call('EXPIRE', KEYS[5], math.ceil(read_burst / read_rate) + 1)
 end
 return {1, '', '0', tostring(ip_tokens), tostring((capacity - ip_tokens) / rate)}
 """
@@ -88,14 +136,15 @@ return {1, '', '0', tostring(ip_tokens), tostring((capacity - ip_tokens) / rate)
 @dataclass(frozen=True)
 class RateDecision:
     allowed: bool
-    limited_by: str  # "ip", "global", "tenant" or "" when allowed
+    # "ip", "global", "anonymous", "share", "tenant", "reads", or "" when allowed
+    limited_by: str
     retry_after_seconds: int
     limit: int
     remaining: int
     reset_seconds: int
 
     def headers(self) -> dict[str, str]:
-        """IETF RateLimit-* headers for the per-IP bucket (the limit a client can act on)."""
+        """IETF RateLimit-* headers for the per-address bucket (the limit a client can act on)."""
         return {
             "RateLimit-Limit": str(self.limit),
             "RateLimit-Remaining": str(self.remaining),
@@ -111,18 +160,57 @@ def _script() -> redis.commands.core.Script:
     return _client().register_script(_SCRIPT)
 
 
-def check_rate_limits(*, ip: str, tenant: str = "", events: int = 1) -> RateDecision:
-    """Decide and consume atomically. Raises redis.RedisError when the shared state is unreachable."""
-    tenant_rate = settings.RATE_LIMIT_TENANT_EVENTS_PER_SECOND if tenant else 0
+def rate_limit_subject(ip: str) -> str:
+    """The bucket an address spends: an IPv4 address itself; an IPv6 address's network of
+    `RATE_LIMIT_IPV6_PREFIX` bits (a host gets a whole /64, and every address in it would
+    otherwise be a fresh bucket). An IPv4-mapped IPv6 address is its IPv4 address."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip  # not an address (e.g. an empty peer): its own bucket, as before
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/{settings.RATE_LIMIT_IPV6_PREFIX}", strict=False))
+    return str(address)
+
+
+def check_rate_limits(*, ip: str, tenant: str = "", events: int = 1, read: bool = False) -> RateDecision:
+    """Decide and consume atomically. `tenant` is the request's active tenant, "" for a request
+    that has none (it spends the anonymous window, not the tenants' one). `read`: a GET, which
+    also spends the tenant's read bucket. Raises redis.RedisError when the shared state is
+    unreachable."""
+    global_limit = settings.RATE_LIMIT_GLOBAL_PER_MINUTE
+    if tenant:
+        window_key, window_limit, window_scope = "rl:global", global_limit, "global"
+        share = settings.RATE_LIMIT_TENANT_SHARE
+        share_limit = max(1, math.floor(share * global_limit)) if 0 < share < 1 else 0
+        contended_at = settings.RATE_LIMIT_CONTENDED_AT * global_limit
+        tenant_rate = settings.RATE_LIMIT_TENANT_EVENTS_PER_SECOND
+        read_rate = settings.RATE_LIMIT_TENANT_READS_PER_SECOND if read else 0.0
+    else:
+        window_key, window_limit = "rl:anonymous", settings.RATE_LIMIT_ANONYMOUS_PER_MINUTE
+        window_scope, share_limit, contended_at, tenant_rate, read_rate = "anonymous", 0, 0.0, 0, 0.0
     allowed, limited_by, retry_after, remaining, reset = _script()(
-        keys=[f"rl:ip:{ip}", "rl:global", f"rl:tenant:{tenant}"],
+        keys=[
+            f"rl:ip:{rate_limit_subject(ip)}",
+            window_key,
+            f"rl:tenant:{tenant}",
+            f"rl:share:{tenant}",
+            f"rl:reads:{tenant}",
+        ],
         args=[
             settings.RATE_LIMIT_PER_IP_CAPACITY,
             settings.RATE_LIMIT_PER_IP_REFILL_PER_SECOND,
-            settings.RATE_LIMIT_GLOBAL_PER_MINUTE,
+            window_limit,
             _WINDOW_SECONDS,
             tenant_rate,
             max(1, events),
+            share_limit,
+            contended_at,
+            read_rate,
+            max(1, settings.RATE_LIMIT_TENANT_READ_BURST),
+            window_scope,
         ],
     )
     return RateDecision(

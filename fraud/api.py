@@ -50,6 +50,7 @@ class FraudAlertListView(APIView):
             400: OpenApiResponse(description="validation_error"),
             401: OpenApiResponse(description="missing or wrong API key"),
             403: OpenApiResponse(description="disabled tenant"),
+            429: OpenApiResponse(description="rate_limited (Retry-After)"),
         },
     )
     def get(self, request: Request) -> Response:

@@ -33,6 +33,7 @@ class UserScoreView(APIView):
             200: OutputSerializer,
             401: OpenApiResponse(description="missing or wrong API key"),
             403: OpenApiResponse(description="disabled tenant"),
+            429: OpenApiResponse(description="rate_limited (Retry-After)"),
             404: OpenApiResponse(description="not_found: the tenant has no events of this user"),
         },
     )

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from cloudscale_project.outbound import webhook_url_refusal
 from tenants.models import ApiKey, Tenant
 from tenants.services import (
     TenantRetired,
+    new_webhook_secret,
     tenant_create_key,
     tenant_retire,
     tenant_rotate_key,
@@ -29,8 +32,23 @@ class ApiKeyInline(admin.TabularInline):
         return False
 
 
+class TenantForm(forms.ModelForm):
+    class Meta:
+        model = Tenant
+        fields = "__all__"  # noqa: DJ007 (the admin shows every field of a tenant)
+
+    def clean_webhook_url(self) -> str:
+        """Refuse a webhook URL that delivery would refuse (loopback, private, metadata addresses)."""
+        url = str(self.cleaned_data.get("webhook_url") or "")
+        refusal = webhook_url_refusal(url) if url else None
+        if refusal:
+            raise forms.ValidationError(refusal)
+        return url
+
+
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
+    form = TenantForm
     list_display = ("slug", "name", "active", "retired_at", "created_at", "webhook_url")
     list_filter = ("active",)
     search_fields = ("slug", "name")
@@ -55,6 +73,8 @@ class TenantAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
         creating = obj.pk is None
+        if not obj.webhook_secret:
+            obj.webhook_secret = new_webhook_secret()  # a tenant without one would get no webhooks
         super().save_model(request, obj, form, change)
         if creating:
             issued = tenant_rotate_key(slug=obj.slug)

@@ -6,9 +6,11 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from cloudscale_project.outbound import webhook_url_refusal
 from tenants.keycache import cached_lookup, tenants_changed
 from tenants.models import ApiKey, Tenant
 
@@ -42,12 +44,20 @@ class TenantRetired(Exception):
     """The tenant was retired: it gets no new keys and cannot be enabled again."""
 
 
+def new_webhook_secret() -> str:
+    """The HMAC key of a tenant's webhooks: without one, webhooks are not sent at all."""
+    return secrets.token_hex(32)
+
+
 @transaction.atomic
 def tenant_create(*, slug: str, name: str = "", webhook_url: str = "") -> IssuedKey:
     tenant = Tenant(
-        slug=slug, name=name or slug, webhook_url=webhook_url, webhook_secret=secrets.token_hex(32)
+        slug=slug, name=name or slug, webhook_url=webhook_url, webhook_secret=new_webhook_secret()
     )
     tenant.full_clean()
+    refusal = webhook_url_refusal(webhook_url) if webhook_url else None
+    if refusal:
+        raise ValidationError({"webhook_url": [refusal]})
     tenant.save()
     return IssuedKey(tenant=tenant, key=_issue_key(tenant))
 

@@ -35,6 +35,11 @@ def _configure_test_environment() -> None:
     # Tests send bursts from one address: lift the limits unless a test sets its own.
     os.environ.setdefault("CLOUDSCALE_RATE_LIMIT_PER_IP_CAPACITY", "1000000")
     os.environ.setdefault("CLOUDSCALE_RATE_LIMIT_GLOBAL_PER_MINUTE", "10000000")
+    os.environ.setdefault("CLOUDSCALE_RATE_LIMIT_ANONYMOUS_PER_MINUTE", "10000000")
+    os.environ.setdefault("CLOUDSCALE_RATE_LIMIT_TENANT_READS_PER_SECOND", "1000000")
+    os.environ.setdefault("CLOUDSCALE_RATE_LIMIT_TENANT_READ_BURST", "1000000")
+    # Test receivers of webhooks listen on loopback, which production refuses.
+    os.environ.setdefault("CLOUDSCALE_WEBHOOK_ALLOW_PRIVATE", "true")
 
     database = os.environ.get("CLOUDSCALE_TEST_DATABASE", "sqlite")
     if database == "postgresql":

@@ -12,6 +12,13 @@ one partition and then fan out over the months it names, newest first, each a si
 query. A marker is refreshed at most once an hour per process and lives a day longer than the
 events (explicit `ttl`), so it never expires before the last event of its month.
 
+Bounded reads. A tenant that back-dates events can own hundreds of month partitions, and a read
+that visited each of them would spend the container's RU/s for every tenant. So a read visits at
+most `read_max_months` (COSMOS_READ_MAX_MONTHS, 3) month partitions one by one, newest first, and
+reaches the tenant's older months, if it has any, with one cross-partition query (filtered by
+tenant, served by the index of each physical partition: its cost grows with the physical
+partitions, not with the tenant's months).
+
 Retries. The SDK's own throttling, connection and regional-failover retries are switched off,
 so one policy here (docs/decisions.md, "Cosmos DB event store") decides: 429 waits exactly the
 service's `x-ms-retry-after-ms`, other transient failures back off exponentially with jitter,
@@ -210,11 +217,13 @@ class CosmosEventStore:
         container: str,
         verify_tls: bool = True,
         retention_seconds: int = 30 * 24 * 3600,
+        read_max_months: int = 3,
     ) -> None:
         self.endpoint = endpoint
         self.database_name = database
         self.container_name = container
         self.retention_seconds = retention_seconds
+        self.read_max_months = read_max_months
         self._credential = credential
         self._verify_tls = verify_tls
         self._lock = threading.Lock()
@@ -242,6 +251,7 @@ class CosmosEventStore:
             container=settings.COSMOS_CONTAINER,
             verify_tls=settings.COSMOS_VERIFY_TLS,
             retention_seconds=settings.EVENT_RETENTION_DAYS * 24 * 3600,
+            read_max_months=settings.COSMOS_READ_MAX_MONTHS,
         )
 
     # --- client ---------------------------------------------------------------------------------
@@ -468,11 +478,44 @@ class CosmosEventStore:
             budget,
         )
 
+    def _query_older_months(
+        self,
+        container: ContainerProxy,
+        *,
+        tenant: str,
+        read_months: Sequence[str],
+        where: str,
+        parameters: list[dict[str, Any]],
+        budget: _Budget,
+        select: str = "*",
+        order_by: str = "",
+        operation: str,
+    ) -> list[Any]:
+        """One cross-partition query over the tenant's months other than `read_months` (those were
+        read one by one). Only event items: month markers have no `event_id`."""
+        sql = (
+            f"SELECT {select} FROM c WHERE c.tenant = @tenant AND IS_DEFINED(c.event_id) "  # noqa: S608
+            f"AND NOT ARRAY_CONTAINS(@read_pks, c.pk) AND {where}{order_by}"
+        )
+        params: list[dict[str, Any]] = [
+            {"name": "@tenant", "value": tenant},
+            {"name": "@read_pks", "value": [f"{tenant}:{month}" for month in read_months]},
+            *parameters,
+        ]
+        return self._with_retries(
+            operation,
+            lambda: list(container.query_items(sql, parameters=params, enable_cross_partition_query=True)),
+            budget,
+        )
+
     def get(self, *, tenant: str, event_id: str) -> Event | None:
-        """Looked up month by month, newest first: the id alone does not say its partition."""
+        """Looked up month by month, newest first (the id alone does not say its partition), in at
+        most `read_max_months` partitions; the tenant's older months, if any, in one query."""
         budget = _Budget(self.READ_RETRY_BUDGET_SECONDS)
         container = self._connect(budget)
-        for month in self._months(container, tenant, budget):
+        months = self._months(container, tenant, budget)
+        near = months[: self.read_max_months]
+        for month in near:
             found = self._query_partition(
                 container,
                 f"{tenant}:{month}",
@@ -480,6 +523,18 @@ class CosmosEventStore:
                 [{"name": "@id", "value": event_id}],
                 budget,
                 operation="get",
+            )
+            if found:
+                return _as_event(found[0])
+        if len(months) > len(near):
+            found = self._query_older_months(
+                container,
+                tenant=tenant,
+                read_months=near,
+                where="c.event_id = @id",
+                parameters=[{"name": "@id", "value": event_id}],
+                budget=budget,
+                operation="get (older months)",
             )
             if found:
                 return _as_event(found[0])
@@ -496,7 +551,8 @@ class CosmosEventStore:
         limit: int = 100,
         cursor: str | None = None,
     ) -> EventPage:
-        """Single-partition queries over the months in range, newest month first, merged.
+        """Single-partition queries over the months in range, newest month first, merged (at most
+        `read_max_months` of them; older months in range in one cross-partition query).
 
         Months partition time, so reading them in order is already a merge; the cursor is the
         last (timestamp, event_id) returned, which names its month and the point within it.
@@ -546,7 +602,8 @@ class CosmosEventStore:
             and (oldest_month is None or month >= oldest_month)
         ]
         items: list[dict[str, Any]] = []
-        for month in months:
+        near = months[: self.read_max_months]
+        for month in near:
             wanted = limit + 1 - len(items)
             if wanted <= 0:
                 break
@@ -557,6 +614,19 @@ class CosmosEventStore:
                 [*parameters, {"name": "@top", "value": wanted}],
                 budget,
                 operation="query",
+            )
+        if len(months) > len(near) and limit + 1 > len(items):
+            # The older months in range together: their items all sort after the near months' ones.
+            items += self._query_older_months(
+                container,
+                tenant=tenant,
+                read_months=near,
+                where=" AND ".join(clauses[1:]) or "true",
+                parameters=parameters,
+                budget=budget,
+                select=f"TOP {limit + 1 - len(items)} *",
+                order_by=" ORDER BY c.timestamp DESC, c.event_id DESC",
+                operation="query (older months)",
             )
         results = [_as_event(item) for item in items[:limit]]
         next_cursor = None
@@ -577,7 +647,11 @@ class CosmosEventStore:
         budget = _Budget(self.READ_RETRY_BUDGET_SECONDS)
         container = self._connect(budget)
         latest = month_of(until + MAX_FUTURE_SKEW)
-        months = [m for m in self._months(container, tenant, budget) if m <= latest]
+        candidates = [m for m in self._months(container, tenant, budget) if m <= latest]
+        # The newest months one by one; all older ones together (None), cross-partition.
+        months: list[str | None] = list(candidates[: self.read_max_months])
+        if len(candidates) > len(months):
+            months.append(None)
         hours: list[tuple[datetime, datetime, datetime]] = []  # (bucket, from, to)
         hour = hour_floor(since)
         while hour < until:
@@ -586,21 +660,39 @@ class CosmosEventStore:
         if not months or not hours:
             return {}
 
-        def count(pk: str, start: datetime, end: datetime) -> int:
-            values = self._query_partition(
-                container,
-                pk,
-                "SELECT VALUE COUNT(1) FROM c "
-                "WHERE c.pk = @pk AND c.received_at >= @from AND c.received_at < @to",
-                [{"name": "@from", "value": isoformat_z(start)}, {"name": "@to", "value": isoformat_z(end)}],
-                budget,
-                operation="count",
-            )
+        near = [m for m in months if m is not None]
+
+        def count(month: str | None, start: datetime, end: datetime) -> int:
+            window = [
+                {"name": "@from", "value": isoformat_z(start)},
+                {"name": "@to", "value": isoformat_z(end)},
+            ]
+            if month is None:
+                values = self._query_older_months(
+                    container,
+                    tenant=tenant,
+                    read_months=near,
+                    where="c.received_at >= @from AND c.received_at < @to",
+                    parameters=window,
+                    budget=budget,
+                    select="VALUE COUNT(1)",
+                    operation="count (older months)",
+                )
+            else:
+                values = self._query_partition(
+                    container,
+                    f"{tenant}:{month}",
+                    "SELECT VALUE COUNT(1) FROM c "
+                    "WHERE c.pk = @pk AND c.received_at >= @from AND c.received_at < @to",
+                    window,
+                    budget,
+                    operation="count",
+                )
             return sum(values)  # a partition may answer in pages, each with a partial count
 
         counts: dict[datetime, int] = defaultdict(int)
         with ThreadPoolExecutor(max_workers=self.WRITE_CONCURRENCY, thread_name_prefix="cosmos") as pool:
-            totals = {m: pool.submit(count, f"{tenant}:{m}", since, until) for m in months}
+            totals = {m: pool.submit(count, m, since, until) for m in months}
             self._raise_first(totals.values())
             busy = [m for m, total in totals.items() if total.result() > 0]
             if len(hours) == 1:
@@ -608,9 +700,7 @@ class CosmosEventStore:
                     counts[hours[0][0]] += totals[m].result()
             else:
                 per_hour = [
-                    (bucket, pool.submit(count, f"{tenant}:{m}", start, end))
-                    for m in busy
-                    for bucket, start, end in hours
+                    (bucket, pool.submit(count, m, start, end)) for m in busy for bucket, start, end in hours
                 ]
                 self._raise_first(future for _, future in per_hour)
                 for bucket, future in per_hour:

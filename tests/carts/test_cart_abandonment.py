@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -125,7 +126,11 @@ class TestCartAbandonment:
 
         (headers, body) = receiver.requests[0]
         assert len(receiver.requests) == 1
-        expected = "sha256=" + hmac.new(shop.webhook_secret.encode(), body, hashlib.sha256).hexdigest()
+        # The documented recipe: HMAC-SHA256 of "<timestamp>." + body, timestamp within 5 minutes.
+        timestamp = headers["x-cloudscale-timestamp"]
+        assert abs(int(timestamp) - time.time()) < 300
+        signed = timestamp.encode() + b"." + body
+        expected = "sha256=" + hmac.new(shop.webhook_secret.encode(), signed, hashlib.sha256).hexdigest()
         assert hmac.compare_digest(headers["x-cloudscale-signature"], expected)
         assert headers["x-cloudscale-delivery"] == add["event_id"]
         assert headers["content-type"] == "application/json"

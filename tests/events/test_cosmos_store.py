@@ -108,6 +108,51 @@ def test_it_queries_only_the_month_partitions_in_range(
     }
 
 
+def test_it_reads_a_bounded_number_of_month_partitions(
+    cosmos_server: CosmosServer, fault_proxy: FaultProxy
+) -> None:
+    store = cosmos_server.store(endpoint=fault_proxy.endpoint)
+    assert store.read_max_months == 3
+    # Eight months of back-dated events, all received in the same hour.
+    events = [make_event(timestamp=NOV - timedelta(days=31 * k), received_at=NOV) for k in range(8)]
+    store.write_many([*events, make_event(tenant="globex", timestamp=SEP)])
+    newest = {"acme:months", "acme:2026-11", "acme:2026-10", "acme:2026-09"}
+    fault_proxy.seen.clear()
+
+    assert store.get(tenant="acme", event_id="no-such-event") is None
+    assert store.get(tenant="globex", event_id=events[0]["event_id"]) is None  # never another tenant's
+    fault_proxy.seen.clear()
+    assert store.get(tenant="acme", event_id="no-such-event") is None
+    assert reads(fault_proxy) == (newest, 1)  # 3 months one by one, the 5 older ones in one query
+    oldest = store.get(tenant="acme", event_id=events[-1]["event_id"])
+    assert oldest is not None and oldest["timestamp"] == events[-1]["timestamp"]
+    assert reads(fault_proxy) == (newest, 1)
+
+    page = store.query(tenant="acme", limit=5)
+    assert ids(page.results) == ids(events[:5])  # newest first across the bound
+    assert reads(fault_proxy) == (newest, 1)
+    assert page.next_cursor is not None
+    rest = store.query(tenant="acme", limit=5, cursor=page.next_cursor)
+    assert ids(rest.results) == ids(events[5:]) and rest.next_cursor is None
+    assert reads(fault_proxy)[1] == 1  # the next page: again 3 months, then one query
+
+    hour = NOV.replace(minute=0)
+    assert store.count_stored_by_hour(tenant="acme", since=hour - timedelta(hours=1), until=hour + timedelta(
+        hours=1)) == {hour: 8}  # fmt: skip
+    partitions, cross = reads(fault_proxy)
+    assert partitions == newest and cross == 1 + 2  # the range once, then each of its 2 hours
+
+
+def reads(proxy: FaultProxy) -> tuple[set[str | None], int]:
+    """The partitions single-partition queries read since the last call, and how many queries
+    were cross-partition."""
+    queries = proxy.requests("query")
+    proxy.seen.clear()
+    return {q.partition_key for q in queries if not q.cross_partition}, sum(
+        q.cross_partition for q in queries
+    )
+
+
 def single_partition_keys(proxy: FaultProxy) -> set[str | None]:
     """The partitions the adapter's queries read since the last call; each must be one partition."""
     queries = proxy.requests("query")

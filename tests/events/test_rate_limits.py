@@ -17,8 +17,8 @@ from django.test import Client
 
 from events import enrichment
 from events.enrichment import client_ip_from
-from events.throttling import check_rate_limits
-from tests.conftest import ROOT, child_env, wait_until
+from events.throttling import check_rate_limits, rate_limit_subject
+from tests.conftest import ROOT, Actor, child_env, wait_until
 from tests.netutil import free_port
 
 NETS = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("127.0.0.1/32"))
@@ -68,8 +68,9 @@ def test_a_burst_of_150_lets_about_100_through(client: Client, default_limits: N
 
 @pytest.mark.django_db
 def test_a_forged_forwarded_for_from_an_untrusted_peer_gets_no_fresh_bucket(
-    client: Client, default_limits: None
+    client: Client, default_limits: None, settings: Any
 ) -> None:
+    settings.RATE_LIMIT_PER_IP_REFILL_PER_SECOND = 0.01  # a loaded machine takes > 1 s for the burst
     _burst(client, 110)
     statuses, _ = _burst(client, 5, HTTP_X_FORWARDED_FOR="198.51.100.1")
     assert statuses.count(429) >= 4
@@ -80,6 +81,7 @@ def test_a_trusted_proxys_forwarded_for_is_honoured(
     client: Client, default_limits: None, settings: Any
 ) -> None:
     settings.TRUSTED_PROXIES = ["127.0.0.0/8"]
+    settings.RATE_LIMIT_PER_IP_REFILL_PER_SECOND = 0.01  # a loaded machine takes > 0.5 s for the burst
     enrichment.trusted_proxies.cache_clear()
     try:
         first, _ = _burst(client, 105, HTTP_X_FORWARDED_FOR="198.51.100.1")
@@ -93,7 +95,7 @@ def test_a_trusted_proxys_forwarded_for_is_honoured(
 def test_the_global_window_limits_all_addresses_together(settings: Any) -> None:
     settings.RATE_LIMIT_PER_IP_CAPACITY = 1000
     settings.RATE_LIMIT_GLOBAL_PER_MINUTE = 20
-    decisions = [check_rate_limits(ip=f"192.0.2.{i}") for i in range(25)]
+    decisions = [check_rate_limits(ip=f"192.0.2.{i}", tenant=f"t{i}") for i in range(25)]
     assert sum(d.allowed for d in decisions) == 20
     refused = [d for d in decisions if not d.allowed]
     assert {d.limited_by for d in refused} == {"global"}
@@ -103,8 +105,9 @@ def test_the_global_window_limits_all_addresses_together(settings: Any) -> None:
 def test_a_refused_request_does_not_drain_the_ip_bucket(settings: Any) -> None:
     settings.RATE_LIMIT_PER_IP_CAPACITY = 5
     settings.RATE_LIMIT_GLOBAL_PER_MINUTE = 2
-    assert [check_rate_limits(ip="192.0.2.1").allowed for _ in range(3)] == [True, True, False]
-    assert check_rate_limits(ip="192.0.2.1").remaining == 3
+    settings.RATE_LIMIT_TENANT_SHARE = 1.0
+    assert [check_rate_limits(ip="192.0.2.1", tenant="acme").allowed for _ in range(3)] == [True, True, False]
+    assert check_rate_limits(ip="192.0.2.1", tenant="acme").remaining == 3
 
 
 def test_the_tenant_quota_counts_events(settings: Any) -> None:
@@ -113,6 +116,109 @@ def test_the_tenant_quota_counts_events(settings: Any) -> None:
     refused = check_rate_limits(ip="192.0.2.1", tenant="acme", events=8)
     assert not refused.allowed and refused.limited_by == "tenant"
     assert check_rate_limits(ip="192.0.2.1", tenant="globex", events=8).allowed
+
+
+@pytest.mark.parametrize(
+    ("ip", "prefix", "subject"),
+    [
+        ("192.0.2.7", 64, "192.0.2.7"),
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 64, "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 48, "2001:db8:1::/48"),
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 128, "2001:db8:1:2:aaaa:bbbb:cccc:dddd/128"),
+        ("::ffff:192.0.2.7", 64, "192.0.2.7"),  # an IPv4 client seen through a dual-stack socket
+        ("", 64, ""),
+    ],
+)
+def test_it_buckets_ipv6_clients_by_network(ip: str, prefix: int, subject: str, settings: Any) -> None:
+    settings.RATE_LIMIT_IPV6_PREFIX = prefix
+    assert rate_limit_subject(ip) == subject
+
+
+def test_it_gives_one_ipv6_slash_64_one_bucket(settings: Any) -> None:
+    settings.RATE_LIMIT_PER_IP_CAPACITY = 100
+    settings.RATE_LIMIT_PER_IP_REFILL_PER_SECOND = 0.001
+    started = time.monotonic()
+    one_host = [check_rate_limits(ip=f"2001:db8:0:1::{i:x}", tenant="acme") for i in range(1, 151)]
+    assert sum(d.allowed for d in one_host) <= 100 + int((time.monotonic() - started) * 0.001) + 1
+    assert {d.limited_by for d in one_host if not d.allowed} == {"ip"}
+    assert check_rate_limits(ip="2001:db8:0:2::1", tenant="acme").allowed  # the next /64 is someone else
+
+
+@pytest.mark.django_db
+def test_it_does_not_spend_the_tenants_window_on_unauthenticated_requests(
+    client: Client, settings: Any, acme: Actor
+) -> None:
+    settings.RATE_LIMIT_GLOBAL_PER_MINUTE = 50
+    settings.RATE_LIMIT_ANONYMOUS_PER_MINUTE = 20
+    anonymous = [
+        client.post("/api/events", data="{}", content_type="application/json", REMOTE_ADDR=f"198.51.100.{i}",
+                    **({"HTTP_AUTHORIZATION": "Bearer cs_not-a-key"} if i % 2 else {})).status_code
+        for i in range(1, 81)
+    ]  # fmt: skip
+    assert anonymous.count(401) == 20 and anonymous.count(429) == 60
+    limited = client.post(
+        "/api/events", data="{}", content_type="application/json", REMOTE_ADDR="198.51.100.1"
+    )
+    assert limited.json()["error"]["message"].startswith("Rate limit of unauthenticated requests exceeded")
+    assert int(limited["Retry-After"]) >= 1 and "RateLimit-Remaining" in limited
+    # The tenant's own budget is untouched: its request reaches validation (400), not a 429.
+    mine = client.post("/api/events", data="{}", content_type="application/json", REMOTE_ADDR="203.0.113.9",
+                       **acme.headers)  # fmt: skip
+    assert mine.status_code == 400
+
+
+@pytest.mark.django_db
+def test_a_disabled_tenants_requests_do_not_spend_the_tenants_window(
+    client: Client, settings: Any, acme: Actor, globex: Actor
+) -> None:
+    from tenants.services import tenant_set_active
+
+    settings.RATE_LIMIT_GLOBAL_PER_MINUTE = 30
+    tenant_set_active(slug="acme", active=False)
+    statuses = [client.get("/api/events", **acme.headers).status_code for _ in range(40)]
+    assert statuses.count(403) == 40
+    assert client.get("/api/events", **globex.headers).status_code == 200
+
+
+def test_one_tenant_cannot_take_the_whole_global_window(settings: Any) -> None:
+    settings.RATE_LIMIT_GLOBAL_PER_MINUTE = 100
+    settings.RATE_LIMIT_TENANT_SHARE = 0.5
+    settings.RATE_LIMIT_CONTENDED_AT = 0.8
+    hog = [check_rate_limits(ip=f"192.0.2.{i % 200}", tenant="hog") for i in range(200)]
+    # Alone, the hog may use the window up to where it becomes contended...
+    assert sum(d.allowed for d in hog) == 80
+    refused = [d for d in hog if not d.allowed]
+    assert {d.limited_by for d in refused} == {"share"} and all(d.retry_after_seconds >= 1 for d in refused)
+    # ...and the rest is left to the others, up to the global limit itself.
+    others = [check_rate_limits(ip="198.51.100.1", tenant=f"small{i % 3}") for i in range(30)]
+    assert sum(d.allowed for d in others) == 20
+    assert {d.limited_by for d in others if not d.allowed} == {"global"}
+
+
+def test_with_the_fair_share_off_one_tenant_may_fill_the_window(settings: Any) -> None:
+    settings.RATE_LIMIT_GLOBAL_PER_MINUTE = 100
+    settings.RATE_LIMIT_TENANT_SHARE = 1.0
+    assert sum(check_rate_limits(ip="192.0.2.1", tenant="hog").allowed for _ in range(120)) == 100
+
+
+@pytest.mark.django_db
+def test_it_limits_a_tenants_reads_and_not_the_others(
+    client: Client, settings: Any, acme: Actor, globex: Actor
+) -> None:
+    settings.RATE_LIMIT_TENANT_READS_PER_SECOND = 0.01
+    settings.RATE_LIMIT_TENANT_READ_BURST = 5
+    statuses = [client.get(path, **acme.headers).status_code
+                for path in ["/api/ledger", "/api/events/no-such-event"] * 5]  # fmt: skip
+    assert statuses[:5] == [200, 404, 200, 404, 200] and statuses[5:] == [429] * 5
+    limited = client.get("/api/ledger", **acme.headers)
+    assert limited.json()["error"]["message"].startswith("Rate limit of this tenant's reads exceeded")
+    assert int(limited["Retry-After"]) >= 1
+    assert client.get("/api/ledger", **globex.headers).status_code == 200
+    # Writes are not reads: the tenant can still send events.
+    assert (
+        client.post("/api/events", data="{}", content_type="application/json", **acme.headers).status_code
+        == 400
+    )
 
 
 # --- two real API processes share one bucket --------------------------------------------------------------
@@ -170,3 +276,13 @@ def test_two_api_processes_share_the_same_bucket(two_api_processes: list[str]) -
     passed = sum(1 for s in statuses if s != 429)
     assert 100 <= passed <= 100 + int(elapsed * 10) + 1, (passed, elapsed)
     assert statuses.count(429) >= 150 - 100 - int(elapsed * 10) - 1
+
+
+@pytest.mark.django_db
+def test_it_looks_the_key_up_once_per_request(
+    client: Client, acme: Actor, django_assert_num_queries: Any
+) -> None:
+    # The middleware needs the tenant to choose the window; authentication reuses its lookup.
+    with django_assert_num_queries(1):
+        response = client.post("/api/events", data="{}", content_type="application/json", **acme.headers)
+    assert response.status_code == 400

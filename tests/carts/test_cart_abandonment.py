@@ -272,6 +272,6 @@ def test_two_beat_runs_at_once_fire_each_cart_once(transactional_db: None, recei
 
 
 def test_beat_fires_the_checks_every_30_seconds() -> None:
-    entry = settings.CELERY_BEAT_SCHEDULE["scoring.fire-cart-abandonments"]
+    entry = settings.CELERY_BEAT_SCHEDULE["carts.fire-cart-abandonments"]
     assert entry["task"] == "carts.fire_cart_abandonments"
     assert 30 <= float(entry["schedule"]) <= 60  # type: ignore[arg-type]

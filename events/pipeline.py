@@ -463,6 +463,10 @@ def _finish_exhausted(
     A transient failure (store down) fails every event alike: dead-letter the batch at once. Any
     other failure may come from one event, so each event is tried alone and only the ones that
     still fail are dead-lettered: one bad event never takes the rest of its batch with it.
+
+    The soft time limit ends the split: the event it interrupted and every event not tried yet are
+    dead-lettered at once. Going on would run into the hard limit, which kills the process before
+    anything is recorded, and the message would come back for the same last attempt again.
     """
     failed: list[tuple[Event, BaseException]] = []
     new_ids: set[str] = set()
@@ -472,9 +476,17 @@ def _finish_exhausted(
     if isinstance(error, TRANSIENT_ERRORS) or len(events) == 1:
         failed = [(event, error) for event in events]
     else:
-        for event in events:
+        for index, event in enumerate(events):
             try:
                 stored = _run_steps(pipeline=pipeline, tenant=message.tenant, events=[event])
+            except SoftTimeLimitExceeded as exc:
+                logger.error(
+                    "soft time limit reached while retrying %d event(s) of tenant %s one at a time",
+                    len(events) - index,
+                    message.tenant,
+                )
+                failed += [(rest, exc) for rest in events[index:]]
+                break
             except Exception as exc:
                 failed.append((event, exc))
             else:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import signal
+import time
 from collections.abc import Sequence
 from datetime import timedelta
+from types import FrameType
 from typing import Any
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings as django_settings
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from cloudscale_project.timeutil import isoformat_z, utcnow
@@ -234,6 +239,47 @@ def test_it_dead_letters_only_the_event_that_breaks_a_step_on_the_last_attempt()
     letter = DeadLetter.objects.get()
     assert (letter.reason, letter.event_id) == ("MaxRetriesExceeded", bad["event_id"])
     assert letter.error == "ValueError: cannot score u-bad"
+
+
+def test_it_dead_letters_the_untried_events_when_the_soft_time_limit_strikes_in_the_last_split() -> None:
+    # The last attempt failed as a whole, so its events are tried one at a time, 0.2 s each.
+    # Celery's soft time limit is an exception raised asynchronously in the pool process (by a
+    # signal handler); SIGALRM plays that part here, 0.5 s into the split.
+    tried: list[str] = []
+
+    def slow_fussy_scoring(*, tenant: str, events: Sequence[Event]) -> None:
+        if len(events) > 1:
+            raise ValueError("cannot score a batch")
+        tried.append(events[0]["event_id"])
+        time.sleep(0.2)
+
+    def soft_time_limit(signum: int, frame: FrameType | None) -> None:
+        raise SoftTimeLimitExceeded("soft time limit (120s) exceeded")
+
+    events = [enriched_event() for _ in range(10)]
+    previous = signal.signal(signal.SIGALRM, soft_time_limit)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        started = time.monotonic()
+        outcome = batch_process_message(
+            args=(),
+            kwargs=batch_kwargs("acme", events),
+            attempt=django_settings.PROCESS_MAX_ATTEMPTS,
+            pipeline=orm_pipeline(before_store=(slow_fussy_scoring,)),
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+    # It stopped at the limit instead of running on into the hard limit (which would kill the
+    # process and bring the same last attempt back forever).
+    assert len(tried) <= 4 and elapsed < 1.5, f"tried {len(tried)} events in {elapsed:.1f}s"
+    letters = DeadLetter.objects.all()
+    assert {letter.reason for letter in letters} == {"MaxRetriesExceeded"}
+    assert all("SoftTimeLimitExceeded" in letter.error for letter in letters)
+    assert len(letters) == outcome.dead_lettered == 10 - len(stored_ids())
+    assert {letter.event_id for letter in letters} | set(stored_ids()) == {e["event_id"] for e in events}
 
 
 def test_it_sends_only_the_good_events_into_a_retry() -> None:

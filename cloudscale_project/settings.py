@@ -200,8 +200,12 @@ _SERVICE_BUS = BROKER_SCHEME == "azureservicebus"
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CLOUDSCALE_WORKER_PREFETCH", 1 if _SERVICE_BUS else 2, minimum=1)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
-CELERY_TASK_SOFT_TIME_LIMIT = 120
-CELERY_TASK_TIME_LIMIT = 180
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CLOUDSCALE_TASK_SOFT_TIME_LIMIT", 120, minimum=1)
+CELERY_TASK_TIME_LIMIT = env_int(
+    "CLOUDSCALE_TASK_TIME_LIMIT",
+    max(180, CELERY_TASK_SOFT_TIME_LIMIT + 60),
+    minimum=CELERY_TASK_SOFT_TIME_LIMIT + 1,
+)
 SERVICEBUS_LOCK_RENEWAL_SECONDS = env_int(
     "CLOUDSCALE_SERVICEBUS_LOCK_RENEWAL_SECONDS", 2 * CELERY_TASK_TIME_LIMIT, minimum=0
 )
@@ -304,6 +308,10 @@ BROKER_RETRY_AFTER_SECONDS = env_int("CLOUDSCALE_BROKER_RETRY_AFTER", 5, minimum
 
 # --- Processing -----------------------------------------------------------------------------------
 PROCESS_MAX_ATTEMPTS = env_int("CLOUDSCALE_PROCESS_MAX_ATTEMPTS", 5, minimum=1)
+# A batch whose worker was lost this many times (process killed, out of memory, hard time limit)
+# is not run again: its events become MaxRetriesExceeded dead letters on the next delivery
+# (events/deliveries.py). Small, because each loss also kills the other batches of that process.
+WORKER_LOSSES_MAX = env_int("CLOUDSCALE_MAX_WORKER_LOSSES", 3, minimum=1)
 RETRY_BACKOFF_BASE_SECONDS = env_float("CLOUDSCALE_RETRY_BACKOFF_BASE", 1.0)
 RETRY_BACKOFF_MAX_SECONDS = env_float("CLOUDSCALE_RETRY_BACKOFF_MAX", 60.0)
 CART_ABANDONMENT_MINUTES = env_int("CLOUDSCALE_CART_ABANDONMENT_MINUTES", 30, minimum=1)
@@ -320,6 +328,8 @@ EVENT_PURGE_INTERVAL_SECONDS = env_float("CLOUDSCALE_EVENT_PURGE_INTERVAL_SECOND
 # Test-only fault injection: a worker sleeps this long between the store write and the ack, so
 # fault tests can kill it mid-batch. Always 0 outside those tests.
 PIPELINE_FAULT_DELAY_SECONDS = env_float("CLOUDSCALE_PIPELINE_FAULT_DELAY", 0.0)
+# Test-only too: the same, before the first step, so a kill lands before anything is stored.
+PIPELINE_FAULT_DELAY_BEFORE_STEPS_SECONDS = env_float("CLOUDSCALE_PIPELINE_FAULT_DELAY_BEFORE_STEPS", 0.0)
 # Benchmark-only switches (`make bench` sets them on the stack it starts; never set in a deployment):
 # the naive one-task-per-event baseline task, and a trivial view that is the API's latency floor.
 BENCHMARK_TASKS = env_bool("CLOUDSCALE_BENCHMARK_TASKS", False)

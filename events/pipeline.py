@@ -291,6 +291,8 @@ def _run_steps(*, pipeline: Pipeline, tenant: str, events: list[Event]) -> set[s
     """decode is done; fraud → scoring → store → actions. Returns the ids newly stored."""
     if not events:
         return set()
+    if settings.PIPELINE_FAULT_DELAY_BEFORE_STEPS_SECONDS:
+        time.sleep(settings.PIPELINE_FAULT_DELAY_BEFORE_STEPS_SECONDS)  # test-only, as below
     for step in pipeline.before_store:
         step(tenant=tenant, events=events)
     with start_span("event_store.write_many", {ATTR_TENANT: tenant, "cloudscale.events": len(events)}):
@@ -515,6 +517,25 @@ def _finish_exhausted(
     return new_ids
 
 
+def _reject_message(*, args: Sequence[Any], kwargs: Mapping[str, Any], exc: MessageRejected) -> BatchOutcome:
+    tenant = kwargs.get("tenant")
+    correlation_id = kwargs.get("correlation_id")
+    deadletter_record_many(
+        letters=[
+            DeadLetterInput(
+                reason=Reason.DESERIALIZATION_FAILED,
+                kind=DeadLetter.Kind.BATCH,
+                tenant=tenant[:64] if isinstance(tenant, str) else "",
+                payload=json_payload({"args": list(args), "kwargs": dict(kwargs)}),
+                error=str(exc),
+                correlation_id=correlation_id[:64] if isinstance(correlation_id, str) else "",
+            )
+        ]
+    )
+    platform_incr_many(_PROCESSED_METRIC, [({"event_type": "", "outcome": OUTCOME_DEAD_LETTERED}, 1)])
+    return BatchOutcome(tenant="", correlation_id="", dead_lettered=1)
+
+
 def batch_process_message(
     *, args: Sequence[Any], kwargs: Mapping[str, Any], attempt: int, pipeline: Pipeline | None = None
 ) -> BatchOutcome:
@@ -522,20 +543,58 @@ def batch_process_message(
     try:
         message = parse_message(args=args, kwargs=kwargs)
     except MessageRejected as exc:
-        tenant = kwargs.get("tenant")
-        correlation_id = kwargs.get("correlation_id")
-        deadletter_record_many(
-            letters=[
-                DeadLetterInput(
-                    reason=Reason.DESERIALIZATION_FAILED,
-                    kind=DeadLetter.Kind.BATCH,
-                    tenant=tenant[:64] if isinstance(tenant, str) else "",
-                    payload=json_payload({"args": list(args), "kwargs": dict(kwargs)}),
-                    error=str(exc),
-                    correlation_id=correlation_id[:64] if isinstance(correlation_id, str) else "",
-                )
-            ]
-        )
-        platform_incr_many(_PROCESSED_METRIC, [({"event_type": "", "outcome": OUTCOME_DEAD_LETTERED}, 1)])
-        return BatchOutcome(tenant="", correlation_id="", dead_lettered=1)
+        return _reject_message(args=args, kwargs=kwargs, exc=exc)
     return batch_process(message=message, attempt=attempt, pipeline=pipeline or default_pipeline())
+
+
+def batch_give_up_after_worker_losses(
+    *, args: Sequence[Any], kwargs: Mapping[str, Any], losses: int, store: EventStore | None = None
+) -> BatchOutcome:
+    """The message's previous `losses` deliveries all died with their worker: do not run it again.
+
+    Nothing says which event is to blame, so every event that is not already stored becomes a
+    `MaxRetriesExceeded` dead letter; a requeue publishes each one alone, so only the culprit can
+    take a worker down again (and ends here again, alone). Events a killed delivery did store are
+    left stored and counted as duplicates, not dead-lettered too: the ledger counts each event once.
+    Their after-store steps (scheduled actions) may not have run; the log line names how many.
+    """
+    try:
+        message = parse_message(args=args, kwargs=kwargs)
+    except MessageRejected as exc:
+        return _reject_message(args=args, kwargs=kwargs, exc=exc)
+    set_correlation_id(message.correlation_id)
+    outcome = BatchOutcome(tenant=message.tenant, correlation_id=message.correlation_id)
+    decoded = decode_batch(tenant=message.tenant, events=message.events)
+    store = store or get_event_store()
+    try:
+        stored = [e for e in decoded.events if store.get(tenant=message.tenant, event_id=e["event_id"])]
+    except Exception:
+        # Which events are stored cannot be told: dead-letter them all rather than run the batch
+        # again. A requeue of one that was stored is recognised as a duplicate by the store.
+        logger.exception("could not check which events of a lost batch are stored")
+        stored = []
+    stored_ids = {e["event_id"] for e in stored}
+    doomed = [e for e in decoded.events if e["event_id"] not in stored_ids]
+    error = (
+        f"WorkerLost: the worker processing this batch was lost {losses} times "
+        "(process killed, out of memory or hard time limit); it was not run again"
+    )
+    deadletter_record_many(
+        letters=_rejection_letters(message, decoded.rejected)
+        + _exhausted_letters(message, doomed, attempts=losses, error=error)
+    )
+    outcome.dead_lettered = len(decoded.rejected) + len(doomed)
+    outcome.duplicates = [e["event_id"] for e in stored + decoded.repeated]
+    logger.error(
+        "gave up on a batch of tenant %s after %d lost workers: dead_lettered=%d already_stored=%d",
+        message.tenant,
+        losses,
+        outcome.dead_lettered,
+        len(stored),
+    )
+    platform_incr_many(
+        _PROCESSED_METRIC,
+        _count(OUTCOME_DEAD_LETTERED, [raw for raw, _ in decoded.rejected] + doomed)
+        + _count(OUTCOME_DUPLICATE, stored + decoded.repeated),
+    )
+    return outcome

@@ -88,7 +88,9 @@ def wait_for_redis(
     deadline = time.monotonic() + timeout
     while True:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the embedded server exited with code {process.returncode}; see its redis.log")
+            raise RuntimeError(
+                f"the embedded server exited with code {process.returncode}; see its redis.log"
+            )
         try:
             if client.ping():
                 return

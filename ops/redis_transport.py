@@ -157,7 +157,9 @@ class Channel(_kombu.Channel):
         kind_sent, queues = in_flight or ("pop", [])
         connection = self.client.connection
         try:
-            reply = self.client.parse_response(connection, "XREAD" if kind_sent == "wait" else "EVAL", **options)
+            reply = self.client.parse_response(
+                connection, "XREAD" if kind_sent == "wait" else "EVAL", **options
+            )
         except self.connection_errors:
             self._in_poll = None
             connection.disconnect()

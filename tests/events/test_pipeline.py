@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 from types import FrameType
@@ -16,6 +18,7 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 
 from cloudscale_project.timeutil import isoformat_z, utcnow
 from events.deadletters import deadletter_requeue
+from events.deliveries import delivery_started
 from events.models import DeadLetter, StoredEvent
 from events.pipeline import (
     Pipeline,
@@ -223,6 +226,52 @@ def test_it_gives_up_after_five_attempts_and_a_requeue_stores_the_events_once_th
         process_batch(*args, **kwargs)  # the real task body, with the real (healthy) store
     assert stored_ids() == sorted(e["event_id"] for e in events)
     assert set(DeadLetter.objects.values_list("status", flat=True)) == {"requeued"}
+
+
+def test_it_dead_letters_a_batch_whose_worker_was_lost_three_times_and_a_requeue_stores_it(
+    settings: SettingsWrapper,
+) -> None:
+    events = [enriched_event() for _ in range(3)]
+    task_id = str(uuid.uuid4())
+    # Three deliveries of this message started and never finished (each killed its pool process);
+    # the first got as far as storing one event. That is what they leave behind:
+    for _ in range(3):
+        delivery_started(task_id=task_id, retries=0)
+    OrmEventStore().write_many(events[:1])
+
+    result = process_batch.apply(kwargs=batch_kwargs("acme", events), task_id=task_id)
+
+    assert settings.WORKER_LOSSES_MAX == 3
+    assert result.get() == {"stored": 0, "duplicate": 1, "dead_lettered": 2}
+    assert stored_ids() == [events[0]["event_id"]], "the batch was not run a fourth time"
+    letters = list(DeadLetter.objects.order_by("id"))
+    assert {(d.reason, d.kind, d.attempts, d.status) for d in letters} == {
+        ("MaxRetriesExceeded", "event", 3, "pending")
+    }
+    assert sorted(d.event_id or "" for d in letters) == sorted(e["event_id"] for e in events[1:])
+    assert letters[0].error.startswith("WorkerLost: the worker processing this batch was lost 3 times")
+    by_id = {e["event_id"]: e for e in events}
+    assert all(json.loads(bytes(d.payload)) == by_id[d.event_id or ""] for d in letters)
+    # The count went with the message: a new delivery of a new message starts from zero.
+    assert delivery_started(task_id=task_id, retries=0) == 1
+
+    assert deadletter_requeue(ids=[d.pk for d in letters]).requeued == [d.pk for d in letters]
+    for _ in letters:
+        message = take_one_message()
+        args, kwargs, _embed = message.payload
+        process_batch(*args, **kwargs)
+    assert stored_ids() == sorted(e["event_id"] for e in events)
+
+
+def test_it_runs_a_batch_normally_while_its_worker_losses_are_below_the_limit() -> None:
+    events = [enriched_event()]
+    task_id = str(uuid.uuid4())
+    for _ in range(2):
+        delivery_started(task_id=task_id, retries=0)
+    result = process_batch.apply(kwargs=batch_kwargs("acme", events), task_id=task_id)
+    assert result.get() == {"stored": 1, "duplicate": 0, "dead_lettered": 0}
+    assert not DeadLetter.objects.exists()
+    assert delivery_started(task_id=task_id, retries=0) == 1, "a finished delivery clears its count"
 
 
 def test_it_dead_letters_only_the_event_that_breaks_a_step_on_the_last_attempt() -> None:

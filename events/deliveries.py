@@ -27,26 +27,38 @@ def _key(task_id: str, retries: int) -> str:
     return _KEY.format(task_id=task_id, retries=retries)
 
 
+# Counts of finished deliveries this process could not delete (the shared state was away): deleted
+# with the next count, usually long before the message (whose ack failed the same way) comes back.
+_uncleared: set[str] = set()
+
+
 def delivery_started(*, task_id: str, retries: int) -> int | None:
     """Count this delivery; the number of deliveries so far, or None if the shared state is away
     (then the batch simply runs: its own steps will meet the same outage and retry)."""
     key = _key(task_id, retries)
+    leftovers = sorted(_uncleared)  # this very key too: its last delivery finished, it was not lost
     try:
         pipe = state_redis().pipeline(transaction=True)
+        if leftovers:
+            pipe.delete(*leftovers)
         pipe.incr(key)
         pipe.expire(key, COUNT_TTL_SECONDS)
-        count, _ = pipe.execute()
+        results = pipe.execute()
     except STATE_ERRORS:
         logger.warning("could not count the delivery of task %s; running it uncounted", task_id)
         return None
-    return int(count)
+    _uncleared.difference_update(leftovers)
+    return int(results[-2])
 
 
 def delivery_finished(*, task_id: str, retries: int) -> None:
+    key = _key(task_id, retries)
     try:
-        state_redis().delete(_key(task_id, retries))
+        state_redis().delete(key)
     except STATE_ERRORS:
-        # Left behind, the count makes a redelivery of this message look like a lost worker. That
-        # only happens if the shared state fails at every one of WORKER_LOSSES_MAX finishes, and even
-        # then the events already stored are recognised as such and never dead-lettered.
-        logger.warning("could not clear the delivery count of task %s", task_id)
+        # Left behind, the count would make a redelivery look like a lost worker. Even if it stays
+        # through WORKER_LOSSES_MAX such finishes, events already stored are never dead-lettered.
+        logger.warning("could not clear the delivery count of task %s; retrying with the next one", task_id)
+        _uncleared.add(key)
+    else:
+        _uncleared.discard(key)

@@ -100,6 +100,18 @@ def wake_key(queue: str) -> str:
 
 
 class QoS(_kombu.QoS):
+    def restore_unacked(self, client: Any = None) -> None:
+        """Requeue this channel's unacked messages at close, unless the transport is torn down
+        already: kombu would then fail with an AttributeError (no connection parameters left),
+        which kills a Celery worker during its reconnect. The messages are in the unacked set on
+        the server either way, and the visibility-timeout sweep hands them out again."""
+        transport = self.channel.connection
+        if transport is None or transport.client is None:
+            logger.warning("%d unacked message(s) left to the visibility timeout", len(self._delivered))
+            self._delivered.clear()
+            return
+        super().restore_unacked(client)
+
     def append(self, message: Any, delivery_tag: str) -> None:
         # The pop script already wrote the unacked copy in the same step as the pop; writing it
         # again would only cost a round trip. Messages that did not come from the script (fanout
@@ -125,6 +137,21 @@ class Channel(_kombu.Channel):
             raise ValueError("the atomic Redis transport does not support global_keyprefix")
 
     # --- consuming ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        # kombu reads a reply still in flight before it closes. On a dead connection that raises,
+        # kombu's close stops half-way, and a second close later finds the transport gone. Here a
+        # lost reply is no loss (a popped message is unacked on the server already), so a
+        # connection error only ends the read.
+        self._closing = True
+        if self._in_poll:
+            try:
+                self._brpop_read()
+            except Empty:
+                pass
+            except self.connection_errors:
+                self._in_poll = None
+        super().close()
 
     def _pop_command(self, queues: list[str]) -> list[Any]:
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
@@ -174,8 +201,10 @@ class Channel(_kombu.Channel):
             raise Empty()
         kind = int(reply[0])
         if kind == _EMPTY:
-            # Still in poll: wait on the wake streams from the ids the script read.
-            self._send_wait(queues, list(reply[1:]))
+            if self._closing:
+                self._in_poll = None
+            else:  # still in poll: wait on the wake streams from the ids the script read
+                self._send_wait(queues, list(reply[1:]))
             raise Empty()
         self._in_poll = None
         self._flush_brpop_reauth()

@@ -124,6 +124,7 @@ class QoS(_kombu.QoS):
 
 class Channel(_kombu.Channel):
     QoS = QoS
+    _in_poll: Any  # kombu's: the connection a receive is in flight on, else a false value
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Delivery tags the pop script recorded, until QoS.append sees their message.
@@ -238,7 +239,7 @@ class Channel(_kombu.Channel):
         """LPUSH, plus a wake-up entry for waiting consumers, in one MULTI."""
         pri = self._get_message_priority(message, reverse=False)
         key = self._q_for_pri(queue, pri)
-        body = kombu_redis.dumps(message)
+        body = _kombu.dumps(message)
         wake = wake_key(queue)
         expires = self._expires.get(queue) if self._expires else None
         publish_batch = kwargs.pop("_publish_batch", None)

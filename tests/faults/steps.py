@@ -1,8 +1,10 @@
-"""Test-only pipeline step: hold each batch between the store write and the ack.
+"""Test-only pipeline steps: hold each batch before its first step, or between the store write
+and the ack.
 
-Worker processes started with `pause_env(seconds)` run this step first after the store write, so a
-test can kill a worker "mid-batch" and prove that redelivery stores nothing twice. Production
-settings never name it: the pipeline's steps are a setting (docs/architecture.md).
+Worker processes started with `pause_env(seconds)` run a pause first after the store write, so a
+test can kill a worker "mid-batch" and prove that redelivery stores nothing twice; with
+`pause_before_steps_env(seconds)` the pause comes before anything is stored. Production settings
+never name these: the pipeline's steps are a setting (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -16,10 +18,21 @@ from django.conf import settings
 from events.stores.base import Event
 
 PAUSE_ENV = "CLOUDSCALE_TEST_PAUSE_AFTER_STORE"
+PAUSE_BEFORE_ENV = "CLOUDSCALE_TEST_PAUSE_BEFORE_STEPS"
 
 
 def pause_after_store(*, tenant: str, events: Sequence[Event]) -> None:
     time.sleep(float(os.environ.get(PAUSE_ENV, "0")))
+
+
+def pause_before_steps(*, tenant: str, events: Sequence[Event]) -> None:
+    time.sleep(float(os.environ.get(PAUSE_BEFORE_ENV, "0")))
+
+
+def pause_before_steps_env(seconds: float | str) -> dict[str, str]:
+    """Environment of a worker whose batches pause `seconds` before their first step."""
+    steps = ("tests.faults.steps.pause_before_steps", *settings.PIPELINE_STEPS_BEFORE_STORE)
+    return {PAUSE_BEFORE_ENV: str(seconds), "CLOUDSCALE_PIPELINE_BEFORE_STORE": ",".join(steps)}
 
 
 def pause_env(seconds: float | str) -> dict[str, str]:

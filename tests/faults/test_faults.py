@@ -11,6 +11,7 @@ about 20 s (10 s plus one 10 s restore sweep) instead of 5 minutes.
 
 from __future__ import annotations
 
+import random
 import signal
 import time
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
+from django.conf import settings
 
 from events.models import DeadLetter
 from tenants.services import tenant_create
@@ -134,6 +137,72 @@ def test_it_refuses_with_503_while_the_broker_is_down_and_loses_nothing_acknowle
     finally:
         if not _redis_up(embedded_redis_server):
             embedded_redis_server.start()
+        worker.stop()
+
+
+BROKER_KILLS = 30
+
+
+def test_it_loses_and_duplicates_nothing_when_the_broker_is_sigkilled_30_times_under_load(
+    platform: Platform, embedded_redis_server: EmbeddedRedis
+) -> None:
+    """The embedded Redis (broker and shared state) is SIGKILLed 30 times while four clients send
+    and a worker consumes, each kill at a random instant just after the worker stored something
+    (so it is consuming: pops are in flight), and restarted at once from its append-only file.
+
+    A SIGKILL gives the server no chance to send replies it has not written yet: a pop it applied
+    and persisted may never reach the worker. With kombu's BRPOP consume that message was lost;
+    with the atomic consume it is unacked and the sweep hands it out again (docs/decisions.md)."""
+    # `always`: a 202 means the message is on disk, which a SIGKILL must not undo (the run's
+    # default, everysec, may lose the last second by design).
+    embedded_redis_server.fsync = "always"
+    redis.Redis.from_url(embedded_redis_server.url).config_set("appendfsync", "always")
+    platform.api.start()
+    started = time.monotonic()
+    rng = random.Random(20261130)
+    worker = start_worker(
+        platform.tmp_path,
+        name="steadfast",
+        # A flapping shared state fails batches as a whole (fraud windows live there): give them
+        # more attempts than the default five, so none ends as a dead letter during the run.
+        env=worker_env(CLOUDSCALE_PROCESS_MAX_ATTEMPTS="20"),
+    )
+    kills = 0
+    try:
+        with Traffic(url=platform.api.url, key=platform.key, senders=4, batch_size=20, pause=0.05) as traffic:
+            traffic.wait_for_batches(10)
+            for _ in range(BROKER_KILLS):
+                stored_before = len(stored_ids(platform.tenant))
+                wait_until(
+                    lambda n=stored_before: len(stored_ids(platform.tenant)) > n,  # type: ignore[misc]
+                    timeout=60,
+                    message="the worker consuming again",
+                )
+                time.sleep(rng.uniform(0, 0.3))
+                embedded_redis_server.stop(signal.SIGKILL)
+                kills += 1
+                embedded_redis_server.start()  # same port, same data (AOF)
+            traffic.wait_for_batches(10, timeout=120)
+
+        report = settle_and_check(
+            scenario=f"broker SIGKILL x{kills}",
+            traffic=traffic,
+            tenant=platform.tenant,
+            api_url=platform.api.url,
+            key=platform.key,
+            started=started,
+            settle_timeout=150,
+        )
+        assert kills == BROKER_KILLS
+        assert report.lost == 0 and report.duplicate_rows == 0
+        assert worker.process.poll() is None, "the worker reconnected after every kill"
+    finally:
+        if not _redis_up(embedded_redis_server):
+            embedded_redis_server.start()
+        embedded_redis_server.fsync = settings.EMBEDDED_REDIS_FSYNC
+        redis.Redis.from_url(embedded_redis_server.url).config_set(
+            "appendfsync", settings.EMBEDDED_REDIS_FSYNC
+        )
         worker.stop()
 
 

@@ -77,7 +77,7 @@ def test_make_run_starts_every_process_and_ctrl_c_stops_them_all(tmp_path: Path)
         assert _get(f"http://127.0.0.1:{flower_port}/") == 401, "Flower must ask for a password"
 
         names = " ".join(" ".join(p.cmdline()) for p in _family(make.pid))
-        for expected in ("gunicorn", "worker", "beat", "flower", "redis-server"):
+        for expected in ("gunicorn", "worker", "beat", "flower", "valkey-server"):
             assert expected in names, f"{expected} is not running: {names}"
         pids = {p.pid for p in _family(make.pid)}
         assert len(pids) >= 7

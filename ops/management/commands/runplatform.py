@@ -65,6 +65,7 @@ class Command(BaseCommand):
                 embedded_redis_command(
                     port=settings.EMBEDDED_REDIS_PORT,
                     data_dir=state / "redis",
+                    password=settings.EMBEDDED_REDIS_PASSWORD,
                     fsync=settings.EMBEDDED_REDIS_FSYNC,
                 ),
                 env=env,

@@ -1,0 +1,252 @@
+"""The Redis broker transport consumes atomically: a message is in the queue or in the unacked set at
+every instant, so a server that dies while handing it out cannot lose it.
+
+"Redis applied the pop but the reply never reached the consumer" is reproduced exactly with a proxy
+between the consumer and the run's embedded server: it forwards everything, but closes both sides
+instead of forwarding the first reply that carries the message. kombu's stock transport (BRPOP,
+then a second round trip to record the message as unacked) loses that message; ours records it in
+the same server-side step as the pop, and the visibility-timeout sweep hands it out again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
+
+from cloudscale_project.celery import app
+from ops.redis_transport import UNDECODABLE_KEY, Transport
+
+pytestmark = [pytest.mark.core]
+
+# A database of the embedded server no other test uses, so the sweep sees only this test's messages.
+SCRATCH_DB = 7
+VISIBILITY_TIMEOUT_SECONDS = 1
+
+
+class ReplyCuttingProxy:
+    """TCP proxy to a Redis server that "kills the server" right after it answered with `marker`:
+    the reply is swallowed and both connections are closed."""
+
+    def __init__(self, *, upstream_port: int, marker: bytes) -> None:
+        self.upstream_port = upstream_port
+        self.marker = marker
+        self.cut = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self._sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, replies: bool) -> None:
+        tail = b""
+        while True:
+            try:
+                chunk = source.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                break
+            if replies and not self.cut.is_set() and self.marker in tail + chunk:
+                self.cut.set()
+                break  # the reply is never forwarded
+            tail = chunk[-len(self.marker) :]
+            try:
+                target.sendall(chunk)
+            except OSError:
+                return
+        for sock in (source, target):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def _url(port: int) -> str:
+    return f"redis://:{settings.EMBEDDED_REDIS_PASSWORD}@127.0.0.1:{port}/{SCRATCH_DB}"
+
+
+@pytest.fixture
+def scratch() -> Iterator[redis.Redis]:
+    if settings.BROKER_SCHEME != "redis":
+        pytest.skip("the Redis transport is only used with a redis:// broker")
+    client = redis.Redis.from_url(_url(settings.EMBEDDED_REDIS_PORT))
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+def _queue() -> Queue:
+    name = f"atomic-{uuid.uuid4().hex[:8]}"
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
+def _publish(queue: Queue, body: dict[str, Any], **headers: Any) -> None:
+    with Connection(_url(settings.EMBEDDED_REDIS_PORT)) as conn:
+        Producer(conn.channel()).publish(
+            body, exchange=queue.exchange, routing_key=queue.routing_key, declare=[queue], headers=headers
+        )
+
+
+def _receive(url: str, queue: Queue, *, timeout: float, ack: bool = True) -> list[Message]:
+    """Consume with the configured transport until one message arrives or `timeout` passes."""
+    options = {
+        "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": 5,
+    }
+    received: list[Message] = []
+    with Connection(url, transport_options=options) as conn:
+        consumer = Consumer(conn, queues=[queue], on_message=received.append, prefetch_count=1)
+        with consumer:
+            deadline = time.monotonic() + timeout
+            while not received and time.monotonic() < deadline:
+                with contextlib.suppress(socket.timeout, TimeoutError):
+                    conn.drain_events(timeout=0.5)
+        for message in received if ack else ():
+            message.ack()
+    return received
+
+
+def test_it_redelivers_a_message_whose_pop_reply_was_lost_with_the_server(scratch: redis.Redis) -> None:
+    queue = _queue()
+    marker = f"cut-{uuid.uuid4().hex}"
+    _publish(queue, {"event": "kept"}, marker=marker)
+    proxy = ReplyCuttingProxy(upstream_port=settings.EMBEDDED_REDIS_PORT, marker=marker.encode())
+    try:
+        with contextlib.suppress(Exception):  # the consumer sees its connection die, as in a crash
+            _receive(_url(proxy.port), queue, timeout=5)
+        assert proxy.cut.is_set(), "the server answered with the message and the answer was cut"
+    finally:
+        proxy.close()
+
+    # Redis applied the pop. The message is not in the queue any more: it must be unacked, so
+    # that the visibility-timeout sweep can hand it out again.
+    assert scratch.llen(queue.name) == 0
+    assert scratch.hlen("unacked") == 1, "the popped message was recorded in the same step as the pop"
+
+    redelivered = _receive(_url(settings.EMBEDDED_REDIS_PORT), queue, timeout=VISIBILITY_TIMEOUT_SECONDS + 10)
+    assert [m.decode() for m in redelivered] == [{"event": "kept"}]
+    assert redelivered[0].headers["marker"] == marker
+    assert redelivered[0].delivery_info.get("redelivered") is True
+    assert scratch.hlen("unacked") == 0, "acked once delivered again"
+
+
+def test_it_keeps_a_message_unacked_until_it_is_acked_and_puts_a_rejected_one_back(
+    scratch: redis.Redis,
+) -> None:
+    queue = _queue()
+    _publish(queue, {"n": 1})
+    with Connection(_url(settings.EMBEDDED_REDIS_PORT)) as conn:
+        channel = conn.channel()
+        first = channel.basic_get(queue.name)
+        assert first is not None and first.decode() == {"n": 1}
+        assert scratch.hlen("unacked") == 1 and scratch.zcard("unacked_index") == 1
+        assert scratch.llen(queue.name) == 0
+        assert channel.basic_get(queue.name) is None, "an unacked message is not handed out twice"
+
+        _publish(queue, {"n": 2})
+        second = channel.basic_get(queue.name)
+        assert second is not None and second.decode() == {"n": 2}
+        assert scratch.hlen("unacked") == 2
+        second.reject(requeue=True)
+        assert scratch.llen(queue.name) == 1 and scratch.hlen("unacked") == 1
+        again = channel.basic_get(queue.name)
+        assert again is not None and again.decode() == {"n": 2}
+        assert again.delivery_info.get("redelivered") is True
+        again.ack()
+        first.ack()
+        assert scratch.hlen("unacked") == 0 and scratch.zcard("unacked_index") == 0
+
+
+def test_it_wakes_a_waiting_consumer_as_soon_as_a_message_is_published(scratch: redis.Redis) -> None:
+    queue = _queue()
+    _publish(queue, {"warm": "up"})  # declares the queue
+    assert _receive(_url(settings.EMBEDDED_REDIS_PORT), queue, timeout=5)
+    published_at: list[float] = []
+
+    def publish_later() -> None:
+        time.sleep(1.5)
+        published_at.append(time.monotonic())
+        _publish(queue, {"late": True})
+
+    threading.Thread(target=publish_later, daemon=True).start()
+    (message,) = _receive(_url(settings.EMBEDDED_REDIS_PORT), queue, timeout=10)
+    waited = time.monotonic() - published_at[0]
+    assert message.decode() == {"late": True}
+    # The consumer was blocked in its wait when the message came: the wake stream, not the
+    # 1 s wait timeout, delivered it (generous bound for a loaded machine).
+    assert waited < 0.5, f"delivered {waited:.2f}s after the publish"
+
+
+def test_it_serves_higher_priorities_first_and_rotates_between_queues(scratch: redis.Redis) -> None:
+    first, second = _queue(), _queue()
+    _publish(first, {"q": "first", "p": 0})
+    for queue, body in ((second, {"q": "second", "p": 0}), (second, {"q": "second", "p": 9})):
+        with Connection(_url(settings.EMBEDDED_REDIS_PORT)) as conn:
+            Producer(conn.channel()).publish(
+                body,
+                exchange=queue.exchange,
+                routing_key=queue.routing_key,
+                declare=[queue],
+                priority=body["p"],
+            )
+    _publish(first, {"q": "first", "p": 0, "n": 2})
+    order: list[dict[str, Any]] = []
+    with Connection(_url(settings.EMBEDDED_REDIS_PORT)) as conn:
+
+        def take(message: Message) -> None:
+            order.append(message.decode())
+            message.ack()
+
+        with Consumer(conn, queues=[first, second], on_message=take, prefetch_count=1):
+            deadline = time.monotonic() + 10
+            while len(order) < 4 and time.monotonic() < deadline:
+                with contextlib.suppress(socket.timeout, TimeoutError):
+                    conn.drain_events(timeout=0.5)
+    # kombu's redis priorities: a lower number is served first ("0" is the highest step).
+    assert order[0] == {"q": "first", "p": 0}
+    assert {"q": "second", "p": 0} in order[1:3], "the other queue gets its turn before first's next"
+    assert len(order) == 4
+
+
+def test_it_keeps_an_unreadable_queue_entry_instead_of_dropping_it(scratch: redis.Redis) -> None:
+    queue = _queue()
+    _publish(queue, {"good": 1})
+    scratch.rpush(queue.name, b"\x00 not a kombu message")  # served before the good one (RPOP end)
+    received = _receive(_url(settings.EMBEDDED_REDIS_PORT), queue, timeout=5)
+    assert [m.decode() for m in received] == [{"good": 1}]
+    assert scratch.lrange(UNDECODABLE_KEY, 0, -1) == [b"\x00 not a kombu message"]
+
+
+def test_a_redis_url_means_the_atomic_transport_and_still_reads_redis(scratch: redis.Redis) -> None:
+    with app.connection_for_write() as conn:
+        assert isinstance(conn.transport, Transport)
+        # Flower's broker view and queue lengths recognise a broker by its URL's scheme.
+        assert conn.as_uri().startswith("redis://:**@127.0.0.1:")
+    with Connection(_url(settings.EMBEDDED_REDIS_PORT)) as conn:
+        assert isinstance(conn.transport, Transport)

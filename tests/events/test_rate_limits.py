@@ -49,7 +49,7 @@ def default_limits(settings: Any) -> None:
     settings.RATE_LIMIT_GLOBAL_PER_MINUTE = 10_000
 
 
-def _burst(client: Client, n: int, **headers: str) -> tuple[list[int], float]:
+def _burst(client: Client, n: int, **headers: Any) -> tuple[list[int], float]:
     started = time.monotonic()
     statuses = [client.post("/api/events", data="{}", content_type="application/json", **headers).status_code
                 for _ in range(n)]  # fmt: skip

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 # (label, frame text): a step's share is the share of samples with such a frame on the stack.
-STEPS = {
+STEPS: dict[str, list[tuple[str, str | None]]] = {
     "worker": [
         ("events.process_batch task, all of it", "process_batch (events/tasks.py"),
         ("  decode", "decode_batch (events/pipeline.py"),

@@ -20,7 +20,7 @@ Redis marker could not commit atomically with a database update.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -45,12 +45,12 @@ class _UserDelta:
     last_event_at: datetime | None = None
 
 
-def score_apply_batch(*, tenant: str, events: Sequence[dict[str, Any]]) -> None:
+def score_apply_batch(*, tenant: str, events: Sequence[Mapping[str, Any]]) -> None:
     """Pipeline step: apply the engagement-score contributions of a batch (idempotent per event)."""
     scores_apply(tenant=tenant, events=events)
 
 
-def scores_apply(*, tenant: str, events: Sequence[dict[str, Any]]) -> int:
+def scores_apply(*, tenant: str, events: Sequence[Mapping[str, Any]]) -> int:
     """Add the contributions of the events not applied before; return how many were applied."""
     by_id = {str(event["event_id"]): event for event in events}
     if not by_id:

@@ -10,9 +10,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 from urllib.parse import urlsplit
 
 import pytest
@@ -123,10 +124,18 @@ def purge_queue() -> None:
     from cloudscale_project.celery import app
 
     with app.connection_for_write() as conn, contextlib.suppress(*conn.channel_errors):
-        conn.default_channel.queue_purge(settings.QUEUE_NAME)  # the queue may not exist yet
+        # The queue may not exist yet. kombu-stubs types default_channel as the bare StdChannel.
+        conn.default_channel.queue_purge(settings.QUEUE_NAME)  # type: ignore[attr-defined]
 
 
 # --- named actors ------------------------------------------------------------------------------
+
+
+class AuthHeaders(TypedDict):
+    """Test-client keyword arguments that authenticate (a TypedDict, so `**actor.headers` type-checks
+    against `Client.get`/`post`, whose other parameters are not strings)."""
+
+    HTTP_AUTHORIZATION: str
 
 
 @dataclass(frozen=True)
@@ -135,7 +144,7 @@ class Actor:
     key: str
 
     @property
-    def headers(self) -> dict[str, str]:
+    def headers(self) -> AuthHeaders:
         return {"HTTP_AUTHORIZATION": f"Bearer {self.key}"}
 
 
@@ -229,9 +238,13 @@ def live_worker(transactional_db: None, tmp_path: Path) -> Iterator[LiveProcess]
     worker.stop()
 
 
-def wait_until(predicate: object, *, timeout: float = 30.0, interval: float = 0.2, message: str = "") -> None:
+# Callable[..., object]: it is called with no arguments, but mypy cannot match `lambda port=port: ...`
+# (a loop variable bound as a default) to Callable[[], object].
+def wait_until(
+    predicate: Callable[..., object], *, timeout: float = 30.0, interval: float = 0.2, message: str = ""
+) -> None:
     deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
         time.sleep(interval)

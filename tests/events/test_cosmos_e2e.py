@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -56,7 +57,7 @@ def test_it_stores_published_events_as_cosmos_items_once(
     kwargs = {"tenant": "acme", "events": events, "correlation_id": str(uuid.uuid4())}
     container = cosmos_server.plain_container(cosmos_container)
 
-    def stored() -> list[dict[str, object]]:
+    def stored() -> list[dict[str, Any]]:
         return list(
             container.query_items(
                 "SELECT * FROM c WHERE c.tenant = 'acme' AND IS_DEFINED(c.event_id)",
@@ -87,5 +88,5 @@ def test_it_stores_published_events_as_cosmos_items_once(
         assert item["properties"] == event["properties"]
 
 
-def item_pk(event: dict[str, object]) -> str:
+def item_pk(event: Mapping[str, object]) -> str:
     return f"acme:{str(event['timestamp'])[:7]}"

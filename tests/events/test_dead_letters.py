@@ -37,7 +37,7 @@ def letter(
         error="unknown event_type 'teleport'",
         event_id=event["event_id"],
         received_at=datetime.fromisoformat(event["received_at"]),
-        correlation_id=event["correlation_id"],
+        correlation_id=event["correlation_id"] or "",
     )
 
 

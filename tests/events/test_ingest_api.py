@@ -20,7 +20,7 @@ from tests.conftest import Actor, EmbeddedRedis
 
 pytestmark = [pytest.mark.django_db, pytest.mark.core]
 
-PURCHASE = {
+PURCHASE: dict[str, Any] = {
     "event_type": "purchase",
     "user_id": "u-42",
     "properties": {"order_id": "o-9", "amount": 59.90, "currency": "EUR"},
@@ -29,13 +29,13 @@ PURCHASE = {
 
 def post(client: Client, actor: Actor | None, body: Any, path: str = "/api/events", **extra: Any) -> Any:
     data = body if isinstance(body, str | bytes) else json.dumps(body)
-    headers = actor.headers if actor else {}
+    headers: dict[str, Any] = {**actor.headers} if actor else {}
     return client.post(
         path, data=data, content_type=extra.pop("content_type", "application/json"), **headers, **extra
     )
 
 
-def queued_messages() -> list[dict[str, Any]]:
+def queued_messages() -> list[list[Any]]:
     """The messages really waiting in the broker queue (drained, then put back is not needed)."""
     bodies = []
     with app.connection_for_read() as conn:

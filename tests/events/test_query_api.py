@@ -10,7 +10,7 @@ import yaml
 from django.test import Client
 
 from cloudscale_project.timeutil import isoformat_z
-from events.stores.base import PUBLIC_FIELDS
+from events.stores.base import PUBLIC_FIELDS, Event
 from events.stores.orm import OrmEventStore
 from tests.conftest import Actor
 from tests.events.pipeline_support import enriched_event
@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.core]
 T0 = datetime(2026, 11, 20, 12, tzinfo=UTC)
 
 
-def store(tenant: str, count: int, **overrides: Any) -> list[dict[str, Any]]:
+def store(tenant: str, count: int, **overrides: Any) -> list[Event]:
     """`count` events one minute apart from T0, stored directly; returned newest first."""
     events = [
         enriched_event(tenant=tenant, timestamp=isoformat_z(T0 + timedelta(minutes=i)), **overrides)
@@ -40,7 +40,7 @@ def test_it_pages_through_every_event_exactly_once_newest_first(client: Client, 
     cursor = None
     pages = 0
     while True:
-        params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+        params: dict[str, Any] = {"limit": 3, **({"cursor": cursor} if cursor else {})}
         response = get(client, acme, **params)
         assert response.status_code == 200
         body = response.json()

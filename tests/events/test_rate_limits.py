@@ -49,7 +49,7 @@ def default_limits(settings: Any) -> None:
     settings.RATE_LIMIT_GLOBAL_PER_MINUTE = 10_000
 
 
-def _burst(client: Client, n: int, **headers: str) -> tuple[list[int], float]:
+def _burst(client: Client, n: int, **headers: Any) -> tuple[list[int], float]:
     started = time.monotonic()
     statuses = [client.post("/api/events", data="{}", content_type="application/json", **headers).status_code
                 for _ in range(n)]  # fmt: skip
@@ -150,9 +150,10 @@ def test_it_does_not_spend_the_tenants_window_on_unauthenticated_requests(
 ) -> None:
     settings.RATE_LIMIT_GLOBAL_PER_MINUTE = 50
     settings.RATE_LIMIT_ANONYMOUS_PER_MINUTE = 20
+    wrong_key: dict[str, Any] = {"HTTP_AUTHORIZATION": "Bearer cs_not-a-key"}
     anonymous = [
         client.post("/api/events", data="{}", content_type="application/json", REMOTE_ADDR=f"198.51.100.{i}",
-                    **({"HTTP_AUTHORIZATION": "Bearer cs_not-a-key"} if i % 2 else {})).status_code
+                    **(wrong_key if i % 2 else {})).status_code
         for i in range(1, 81)
     ]  # fmt: skip
     assert anonymous.count(401) == 20 and anonymous.count(429) == 60

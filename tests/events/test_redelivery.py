@@ -140,7 +140,7 @@ def test_a_batch_that_kills_its_worker_every_time_becomes_dead_letters_after_the
         received = f"Task events.process_batch[{task_id}] received"
         for delivery in (1, 2):
             wait_until(
-                lambda n=delivery: worker.log().count(received) == n,  # type: ignore[misc]
+                lambda n=delivery: worker.log().count(received) == n,
                 timeout=60,
                 message=f"delivery {delivery} received",
             )

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from django.db import OperationalError, connection
 
 from cloudscale_project.timeutil import isoformat_z, parse_iso
-from events.stores.base import EventStore, InvalidCursor, StoreUnavailable, encode_cursor, public_view
+from events.stores.base import Event, EventStore, InvalidCursor, StoreUnavailable, encode_cursor, public_view
 from events.stores.orm import OrmEventStore
 from tests.netutil import free_port
 
@@ -30,9 +31,9 @@ def make_event(
     event_type: str = "click",
     user_id: str = "u-1",
     **extra: Any,
-) -> dict[str, Any]:
+) -> Event:
     """An enriched event as the worker hands it to the store (docs/api.md, "Stored events", plus tenant)."""
-    event: dict[str, Any] = {
+    event: Event = {
         "event_id": event_id or str(uuid.uuid4()),
         "event_type": event_type,
         "user_id": user_id,
@@ -49,15 +50,16 @@ def make_event(
         "correlation_id": str(uuid.uuid4()),
         "tenant": tenant,
     }
-    event.update(extra)
+    # `extra` overrides fields by name with whatever a test passes, which may be malformed on purpose.
+    event.update(cast(Event, extra))
     return event
 
 
-def ids(events: list[dict[str, Any]]) -> list[str]:
+def ids(events: Sequence[Event]) -> list[str]:
     return [event["event_id"] for event in events]
 
 
-def newest_first(events: list[dict[str, Any]]) -> list[str]:
+def newest_first(events: Sequence[Event]) -> list[str]:
     return ids(sorted(events, key=lambda e: (e["timestamp"], e["event_id"]), reverse=True))
 
 
@@ -108,7 +110,7 @@ def test_it_writes_nothing_for_an_empty_batch(store: EventStore) -> None:
 def test_it_counts_an_event_repeated_within_one_batch_once(store: EventStore) -> None:
     event = make_event()
 
-    assert store.write_many([event, dict(event)]) == {event["event_id"]}
+    assert store.write_many([event, event.copy()]) == {event["event_id"]}
     assert ids(store.query(tenant="acme").results) == [event["event_id"]]
 
 

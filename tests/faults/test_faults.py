@@ -174,7 +174,7 @@ def test_it_loses_and_duplicates_nothing_when_the_broker_is_sigkilled_30_times_u
             for _ in range(BROKER_KILLS):
                 stored_before = len(stored_ids(platform.tenant))
                 wait_until(
-                    lambda n=stored_before: len(stored_ids(platform.tenant)) > n,  # type: ignore[misc]
+                    lambda n=stored_before: len(stored_ids(platform.tenant)) > n,
                     timeout=60,
                     message="the worker consuming again",
                 )

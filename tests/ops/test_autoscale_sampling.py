@@ -56,7 +56,8 @@ def test_it_holds_the_target_in_the_band_and_returns_to_32_when_the_queue_drains
     _publish(1_200)
     held = backpressure_sample(broadcast=False)
     assert (held.depth, held.target, held.changed) == (1_200, 4, False)
-    app.connection_for_write().default_channel.queue_purge(settings.QUEUE_NAME)
+    # kombu-stubs types default_channel as the bare StdChannel, without the queue_* methods.
+    app.connection_for_write().default_channel.queue_purge(settings.QUEUE_NAME)  # type: ignore[attr-defined]
     drained = backpressure_sample(broadcast=False)
     assert (drained.depth, drained.old_target, drained.target) == (0, 4, 32)
     assert list(ConcurrencyChange.objects.values_list("old_target", "new_target").order_by("id")) == [

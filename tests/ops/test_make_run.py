@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -105,7 +106,7 @@ def test_a_second_make_run_reuses_the_data(tmp_path: Path) -> None:
         "from ops.management.commands.runplatform import Command as C; from django.conf import settings;"
         "print(C._demo_key(settings.STATE_DIR))"
     )
-    python = str(Path(os.sys.executable))
+    python = str(Path(sys.executable))
     first = subprocess.run(
         [python, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     )

@@ -136,6 +136,7 @@ def stack(django_db_setup: None, tmp_path: Path) -> Iterator[Stack]:
     )
     conf_path = tmp_path / "nginx.conf"
     conf_path.write_text(conf)
+    assert NGINX is not None  # _require_nginx (autouse) skipped the test otherwise
     check = subprocess.run(
         [NGINX, "-t", "-p", str(tmp_path), "-c", str(conf_path)], check=False, capture_output=True, text=True
     )

@@ -35,7 +35,8 @@ def scratch_queue() -> Iterator[str]:
     for url in (settings.BROKER_URL, f"{settings.EMBEDDED_REDIS_URL}/0", RABBITMQ_URL):
         with contextlib.suppress(Exception), app.connection_for_write(url) as conn:
             conn.ensure_connection(max_retries=1)
-            conn.default_channel.queue_delete(name)
+            # kombu-stubs types default_channel as the bare StdChannel, without the queue_* methods.
+            conn.default_channel.queue_delete(name)  # type: ignore[attr-defined]
 
 
 @pytest.mark.core

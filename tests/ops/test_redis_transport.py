@@ -162,7 +162,8 @@ def test_it_keeps_a_message_unacked_until_it_is_acked_and_puts_a_rejected_one_ba
     queue = _queue()
     _publish(queue, {"n": 1})
     with Connection(_url(settings.EMBEDDED_REDIS_PORT)) as conn:
-        channel = conn.channel()
+        # kombu-stubs types channel() as the bare StdChannel, without basic_get.
+        channel: Any = conn.channel()
         first = channel.basic_get(queue.name)
         assert first is not None and first.decode() == {"n": 1}
         assert scratch.hlen("unacked") == 1 and scratch.zcard("unacked_index") == 1
@@ -206,7 +207,11 @@ def test_it_wakes_a_waiting_consumer_as_soon_as_a_message_is_published(scratch: 
 def test_it_serves_higher_priorities_first_and_rotates_between_queues(scratch: redis.Redis) -> None:
     first, second = _queue(), _queue()
     _publish(first, {"q": "first", "p": 0})
-    for queue, body in ((second, {"q": "second", "p": 0}), (second, {"q": "second", "p": 9})):
+    bodies: tuple[tuple[Queue, dict[str, Any]], ...] = (
+        (second, {"q": "second", "p": 0}),
+        (second, {"q": "second", "p": 9}),
+    )
+    for queue, body in bodies:
         with Connection(_url(settings.EMBEDDED_REDIS_PORT)) as conn:
             Producer(conn.channel()).publish(
                 body,

@@ -23,6 +23,7 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 
 from events.deadletters import deadletter_requeue
 from events.models import DeadLetter, StoredEvent
+from events.stores.base import Event
 from ops.servicebus import dead_letters_from_message, servicebus_import_dead_letters
 from tests.conftest import Actor, wait_until
 from tests.events.pipeline_support import enriched_event
@@ -66,7 +67,7 @@ def queue(app: Celery) -> str:
     return str(app.conf.task_default_queue)
 
 
-def _publish_batch(app: Celery, *, tenant: str, events: list[dict[str, Any]]) -> None:
+def _publish_batch(app: Celery, *, tenant: str, events: list[Event]) -> None:
     app.send_task(
         "events.process_batch",
         kwargs={"tenant": tenant, "events": events, "correlation_id": "c0ffee00-0000-4000-8000-000000000001"},

@@ -80,7 +80,8 @@ def test_it_corrects_a_queue_a_worker_created_first(
     assert isinstance(app, Celery)
     queue = app.conf.task_default_queue
     with app.connection_for_write() as conn:  # a worker or publisher declares the queue lazily
-        conn.default_channel.queue_declare(queue=queue)
+        # kombu-stubs types default_channel as the bare StdChannel, without the queue_* methods.
+        conn.default_channel.queue_declare(queue=queue)  # type: ignore[attr-defined]
     lazily_created = servicebus.default.queues[queue].properties
     assert lazily_created["max_size_in_megabytes"] == 1024
     assert lazily_created["dead_lettering_on_message_expiration"] is False

@@ -230,7 +230,8 @@ def test_it_reports_the_active_backlog_as_queue_depth(
     receiver.dead_letter_message(first, reason="Test", error_description="set aside")
 
     with sb_app.connection_for_read() as conn:
-        declared = conn.default_channel.queue_declare(queue=queue, passive=True)
+        # kombu-stubs types default_channel as the bare StdChannel, without the queue_* methods.
+        declared = conn.default_channel.queue_declare(queue=queue, passive=True)  # type: ignore[attr-defined]
     assert declared.message_count == 2  # kombu's own count would be 3: it includes the dead letter
 
     import ops.queue_depth

@@ -7,6 +7,9 @@ from django.http import HttpRequest
 
 from ops.models import ConcurrencyChange, PlatformSample
 
+# The admin index links to the overview charts (ops/dashboard_views.py).
+admin.site.index_template = "ops/admin_index.html"
+
 
 @admin.register(ConcurrencyChange)
 class ConcurrencyChangeAdmin(admin.ModelAdmin):

@@ -32,10 +32,12 @@
   function sum(values) { return values.reduce(function (a, b) { return a + (b || 0); }, 0); }
   function colorOf(name, i) { return COLORS[name] || PALETTE[i % PALETTE.length]; }
 
-  function draw(name, type, labels, isoLabels, datasets, options) {
+  // A chart is empty without points (samples), or, for counts per hour, when every count is 0.
+  function draw(name, type, labels, isoLabels, datasets, options, zeroIsData) {
     var canvas = document.getElementById("chart-" + name);
     var empty = canvas.parentNode.querySelector(".chart-empty");
-    var hasData = datasets.some(function (d) { return d.data.some(function (v) { return v; }); });
+    var hasData = zeroIsData ? labels.length > 0
+      : datasets.some(function (d) { return d.data.some(function (v) { return v; }); });
     empty.hidden = hasData;
     var chart = charts[name];
     if (!chart) {
@@ -106,9 +108,10 @@
   function showPlatform(platform) {
     var labels = platform.times.map(timeLabel);
     var sampled = draw("queue-depth", "line", labels, platform.times,
-      series(["queue_depth"], platform, "line"), { scales: { y: { beginAtZero: true } } });
+      series(["queue_depth"], platform, "line"), { scales: { y: { beginAtZero: true, suggestedMax: 10 } } }, true);
     draw("concurrency", "line", labels, platform.times,
-      series(["concurrency_target", "pool_processes"], platform, "step"), { scales: { y: { beginAtZero: true } } });
+      series(["concurrency_target", "pool_processes"], platform, "step"), { scales: { y: { beginAtZero: true } } },
+      true);
     var c = platform.current;
     rows("numbers-queue-depth", [["depth now", c.queue_depth, "queue_depth"],
       ["highest in period", c.max_queue_depth, "max_queue_depth"], ["last sample", c.sampled_at && timeLabel(c.sampled_at), "sampled_at"]]);

@@ -23,6 +23,8 @@ DEFAULT_HOURS = 24
 MAX_HOURS = 24 * 7
 LEDGER_SERIES = ("accepted", "duplicate", "rejected", "rate_limited", "stored", "dead_lettered", "pending")
 WARNINGS_LIMIT = 20
+# The SDK-compatibility app's model; that app is optional here (the panel is empty without it).
+WARNINGS_APP, WARNINGS_MODEL = "compat", "IngestionWarning"
 
 
 def _hour_label(hour: datetime) -> str:
@@ -158,10 +160,11 @@ def dashboard_fraud(
 
 def _warning_model() -> type[Model] | None:
     """The SDK-compatibility app's warnings, if that app is installed (it is optional here)."""
-    if not apps.is_installed("compat"):
+    if not apps.is_installed(WARNINGS_APP):
         return None
+    app_label, model_name = WARNINGS_APP, WARNINGS_MODEL  # not literals: the model may not exist
     try:
-        return apps.get_model("compat", "IngestionWarning")
+        return apps.get_model(app_label, model_name)
     except LookupError:
         return None
 

@@ -83,7 +83,7 @@ def oldest_message_age(*, queue: str | None = None, now: datetime | None = None)
         if message is None:
             return None
         try:
-            return _age_of_body(message.body, now)
+            return _age_of_body(message.body or b"", now)
         finally:
             message.requeue()
 

@@ -123,12 +123,17 @@ class Command(BaseCommand):
     ) -> None:
         python = sys.executable
         bin_dir = Path(python).parent
+        # Only gunicorn's workers share the multiprocess directory: Flower's own series (it uses
+        # prometheus_client too) would otherwise be summed into the API's /metrics. Workers and beat
+        # publish platform figures through shared state instead.
+        api_env = env
+        env = {k: v for k, v in env.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         supervisor.add(
             "api",
             [str(bin_dir / "gunicorn"), "cloudscale_project.wsgi:application",
              "--config", str(settings.BASE_DIR / "deploy" / "gunicorn.conf.py"),
              "--bind", f"127.0.0.1:{options['port']}", "--workers", str(options["api_workers"])],
-            env=env,
+            env=api_env,
             log_path=logs / "api.log",
         )  # fmt: skip
         supervisor.add(

@@ -131,7 +131,9 @@ def test_it_charts_the_platform_after_real_traffic(admin: Admin, server: ApiServ
         admin.shot("overview-all-tenants")
         assert admin.page.locator("#empty-state").is_hidden()
         assert admin.page.locator("#load-error").is_hidden()
-        assert admin.page.locator("#panel-queue-depth .chart-empty").is_hidden(), "samples of depth 0 are data"
+        assert admin.page.locator("#panel-queue-depth .chart-empty").is_hidden(), (
+            "samples of depth 0 are data"
+        )
         charts = _charts(admin)
         assert set(charts) == {"ledger-received", "ledger-processing", "queue-depth", "concurrency",
                                "dead-letters", "fraud"}  # fmt: skip

@@ -49,7 +49,9 @@ def test_the_ledger_endpoint_has_every_hour_and_sums_tenants(
 ) -> None:
     now = timezone.now()
     ledger_record(tenant="acme", received_at=now, counts={"accepted": 5, "duplicate": 1})
-    ledger_record(tenant="globex", received_at=now - timedelta(hours=2), counts={"accepted": 2, "rejected": 3})
+    ledger_record(
+        tenant="globex", received_at=now - timedelta(hours=2), counts={"accepted": 2, "rejected": 3}
+    )
 
     everyone = admin_client.get("/admin/overview/ledger.json").json()
     only_acme = admin_client.get("/admin/overview/ledger.json", {"tenant": "acme"}).json()

@@ -12,6 +12,11 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
+from opentelemetry.propagate import inject
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from cloudscale_project.observability import start_span
+
 SIGNATURE_HEADER = "X-CloudScale-Signature"
 DELIVERY_HEADER = "X-CloudScale-Delivery"
 EVENT_HEADER = "X-CloudScale-Event"
@@ -46,18 +51,30 @@ def webhook_post(*, url: str, secret: str, body: bytes, delivery_id: str, event:
     """POST once; a 2xx is success, anything else (status incl. 3xx, timeout, refused) is a failure."""
     if not url.lower().startswith(("http://", "https://")):
         return DeliveryResult(False, None, f"unsupported webhook URL scheme: {url[:50]!r}", permanent=True)
-    request = urllib.request.Request(  # noqa: S310 - scheme checked above
-        url,
-        data=body,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "User-Agent": "CloudScale-Webhook/1",
-            SIGNATURE_HEADER: sign(secret=secret, body=body),
-            DELIVERY_HEADER: delivery_id,
-            EVENT_HEADER: event,
-        },
-    )
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "CloudScale-Webhook/1",
+        SIGNATURE_HEADER: sign(secret=secret, body=body),
+        DELIVERY_HEADER: delivery_id,
+        EVENT_HEADER: event,
+    }
+    attributes = {
+        "http.request.method": "POST",
+        "url.full": url[:2000],
+        "cloudscale.webhook.delivery": delivery_id,
+    }
+    with start_span("webhook POST", attributes, kind=SpanKind.CLIENT) as span:
+        inject(headers)  # the receiver may continue the trace (W3C traceparent)
+        request = urllib.request.Request(url, data=body, method="POST", headers=headers)  # noqa: S310 - scheme checked
+        result = _post(request)
+        if result.status is not None:
+            span.set_attribute("http.response.status_code", result.status)
+        if not result.ok:
+            span.set_status(Status(StatusCode.ERROR, result.error[:200]))
+        return result
+
+
+def _post(request: urllib.request.Request) -> DeliveryResult:
     try:
         with _OPENER.open(request, timeout=TIMEOUT_SECONDS) as response:
             return DeliveryResult(True, int(response.status), "")

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from tqdm import tqdm
 
+from cloudscale_project.commands import ExampleCommand
 from events.deadletters import (
     FixRejected,
     deadletter_as_dict,
@@ -27,14 +28,6 @@ from events.models import DeadLetter
 
 _ERROR_WIDTH = 60
 _OUTCOME_WIDTH = 40
-EXAMPLES = """examples:
-  manage.py dlq list --reason UnknownEventType
-  manage.py dlq fix 12 --set event_type=page_view --set properties.url=https://shop.example/
-  manage.py dlq fix 12 --set properties.amount:=59.9        # := takes a JSON value
-  manage.py dlq fix 12 --file event.json                    # the whole corrected event
-  manage.py dlq requeue 12                                  # publishes the fixed copy
-  manage.py dlq requeue --all --reason MaxRetriesExceeded
-  manage.py dlq discard 14"""
 
 
 def _who() -> str:
@@ -57,19 +50,22 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return name, value
 
 
-class Command(BaseCommand):
+class Command(ExampleCommand):
+    examples = """
+manage.py dlq list --reason UnknownEventType
+manage.py dlq fix 12 --set event_type=page_view --set properties.url=https://shop.example/
+manage.py dlq fix 12 --set properties.amount:=59.9        # := takes a JSON value
+manage.py dlq fix 12 --file event.json                    # the whole corrected event
+manage.py dlq requeue 12                                  # publishes the fixed copy
+manage.py dlq requeue --all --reason MaxRetriesExceeded
+manage.py dlq discard 14
+"""
     help = (
         "Review dead letters: list them, fix an event (a corrected copy beside the original), requeue "
         "(publish the payload, or its fixed copy, again) or discard."
     )
 
-    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
-        return super().create_parser(prog_name, subcommand, epilog=EXAMPLES, **kwargs)
-
     def add_arguments(self, parser: CommandParser) -> None:
-        import argparse
-
-        parser.formatter_class = argparse.RawDescriptionHelpFormatter
         sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
         listing = sub.add_parser("list", help="list dead letters, newest first")
         # Free text: rows imported from Service Bus keep the broker's own reasons as well.
@@ -80,8 +76,8 @@ class Command(BaseCommand):
             "fix",
             help="store a corrected copy of a dead letter's event (checked against the catalog); "
             "the next requeue publishes it",
-            epilog=EXAMPLES,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=parser.epilog,
+            formatter_class=parser.formatter_class,
         )
         fix.add_argument("id", type=int, metavar="ID")
         source = fix.add_mutually_exclusive_group(required=True)

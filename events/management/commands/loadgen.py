@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from cloudscale_project.commands import ExampleCommand
 from events.loadgen import MAX_BATCH, LoadConfig, TrafficGenerator, format_summary, run_load
 from ops.management.commands.runplatform import DEMO_TENANT
 
@@ -34,7 +35,11 @@ def _at_least(minimum: float, kind: type[int] | type[float] = int) -> Any:
     return parse
 
 
-class Command(BaseCommand):
+class Command(ExampleCommand):
+    examples = """
+manage.py loadgen --events 20000 --batch 500 --concurrency 4     # against `make run`
+manage.py loadgen --events 2000 --rate 100 --ids-out ids.txt      # single posts, 100 events/s
+"""
     help = (
         "Send realistic synthetic traffic to the ingestion API: interleaved sessions that view, search, "
         "add to cart, purchase or abandon, sign up and log in, plus a few fraud-like bursts. Shows a "

@@ -6,13 +6,21 @@ import argparse
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from cloudscale_project.commands import ExampleCommand
 from events.models import Tenant
 from events.tenants import tenant_create, tenant_rotate_key, tenant_set_active
 
 
-class Command(BaseCommand):
+class Command(ExampleCommand):
+    examples = """
+manage.py tenant create acme --name "Acme Corp"      # the key alone is the last line
+manage.py tenant list
+manage.py tenant create-key acme --scope ingest
+manage.py tenant rotate-key acme
+manage.py tenant disable acme
+"""
     help = "Manage tenants and their API keys. Commands that issue a key print it alone on the last line."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -12,8 +12,9 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import CommandParser
 
+from cloudscale_project.commands import ExampleCommand
 from events.models import Tenant
 from events.tenants import tenant_create, tenant_rotate_key
 from ops.embedded_redis import embedded_redis_command, wait_for_redis
@@ -36,7 +37,12 @@ def _read_or_create_secret(path: Path) -> tuple[str, bool]:
     return value, True
 
 
-class Command(BaseCommand):
+class Command(ExampleCommand):
+    examples = """
+make run                                   # the same, creating .venv first
+PORT=8080 FLOWER_PORT=5556 manage.py runplatform
+manage.py runplatform --no-flower
+"""
     help = (
         "Start the embedded Redis, migrate, then run the API (gunicorn), a Celery worker with "
         "autoscaling, beat and Flower on loopback until Ctrl-C. Ports: PORT (8000), FLOWER_PORT (5555)."

@@ -2,38 +2,28 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import CommandParser
 
+from cloudscale_project.commands import ExampleCommand
 from ops.status import DEFAULT_MAX_AGE_SECONDS, platform_status, status_problems
 
-EXAMPLES = """examples:
-  manage.py status
-  manage.py status --json | jq .queue.depth
-  */5 * * * * cd /srv/cloudscale && .venv/bin/python manage.py status --json > /dev/null || alert-ops
 
-exit status: 0 all well; 1 something is down, pending keeps growing, or the oldest message is too old."""
-
-
-class Command(BaseCommand):
+class Command(ExampleCommand):
+    examples = """
+manage.py status
+manage.py status --json | jq .queue.depth
+*/5 * * * * cd /srv/cloudscale && .venv/bin/python manage.py status --json > /dev/null || alert-ops
+"""
     help = (
         "Broker and store reachable, queue depth, workers and pool sizes, concurrency target and tier, "
-        "the last hour's accepted/stored/pending, dead letters by reason, the oldest message's age."
+        "the last hour's accepted/stored/pending, dead letters by reason, the oldest message's age. "
+        "Exit status 1 when something is down, pending keeps growing, or the oldest message is too old."
     )
     # Reachability is what this command reports: Django's system checks would only slow it down.
     requires_system_checks: list[str] = []
-
-    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
-        return super().create_parser(
-            prog_name,
-            subcommand,
-            epilog=EXAMPLES,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            **kwargs,
-        )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")

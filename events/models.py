@@ -142,6 +142,12 @@ class DeadLetter(models.Model):
             models.Index(fields=["status", "reason"], name="deadletter_status_reason"),
             # The loss ledger counts a tenant's dead-lettered events per hour of arrival.
             models.Index(fields=["tenant", "received_at"], name="deadletter_tenant_received"),
+            # Every dead-letter write looks for requeued rows still waiting for their outcome: few.
+            models.Index(
+                fields=["tenant", "event_id"],
+                name="deadletter_awaiting_outcome",
+                condition=models.Q(requeue_outcome="published"),
+            ),
         ]
 
     def __str__(self) -> str:

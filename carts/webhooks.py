@@ -28,7 +28,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from opentelemetry.propagate import inject
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from cloudscale_project.observability import start_span
 from cloudscale_project.outbound import address_refusal, parse_target, resolve
 
 SIGNATURE_HEADER = "X-CloudScale-Signature"
@@ -118,7 +121,42 @@ def webhook_post(
     *, url: str, secret: str, body: bytes, delivery_id: str, event: str, deadline_seconds: float | None = None
 ) -> DeliveryResult:
     """POST once within the deadline; a 2xx is success, anything else is a failure, `unknown` when
-    the request may have reached the receiver without an answer coming back."""
+    the request may have reached the receiver without an answer coming back. Traced as a client
+    span whose context travels in the request (W3C traceparent), so a receiver may continue it."""
+    attributes = {
+        "http.request.method": "POST",
+        "url.full": url[:2000],
+        "cloudscale.webhook.delivery": delivery_id,
+    }
+    with start_span("webhook POST", attributes, kind=SpanKind.CLIENT) as span:
+        trace_headers: dict[str, str] = {}
+        inject(trace_headers)
+        result = _post_once(
+            url=url,
+            secret=secret,
+            body=body,
+            delivery_id=delivery_id,
+            event=event,
+            deadline_seconds=deadline_seconds,
+            trace_headers=trace_headers,
+        )
+        if result.status is not None:
+            span.set_attribute("http.response.status_code", result.status)
+        if not result.ok:
+            span.set_status(Status(StatusCode.ERROR, result.error[:200]))
+        return result
+
+
+def _post_once(
+    *,
+    url: str,
+    secret: str,
+    body: bytes,
+    delivery_id: str,
+    event: str,
+    deadline_seconds: float | None,
+    trace_headers: dict[str, str],
+) -> DeliveryResult:
     deadline_seconds = settings.WEBHOOK_DEADLINE_SECONDS if deadline_seconds is None else deadline_seconds
     deadline = time.monotonic() + deadline_seconds
     target = _checked_target(url)
@@ -155,6 +193,7 @@ def webhook_post(
                 TIMESTAMP_HEADER: str(timestamp),
                 DELIVERY_HEADER: delivery_id,
                 EVENT_HEADER: event,
+                **trace_headers,
             },
         )
         response = connection.getresponse()

@@ -61,6 +61,10 @@ PLATFORM_LABELED_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
         "Unix time of each worker's last heartbeat (ops.heartbeat); a stale one means the worker is down.",
         ("worker",),
     ),
+    "cloudscale_worker_pool_processes": (
+        "Pool processes of each worker at its last heartbeat (the autoscaler moves it toward the target).",
+        ("worker",),
+    ),
 }
 _COUNTER_KEY = "metrics:counter:{name}"
 _GAUGE_KEY = "metrics:gauges"
@@ -134,6 +138,37 @@ def platform_remove_labeled_gauges(name: str, *, labels: Mapping[str, str] | Non
     except redis.RedisError:
         logger.warning("could not prune gauge %s", name, exc_info=True)
         return 0
+
+
+class FrozenLabels(dict[str, str]):
+    """A label set usable as a dict key."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items())))
+
+
+def platform_labeled_gauge_values(name: str) -> dict[FrozenLabels, float]:
+    """Every label set of a labeled platform gauge with its value. Raises redis errors."""
+    if name not in PLATFORM_LABELED_GAUGES:
+        raise KeyError(f"unknown platform labeled gauge {name!r}")
+    raw = _redis().hgetall(_LABELED_GAUGE_KEY.format(name=name))
+    return {FrozenLabels(json.loads(k)): float(v) for k, v in raw.items()}
+
+
+def platform_gauge_value(name: str) -> float | None:
+    """The current value of a platform gauge, None if never set. Raises redis errors."""
+    if name not in PLATFORM_GAUGES:
+        raise KeyError(f"unknown platform gauge {name!r}")
+    raw = _redis().hget(_GAUGE_KEY, name)
+    return float(raw) if raw is not None else None
+
+
+def platform_counter_values(name: str) -> dict[FrozenLabels, float]:
+    """Every label set of a platform counter with its value. Raises redis errors."""
+    if name not in PLATFORM_COUNTERS:
+        raise KeyError(f"unknown platform counter {name!r}")
+    raw = _redis().hgetall(_COUNTER_KEY.format(name=name))
+    return {FrozenLabels(json.loads(k)): float(v) for k, v in raw.items()}
 
 
 class PlatformCollector(Collector):

@@ -11,6 +11,11 @@
   publishes `events.process_batch`. The W3C trace context and the correlation id travel in the
   message headers; the worker restores both, so log lines and spans of a batch carry the request's ids.
 - `start_span()` is for our own work (the store write).
+- Store and broker clients (`instrument_clients`): Redis commands (opentelemetry-instrumentation-redis),
+  SQL on PostgreSQL/SQLite (Django's own `execute_wrapper`, one CLIENT span per statement), the
+  Cosmos DB and Service Bus SDKs (azure-core's OpenTelemetry plugin), outgoing webhooks (a CLIENT
+  span with the W3C context in the request, carts/webhooks.py). The sampler drops CLIENT spans
+  that have no parent: a heartbeat's Redis write or a beat query is not a trace of its own.
 
 Importable before Django is set up: settings are read inside the functions.
 """
@@ -28,6 +33,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract, inject
 from opentelemetry.propagators.textmap import Getter
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, SamplingResult
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from cloudscale_project.correlation import get_correlation_id, set_correlation_id
@@ -64,6 +70,7 @@ def configure_tracing(*, service_name: str = "cloudscale", instrument_django: bo
     with _lock:
         if not _configured:
             trace.set_tracer_provider(_build_provider(service_name))
+            instrument_clients()
             _configured = True
         if instrument_django:
             _instrument_django()
@@ -79,7 +86,9 @@ def _build_provider(service_name: str) -> Any:
 
     # OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, when set, win over our default name.
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service_name}
-    provider = TracerProvider(resource=Resource.create(attributes))
+    # OTEL_TRACES_SAMPLER, when set, wins over ours (the SDK reads it when sampler is None).
+    sampler = None if os.environ.get("OTEL_TRACES_SAMPLER") else ParentBased(root=NoOrphanClientSpans())
+    provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
     if settings.OTEL_EXPORTER_OTLP_ENDPOINT:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -99,6 +108,72 @@ def _build_provider(service_name: str) -> Any:
             )
         )
     return provider
+
+
+class NoOrphanClientSpans(Sampler):
+    """Root sampler: a CLIENT span without a parent (Redis, SQL, SDK calls outside any request or
+    task) is dropped; everything else starts a trace."""
+
+    def should_sample(  # noqa: PLR0917 - the Sampler interface
+        self,
+        parent_context: Any,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Any = None,
+        links: Any = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        decision = Decision.DROP if kind == SpanKind.CLIENT else Decision.RECORD_AND_SAMPLE
+        return SamplingResult(decision, attributes if decision != Decision.DROP else None, trace_state)
+
+    def get_description(self) -> str:
+        return "NoOrphanClientSpans"
+
+
+def instrument_clients() -> None:
+    """Spans for the calls to the stores and the broker (see the module docstring). Idempotent."""
+    from azure.core.settings import settings as azure_settings
+    from django.db.backends.signals import connection_created
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    redis_instrumentor = RedisInstrumentor()
+    if not redis_instrumentor.is_instrumented_by_opentelemetry:
+        redis_instrumentor.instrument()
+    # Cosmos DB and Service Bus: azure-core's tracing plugin (azure-core-tracing-opentelemetry).
+    azure_settings.tracing_implementation = "opentelemetry"
+    connection_created.connect(_add_sql_spans, weak=False, dispatch_uid="cs-otel-sql")
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        _add_sql_spans(connection=connection)
+
+
+def _add_sql_spans(sender: Any = None, connection: Any = None, **_: Any) -> None:
+    if connection is not None and _sql_span not in connection.execute_wrappers:
+        connection.execute_wrappers.append(_sql_span)
+
+
+_DB_SYSTEMS = {"postgresql": "postgresql", "sqlite": "sqlite"}
+_STATEMENT_LIMIT = 2000
+
+
+def _sql_span(execute: Any, sql: str, params: Any, many: bool, context: Mapping[str, Any]) -> Any:
+    """One CLIENT span per statement (Django's execute_wrapper), only inside a trace."""
+    if not trace.get_current_span().is_recording():
+        return execute(sql, params, many, context)
+    connection = context["connection"]
+    operation = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else "SQL"
+    name = str(connection.settings_dict.get("NAME") or "")
+    attributes = {
+        "db.system": _DB_SYSTEMS.get(connection.vendor, connection.vendor),
+        "db.operation": operation,
+        "db.name": name.rsplit("/", 1)[-1],
+        "db.statement": sql[:_STATEMENT_LIMIT],
+    }
+    with tracer().start_as_current_span(f"{operation} {attributes['db.name']}", kind=SpanKind.CLIENT,
+                                        attributes=attributes):  # fmt: skip
+        return execute(sql, params, many, context)
 
 
 def _instrument_django() -> None:
@@ -127,13 +202,15 @@ def tracer() -> trace.Tracer:
 
 
 @contextmanager
-def start_span(name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Span]:
+def start_span(
+    name: str, attributes: Mapping[str, Any] | None = None, *, kind: SpanKind = SpanKind.INTERNAL
+) -> Iterator[Span]:
     """A child span of the work in hand (a no-op span when tracing is not configured)."""
     attrs = dict(attributes or {})
     correlation_id = get_correlation_id()
     if correlation_id:
         attrs.setdefault(ATTR_CORRELATION_ID, correlation_id)
-    with tracer().start_as_current_span(name, attributes=attrs) as span:
+    with tracer().start_as_current_span(name, kind=kind, attributes=attrs) as span:
         yield span
 
 

@@ -371,6 +371,9 @@ WEBHOOK_ALLOW_PRIVATE = env_bool("CLOUDSCALE_WEBHOOK_ALLOW_PRIVATE", False)
 # subject is still judged against a complete window; older window entries are trimmed.
 FRAUD_LATENESS_SECONDS = env_int("CLOUDSCALE_FRAUD_LATENESS_SECONDS", 3600, minimum=0)
 QUEUE_DEPTH_SAMPLE_SECONDS = env_float("CLOUDSCALE_QUEUE_DEPTH_SAMPLE_SECONDS", 30.0)
+# Every sample (depth, target, pool sizes) is kept this long for the admin's charts: 48 h at 30 s
+# is 5,760 rows; older ones are deleted by the sampler itself.
+PLATFORM_SAMPLE_RETENTION_HOURS = env_int("CLOUDSCALE_PLATFORM_SAMPLE_RETENTION_HOURS", 48, minimum=1)
 # Messages Celery cannot decode become DeserializationFailed dead letters instead of being dropped.
 CELERY_WORKER_CONSUMER = "events.consumer:DeadLetteringConsumer"
 # How often beat purges stored events older than EVENT_RETENTION_DAYS (ORM store; Cosmos uses TTL).
@@ -479,6 +482,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "events.openapi.use_pydantic_event_schema",
+        "ops.openapi.document_probes",
     ],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

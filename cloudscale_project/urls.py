@@ -7,12 +7,14 @@ from django.urls import include, path
 from django_ratelimit.decorators import ratelimit
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from ops.dashboard_views import overview_urls
 from ops.views import healthz, metrics, readyz
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics, name="metrics"),
+    path("admin/overview/", include(overview_urls())),  # staff-only charts; before the admin's catch-all
     path("admin/", admin.site.urls),
     path("api/", include("events.urls")),
     path("api/", include("fraud.urls")),

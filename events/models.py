@@ -64,6 +64,12 @@ class DeadLetter(models.Model):
         REQUEUED = "requeued"
         DISCARDED = "discarded"
 
+    class RequeueOutcome(models.TextChoices):
+        NONE = "", "not requeued"
+        PUBLISHED = "published", "published, not processed yet"
+        STORED = "stored", "stored"
+        FAILED = "failed", "failed again"
+
     class Kind(models.TextChoices):
         EVENT = "event", "one event of a batch"
         BATCH = "batch", "a process_batch message with unusable arguments"
@@ -87,6 +93,20 @@ class DeadLetter(models.Model):
     first_seen = models.DateTimeField()
     last_seen = models.DateTimeField()
     status_changed_at = models.DateTimeField(null=True, blank=True)
+    # Fix and reprocess: an operator's corrected copy of the event; `payload` stays as received.
+    fixed_payload = models.BinaryField(
+        null=True, blank=True, help_text="The operator's corrected event, published by the next requeue."
+    )
+    fixed_by = models.CharField(max_length=150, blank=True, default="")
+    fixed_at = models.DateTimeField(null=True, blank=True)
+    requeued_at = models.DateTimeField(null=True, blank=True)
+    requeued_by = models.CharField(max_length=150, blank=True, default="")
+    requeue_outcome = models.CharField(
+        max_length=16, choices=RequeueOutcome.choices, blank=True, default=RequeueOutcome.NONE
+    )
+    requeue_error = models.TextField(blank=True, default="", help_text="Why the requeued event failed again.")
+    # Audit trail, oldest first: {"at", "by", "action": fixed|requeued|stored|failed, ...}.
+    history = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["-last_seen", "-id"]
@@ -94,6 +114,12 @@ class DeadLetter(models.Model):
             models.Index(fields=["status", "reason"], name="deadletter_status_reason"),
             # The loss ledger counts a tenant's dead-lettered events per hour of arrival.
             models.Index(fields=["tenant", "received_at"], name="deadletter_tenant_received"),
+            # Every dead-letter write looks for requeued rows still waiting for their outcome: few.
+            models.Index(
+                fields=["tenant", "event_id"],
+                name="deadletter_awaiting_outcome",
+                condition=models.Q(requeue_outcome="published"),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -46,3 +46,15 @@ def concurrency_target(*, depth: int, current: int | None) -> ConcurrencyDecisio
     if current is None:
         return ConcurrencyDecision(INITIAL_CONCURRENCY, f"{band}, no target yet")
     return ConcurrencyDecision(current, f"{band}, target holds")
+
+
+TIER_NAMES: dict[int, str] = {
+    SHORT_QUEUE_CONCURRENCY: f"short queue (depth < {SHORT_QUEUE_BELOW:,})",
+    DEEP_QUEUE_CONCURRENCY: f"deep queue (depth {DEEP_QUEUE_FROM:,}..{VERY_DEEP_QUEUE_ABOVE:,})",
+    VERY_DEEP_QUEUE_CONCURRENCY: f"very deep queue (depth > {VERY_DEEP_QUEUE_ABOVE:,})",
+}
+
+
+def concurrency_tier(target: int) -> str:
+    """The policy tier a target belongs to, in words (for operators)."""
+    return TIER_NAMES.get(target, f"custom ({target})")

@@ -25,3 +25,25 @@ class ConcurrencyChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.old_target or '-'} → {self.new_target} at depth {self.queue_depth}"
+
+
+class PlatformSample(models.Model):
+    """What beat saw at one sample (every QUEUE_DEPTH_SAMPLE_SECONDS), kept for the admin's charts.
+
+    Changes of the target are in ConcurrencyChange; this is the full time series, changed or not,
+    bounded by PLATFORM_SAMPLE_RETENTION_HOURS.
+    """
+
+    sampled_at = models.DateTimeField(db_index=True)
+    queue_depth = models.PositiveBigIntegerField()
+    concurrency_target = models.PositiveIntegerField()
+    pool_processes = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Pool processes of all live workers; empty if unknown."
+    )
+    workers_alive = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-sampled_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"depth {self.queue_depth}, target {self.concurrency_target} at {self.sampled_at:%H:%M:%S}"

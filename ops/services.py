@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cache
 
 import redis
@@ -21,7 +21,8 @@ from kombu.exceptions import KombuError
 from cloudscale_project.celery import app
 from cloudscale_project.metrics import platform_set_gauge
 from ops.autoscale import concurrency_target
-from ops.models import ConcurrencyChange
+from ops.heartbeat import workers_alive
+from ops.models import ConcurrencyChange, PlatformSample
 from ops.queue_depth import queue_depth
 
 logger = logging.getLogger(__name__)
@@ -131,6 +132,29 @@ def backpressure_sample(*, broadcast: bool | None = None) -> BackpressureSample:
     if current is None:
         current = _last_recorded_target()
     decision = concurrency_target(depth=depth, current=current)
-    return concurrency_target_apply(
+    sample = concurrency_target_apply(
         target=decision.target, depth=depth, reason=decision.reason, current=current, broadcast=broadcast
     )
+    platform_sample_record(depth=depth, target=sample.target)
+    return sample
+
+
+def platform_sample_record(*, depth: int, target: int, now: datetime | None = None) -> PlatformSample:
+    """Keep one sample for the charts and drop those past the retention (one indexed DELETE)."""
+    now = now or timezone.now()
+    try:
+        workers = [w for w in workers_alive(now=now.timestamp()).values() if w["alive"]]
+    except redis.RedisError:
+        workers = None
+    pools = [int(w["pool_processes"] or 0) for w in workers or []]
+    sample = PlatformSample.objects.create(
+        sampled_at=now,
+        queue_depth=depth,
+        concurrency_target=target,
+        pool_processes=sum(pools) if workers is not None else None,
+        workers_alive=len(workers) if workers is not None else None,
+    )
+    PlatformSample.objects.filter(
+        sampled_at__lt=now - timedelta(hours=settings.PLATFORM_SAMPLE_RETENTION_HOURS)
+    ).delete()
+    return sample

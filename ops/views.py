@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -11,11 +12,13 @@ from cloudscale_project.metrics import render_metrics
 from ops.health import readiness
 
 
+@csrf_exempt  # read-only: any other method is a 405, not a CSRF 403 page
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "alive"})
 
 
+@csrf_exempt  # read-only: any other method is a 405, not a CSRF 403 page
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
     checks = readiness()
@@ -31,6 +34,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
     return JsonResponse(body, status=503)
 
 
+@csrf_exempt  # read-only: any other method is a 405, not a CSRF 403 page
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus scrape endpoint: the API processes' own metrics plus the platform-wide ones."""

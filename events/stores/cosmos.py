@@ -28,6 +28,7 @@ pipeline, which retries the message or dead-letters it. Nothing is dropped silen
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import random
@@ -94,6 +95,14 @@ INDEXING_POLICY: dict[str, Any] = {
         [{"path": "/timestamp", "order": "descending"}, {"path": "/event_id", "order": "descending"}]
     ],
 }
+
+
+class _ContextPool(ThreadPoolExecutor):
+    """Runs each call in a copy of the submitter's context (contextvars), so the SDK's spans join the
+    caller's trace and the correlation id stays set in the pool's threads."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)
 
 
 class PartialWrite(StoreUnavailable):
@@ -362,7 +371,7 @@ class CosmosEventStore:
         new_ids: set[str] = set()
         existing_ids: set[str] = set()
         failure: StoreUnavailable | None = None
-        with ThreadPoolExecutor(max_workers=self.WRITE_CONCURRENCY, thread_name_prefix="cosmos") as pool:
+        with _ContextPool(max_workers=self.WRITE_CONCURRENCY, thread_name_prefix="cosmos") as pool:
             markers = [
                 pool.submit(self._mark_month, container, pk.split(":", 1)[0], pk.split(":", 1)[1], budget)
                 for pk in by_partition
@@ -691,7 +700,7 @@ class CosmosEventStore:
             return sum(values)  # a partition may answer in pages, each with a partial count
 
         counts: dict[datetime, int] = defaultdict(int)
-        with ThreadPoolExecutor(max_workers=self.WRITE_CONCURRENCY, thread_name_prefix="cosmos") as pool:
+        with _ContextPool(max_workers=self.WRITE_CONCURRENCY, thread_name_prefix="cosmos") as pool:
             totals = {m: pool.submit(count, m, since, until) for m in months}
             self._raise_first(totals.values())
             busy = [m for m, total in totals.items() if total.result() > 0]

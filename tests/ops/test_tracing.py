@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
 from django.test import Client, override_settings
 from opentelemetry import trace
 from opentelemetry.instrumentation.django import DjangoInstrumentor
@@ -27,9 +28,12 @@ from cloudscale_project.observability import (
     ATTR_TENANT,
     _build_provider,
     configure_tracing,
+    tracer,
 )
 from events.stores import get_event_store
 from tests.conftest import Actor, wait_until
+from tests.cosmos_fixtures import CosmosServer
+from tests.events.test_store_contract import NOV, OCT, make_event
 from tests.ops.workers import in_process_worker  # also registers the test tasks
 
 _exporter = InMemorySpanExporter()
@@ -164,3 +168,111 @@ def test_it_exports_to_azure_monitor_when_a_connection_string_is_set() -> None:
         return
     (processor,) = _build_provider("cloudscale-test")._active_span_processor._span_processors
     assert type(processor._batch_processor._exporter).__name__ == "AzureMonitorTraceExporter"
+
+
+@pytest.mark.e2e
+def test_one_trace_reaches_redis_and_the_database_from_the_api_and_the_worker(
+    transactional_db: None, spans: InMemorySpanExporter, acme: Actor
+) -> None:
+    event = {"event_type": "page_view", "user_id": "u-8", "properties": {"url": "https://shop.example/"}}
+    response = Client().post(
+        "/api/events", data=json.dumps(event), content_type="application/json", **acme.headers
+    )
+    assert response.status_code == 202, response.content
+    with in_process_worker():
+        wait_until(
+            lambda: any(s.kind == SpanKind.CONSUMER for s in spans.get_finished_spans()),
+            timeout=20,
+            message="the worker's task span",
+        )
+    finished = list(spans.get_finished_spans())
+    request = _one(finished, SpanKind.SERVER, "POST")
+    process = _one(finished, SpanKind.CONSUMER, "process events.process_batch")
+    store = _one(finished, SpanKind.INTERNAL, "event_store.write")
+    in_trace = [s for s in finished if s.context.trace_id == request.context.trace_id]
+    by_id = {s.context.span_id: s for s in in_trace}
+
+    def under(span: ReadableSpan, ancestor: ReadableSpan) -> bool:
+        parent = span.parent
+        while parent is not None:
+            if parent.span_id == ancestor.context.span_id:
+                return True
+            parent = by_id[parent.span_id].parent if parent.span_id in by_id else None
+        return False
+
+    clients = [s for s in in_trace if s.kind == SpanKind.CLIENT]
+    systems = {(s.attributes or {}).get("db.system") for s in clients}
+    database = "postgresql" if connection.vendor == "postgresql" else "sqlite"
+    assert {"redis", database} <= systems, sorted(str(s) for s in systems)
+    # The API's own calls (key lookup in the database; dedup and ledger in Redis) ...
+    api_calls = {(s.attributes or {}).get("db.system") for s in clients if under(s, request)}
+    assert {"redis", database} <= api_calls
+    # ... and the worker's insert into the event store, under the store span of the same trace.
+    inserts = [s for s in clients if under(s, store) and (s.attributes or {}).get("db.operation") == "INSERT"]
+    assert inserts and all(under(s, process) for s in inserts)
+    # Every span of the request is in this one trace: nothing of it started a trace of its own.
+    assert len({s.context.trace_id for s in finished if under(s, request) or s is request}) == 1
+
+
+def test_client_calls_outside_a_trace_make_no_trace_of_their_own(
+    db: None, spans: InMemorySpanExporter
+) -> None:
+    from cloudscale_project.state import state_redis
+
+    state_redis().ping()
+    assert [s.name for s in spans.get_finished_spans()] == []
+
+
+def test_cosmos_sdk_calls_are_spans_of_the_callers_trace(
+    spans: InMemorySpanExporter, cosmos_server: CosmosServer
+) -> None:
+    store = cosmos_server.store()  # creates the test's container: spans of their own
+    spans.clear()
+    with tracer().start_as_current_span("process events.process_batch", kind=SpanKind.CONSUMER) as parent:
+        store.write_many([make_event(tenant="acme", timestamp=OCT, received_at=NOV)])
+    finished = list(spans.get_finished_spans())
+    trace_id = parent.get_span_context().trace_id
+    sdk = [
+        s for s in finished if s.instrumentation_scope and s.instrumentation_scope.name.startswith("azure")
+    ]
+    assert sdk, [(s.name, s.instrumentation_scope) for s in finished]
+    assert {s.context.trace_id for s in sdk} == {trace_id}, "the pool's threads carry the caller's context"
+    assert any("create_item" in s.name for s in sdk), sorted({s.name for s in sdk})
+
+
+def test_a_webhook_post_is_a_client_span_and_carries_the_trace_to_the_receiver(
+    spans: InMemorySpanExporter,
+) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from carts.webhooks import webhook_post
+
+    received: list[str] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.headers.get("traceparent", ""))
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with tracer().start_as_current_span("process scoring.fire_cart_abandonments") as parent:
+            result = webhook_post(
+                url=f"http://127.0.0.1:{server.server_port}/hook", secret="s", body=b"{}",
+                delivery_id="cart-1", event="cart.abandoned",
+            )  # fmt: skip
+    finally:
+        server.shutdown()
+    assert result.ok and result.status == 204
+    post = _one(list(spans.get_finished_spans()), SpanKind.CLIENT, "webhook POST")
+    assert post.parent is not None and post.parent.span_id == parent.get_span_context().span_id
+    assert post.attributes is not None and post.attributes["http.response.status_code"] == 204
+    (traceparent,) = received
+    assert traceparent.split("-")[1] == f"{post.context.trace_id:032x}"

@@ -10,10 +10,11 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError
 
 from benchmarks.loadgen import LoadConfig, TrafficGenerator, format_summary, run_load
+from cloudscale_project.commands import ExampleCommand
 from tenants.models import ApiKey, Tenant
 from tenants.services import DEMO_TENANT, TenantRetired, tenant_create, tenant_create_key
 
@@ -37,7 +38,11 @@ def _at_least(minimum: float, kind: type[int] | type[float] = int) -> Any:
     return parse
 
 
-class Command(BaseCommand):
+class Command(ExampleCommand):
+    examples = """
+manage.py loadgen --events 20000 --batch 500 --concurrency 4     # against `make run`
+manage.py loadgen --events 2000 --rate 100 --ids-out ids.txt      # single posts, 100 events/s
+"""
     help = (
         "Send realistic synthetic traffic to the ingestion API: interleaved sessions that view, search, "
         "add to cart, purchase or abandon, sign up and log in, plus a few fraud-like bursts. Shows a "

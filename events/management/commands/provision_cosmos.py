@@ -7,12 +7,16 @@ from typing import Any
 from azure.core.exceptions import AzureError
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from cloudscale_project.commands import ExampleCommand
 from events.stores.cosmos import CosmosEventStore
 
 
-class Command(BaseCommand):
+class Command(ExampleCommand):
+    examples = """
+COSMOS_ENDPOINT=https://<account>.documents.azure.com:443/ COSMOS_KEY=<key> manage.py provision_cosmos
+"""
     help = (
         "Create the Cosmos DB database and container of the event store if missing: partition key /pk, "
         "default TTL (retention), composite index for newest-first queries, autoscale throughput where "

@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from cloudscale_project.commands import ExampleCommand
 from ops.servicebus import (
     QUEUE_PROPERTIES,
     ServiceBusNotConfigured,
@@ -19,7 +20,11 @@ from ops.servicebus import (
 )
 
 
-class Command(BaseCommand):
+class Command(ExampleCommand):
+    examples = """
+CLOUDSCALE_BROKER_URL=azureservicebus://<policy>:<key>@<namespace> manage.py provision_servicebus
+manage.py provision_servicebus --queue events-ingestion
+"""
     help = (
         "Create the Service Bus queues on the namespace of CLOUDSCALE_BROKER_URL (the ingestion queue "
         "CLOUDSCALE_QUEUE and the ops queue CLOUDSCALE_OPS_QUEUE) with max size 5 GB, message TTL 14 days, "

@@ -12,8 +12,9 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import CommandParser
 
+from cloudscale_project.commands import ExampleCommand
 from ops.embedded_redis import embedded_redis_command, wait_for_redis
 from ops.launcher import Supervisor
 from tenants.models import Tenant
@@ -35,7 +36,12 @@ def _read_or_create_secret(path: Path) -> tuple[str, bool]:
     return value, True
 
 
-class Command(BaseCommand):
+class Command(ExampleCommand):
+    examples = """
+make run                                   # the same, creating .venv first
+PORT=8080 FLOWER_PORT=5556 manage.py runplatform
+manage.py runplatform --no-flower
+"""
     help = (
         "Start the embedded Redis, migrate, then run the API (gunicorn), a Celery worker with "
         "autoscaling, beat and Flower on loopback until Ctrl-C. Ports: PORT (8000), FLOWER_PORT (5555)."
@@ -123,12 +129,17 @@ class Command(BaseCommand):
     ) -> None:
         python = sys.executable
         bin_dir = Path(python).parent
+        # Only gunicorn's workers share the multiprocess directory: Flower's own series (it uses
+        # prometheus_client too) would otherwise be summed into the API's /metrics. Workers and beat
+        # publish platform figures through shared state instead.
+        api_env = env
+        env = {k: v for k, v in env.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         supervisor.add(
             "api",
             [str(bin_dir / "gunicorn"), "cloudscale_project.wsgi:application",
              "--config", str(settings.BASE_DIR / "deploy" / "gunicorn.conf.py"),
              "--bind", f"127.0.0.1:{options['port']}", "--workers", str(options["api_workers"])],
-            env=env,
+            env=api_env,
             log_path=logs / "api.log",
         )  # fmt: skip
         supervisor.add(

@@ -6,8 +6,9 @@ import argparse
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from cloudscale_project.commands import ExampleCommand
 from tenants.models import ApiKey, Tenant
 from tenants.services import (
     TenantRetired,
@@ -19,12 +20,16 @@ from tenants.services import (
 )
 
 
-class Command(BaseCommand):
-    help = (
-        "Manage tenants and their API keys. Commands that issue a key print it alone on the last line. "
-        "Example: python manage.py tenant create acme --name 'Acme Corp'; "
-        "python manage.py tenant create-key acme --scope ingest"
-    )
+class Command(ExampleCommand):
+    examples = """
+manage.py tenant create acme --name "Acme Corp"      # the key alone is the last line
+manage.py tenant list
+manage.py tenant create-key acme --scope ingest      # a key that can only send events
+manage.py tenant rotate-key acme
+manage.py tenant disable acme
+manage.py tenant retire acme                         # for good; the slug is never reused
+"""
+    help = "Manage tenants and their API keys. Commands that issue a key print it alone on the last line."
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -116,10 +116,22 @@ def ingest_events(*, raw_events: list[Any], context: RequestContext, body_bytes:
             )
         )
 
+    return ingest_enriched(enriched=enriched, receipts=receipts, context=context, total=len(raw_events))
+
+
+def ingest_enriched(
+    *, enriched: list[tuple[int, dict[str, Any]]], receipts: Receipts, context: RequestContext, total: int
+) -> Receipts:
+    """Dedup, publish and count a request's validated, enriched events (by request index).
+
+    `receipts` already holds the request's rejected events; `total` is how many events the request
+    carried. The native endpoints and the SDK-compatible ones (compat/) share this path, so both give
+    the same receipts, ledger counts and 503s.
+    """
     try:
         claims = reserve_event_ids(tenant=context.tenant, event_ids=[e["event_id"] for _, e in enriched])
     except STATE_ERRORS as exc:
-        _count_failed(context, len(raw_events))
+        _count_failed(context, total)
         raise BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS) from exc
     to_publish: list[dict[str, Any]] = []
     for (index, event), claim in zip(enriched, claims, strict=True):
@@ -133,10 +145,10 @@ def ingest_events(*, raw_events: list[Any], context: RequestContext, body_bytes:
         # fail: neither "accepted" nor "duplicate" would be true yet. Refuse the request; its retry
         # is answered once that publish is confirmed or its reservation has expired.
         _release(context, receipts.event_ids)
-        _count_failed(context, len(raw_events))
+        _count_failed(context, total)
         raise BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS)
 
-    published = _publish_in_messages(context, receipts, to_publish, total=len(raw_events))
+    published = _publish_in_messages(context, receipts, to_publish, total=total)
     _commit(context, receipts, published)
     _count(context, receipts, published)
     return receipts

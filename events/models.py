@@ -43,7 +43,9 @@ class StoredEvent(models.Model):
 
     tenant = models.CharField(max_length=64)
     event_id = models.CharField(max_length=64)
-    event_type = models.CharField(max_length=32)
+    # Catalog types, or a custom event's own name (SDK-compatible endpoints, up to 200 characters).
+    event_type = models.CharField(max_length=200)
+    custom = models.BooleanField(default=False, help_text="A custom event: a name outside the catalog.")
     user_id = models.CharField(max_length=128)
     session_id = models.CharField(max_length=128, blank=True, default="")
     properties = models.JSONField(default=dict)
@@ -56,6 +58,8 @@ class StoredEvent(models.Model):
     ip = models.CharField(max_length=64, blank=True, default="")
     user_agent = models.CharField(max_length=512, blank=True, default="")
     correlation_id = models.CharField(max_length=64, blank=True, default="")
+    # The SDK's `context` (library, page, device...), bounded in size by the API; null for native events.
+    context = models.JSONField(null=True, blank=True)
     stored_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -18,7 +18,7 @@ from cloudscale_project.errors import ErrorDetail, NotFound, ValidationFailed
 from cloudscale_project.timeutil import parse_iso
 from events.api import ErrorSchema
 from events.authentication import tenant_of
-from events.schemas import EVENT_TYPES
+from events.schemas import CUSTOM_EVENT_TYPE_MAX_LENGTH, EVENT_TYPES
 from events.stores import get_event_store
 from events.stores.base import InvalidCursor, decode_cursor, public_view
 
@@ -30,7 +30,9 @@ class StoredEventSerializer(serializers.Serializer[Any]):
     """Documentation of a stored event (CONTRACT section 4); responses render `public_view` dicts."""
 
     event_id = serializers.CharField()
-    event_type = serializers.ChoiceField(choices=EVENT_TYPES)
+    event_type = serializers.CharField(
+        help_text=f"A catalog type ({', '.join(EVENT_TYPES)}) or, when `custom`, the event's own name."
+    )
     user_id = serializers.CharField()
     session_id = serializers.CharField(allow_null=True)
     properties = serializers.DictField()
@@ -43,6 +45,8 @@ class StoredEventSerializer(serializers.Serializer[Any]):
     ip = serializers.CharField(allow_null=True)
     user_agent = serializers.CharField(allow_null=True)
     correlation_id = serializers.CharField(allow_null=True)
+    custom = serializers.BooleanField(help_text="A custom event (sent through an SDK-compatible endpoint).")
+    context = serializers.DictField(allow_null=True, help_text="The SDK's context, when sent through one.")
 
 
 _READ_ERRORS = {
@@ -54,7 +58,8 @@ _READ_ERRORS = {
 
 
 class EventFilterSerializer(serializers.Serializer[Any]):
-    event_type = serializers.ChoiceField(choices=EVENT_TYPES, required=False)
+    # Custom events are filtered by their own name, so any name is a valid filter.
+    event_type = serializers.CharField(required=False, max_length=CUSTOM_EVENT_TYPE_MAX_LENGTH)
     user_id = serializers.CharField(required=False, max_length=128, trim_whitespace=False)
     since = serializers.DateTimeField(required=False, help_text="Event time, inclusive (ISO 8601).")
     until = serializers.DateTimeField(required=False, help_text="Event time, exclusive (ISO 8601).")

@@ -140,6 +140,31 @@ class EventIn(BaseModel):
         return value
 
 
+# Custom events (sent through the SDK-compatible endpoints, compat/): any name, stored as it is.
+CUSTOM_EVENT_TYPE_MAX_LENGTH = 200
+
+
+def is_custom_event_type(value: Any) -> bool:
+    """A usable custom event name: 1-200 characters, already trimmed."""
+    return isinstance(value, str) and 0 < len(value) <= CUSTOM_EVENT_TYPE_MAX_LENGTH and value == value.strip()
+
+
+class CustomEventIn(EventIn):
+    """An event outside the catalog, named by the client. Only the SDK-compatible endpoints build
+    these (the native API keeps answering 400 for unknown types); the enriched event carries
+    `custom: true` so the pipeline can tell a deliberate custom event from a bad type."""
+
+    @field_validator("event_type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        if not is_custom_event_type(value):
+            raise ValueError(f"a custom event name is 1-{CUSTOM_EVENT_TYPE_MAX_LENGTH} characters, trimmed")
+        if value in PROPERTY_MODELS:
+            # Scoring, fraud and carts read catalog names: such an event must validate as its type.
+            raise ValueError(f"{value!r} is a catalog type, not a custom event name")
+        return value
+
+
 def _depth(value: Any) -> int:
     if isinstance(value, dict):
         return 1 + max((_depth(v) for v in value.values()), default=0)

@@ -32,6 +32,8 @@ PUBLIC_FIELDS = (
     "ip",
     "user_agent",
     "correlation_id",
+    "custom",
+    "context",
 )
 
 
@@ -74,7 +76,11 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
 
 
 def public_view(event: Event) -> Event:
-    return {name: event.get(name) for name in PUBLIC_FIELDS}
+    view = {name: event.get(name) for name in PUBLIC_FIELDS}
+    # Native events carry neither field: they are not custom and have no SDK context.
+    view["custom"] = bool(view["custom"])
+    view["context"] = view["context"] or None
+    return view
 
 
 class EventStore(Protocol):

@@ -47,13 +47,13 @@ from django.core.exceptions import ImproperlyConfigured
 from cloudscale_project.timeutil import hour_floor, isoformat_z, parse_iso
 from events.enrichment import MAX_FUTURE_SKEW
 from events.stores.base import (
-    PUBLIC_FIELDS,
     Event,
     EventPage,
     InvalidCursor,
     StoreUnavailable,
     decode_cursor,
     encode_cursor,
+    public_view,
 )
 
 if TYPE_CHECKING:
@@ -82,7 +82,12 @@ INDEXING_POLICY: dict[str, Any] = {
     "indexingMode": "consistent",
     "automatic": True,
     "includedPaths": [{"path": "/*"}],
-    "excludedPaths": [{"path": "/properties/*"}, {"path": "/user_agent/?"}, {"path": '/"_etag"/?'}],
+    "excludedPaths": [
+        {"path": "/properties/*"},
+        {"path": "/context/*"},
+        {"path": "/user_agent/?"},
+        {"path": '/"_etag"/?'},
+    ],
     "compositeIndexes": [
         [{"path": "/timestamp", "order": "descending"}, {"path": "/event_id", "order": "descending"}]
     ],
@@ -144,13 +149,16 @@ def _as_item(event: Event, *, write_id: str) -> dict[str, Any]:
         "ip": event.get("ip") or None,
         "user_agent": (event.get("user_agent") or "")[:512] or None,
         "correlation_id": event.get("correlation_id") or None,
+        "custom": bool(event.get("custom")),
+        "context": event.get("context") or None,
         # Which write_many call stored it: tells "our own earlier attempt landed" from a duplicate.
         "write_id": write_id,
     }
 
 
 def _as_event(item: dict[str, Any]) -> Event:
-    return {"tenant": item["tenant"], **{name: item.get(name) for name in PUBLIC_FIELDS}}
+    # Items written before custom events existed have neither `custom` nor `context`.
+    return {"tenant": item["tenant"], **public_view(item)}
 
 
 def _retry_after_seconds(exc: BaseException) -> float | None:

@@ -16,7 +16,7 @@ from cloudscale_project.timeutil import isoformat_z, parse_iso
 from events.models import StoredEvent
 from events.stores.base import Event, EventPage, StoreUnavailable, decode_cursor, encode_cursor
 
-# One INSERT per chunk: 500 rows x 16 columns stays under SQLite's 32,766 bound parameters.
+# One INSERT per chunk: 500 rows x 18 columns stays under SQLite's 32,766 bound parameters.
 _INSERT_CHUNK = 500
 _COLUMNS = (
     "tenant",
@@ -34,6 +34,8 @@ _COLUMNS = (
     "ip",
     "user_agent",
     "correlation_id",
+    "custom",
+    "context",
     "stored_at",
 )
 
@@ -56,6 +58,8 @@ def _row(event: Event, stored_at: Any) -> tuple[Any, ...]:
         event.get("ip") or "",
         (event.get("user_agent") or "")[:512],
         event.get("correlation_id") or "",
+        bool(event.get("custom")),
+        json.dumps(event["context"], separators=(",", ":")) if event.get("context") else None,
         stored_at,
     )
 
@@ -77,6 +81,8 @@ def _as_event(row: StoredEvent) -> Event:
         "ip": row.ip or None,
         "user_agent": row.user_agent or None,
         "correlation_id": row.correlation_id or None,
+        "custom": row.custom,
+        "context": row.context or None,
     }
 
 

@@ -23,6 +23,18 @@ def api_key_from_headers(headers: Any) -> str | None:
     return str(key.strip()) if key and key.strip() else None
 
 
+def authenticate_api_key(key: str) -> Tenant:
+    """The tenant of a presented key. Wrong key → AuthenticationFailed (401); disabled tenant →
+    PermissionDenied (403). Every way a key arrives (headers here, SDK bodies and Basic auth in
+    compat/) ends in this one check."""
+    tenant = tenant_for_key(key)
+    if tenant is None:
+        raise exceptions.AuthenticationFailed("Invalid API key.")
+    if not tenant.active:
+        raise exceptions.PermissionDenied(f"Tenant {tenant.slug!r} is disabled.")
+    return tenant
+
+
 class ApiKeyAuthentication(BaseAuthentication):
     """Sets `request.auth` to the Tenant. Missing or wrong key → 401; disabled tenant → 403."""
 
@@ -30,12 +42,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         key = api_key_from_headers(request.headers)
         if key is None:
             return None  # DRF answers NotAuthenticated (401) via IsTenant
-        tenant = tenant_for_key(key)
-        if tenant is None:
-            raise exceptions.AuthenticationFailed("Invalid API key.")
-        if not tenant.active:
-            raise exceptions.PermissionDenied(f"Tenant {tenant.slug!r} is disabled.")
-        return (None, tenant)
+        return (None, authenticate_api_key(key))
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'

@@ -35,7 +35,7 @@ from events.dedup import (
 from events.enrichment import enrich_event
 from events.ledger import ledger_record
 from events.publishing import publish_events, split_for_broker
-from events.schemas import validate_event
+from events.schemas import metric_event_type, validate_event
 from ops.metrics import EVENTS_INGESTED, INGESTION_DURATION
 
 logger = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ def _commit(context: RequestContext, receipts: Receipts, published: list[dict[st
 
 
 def _count(context: RequestContext, receipts: Receipts, published: list[dict[str, Any]]) -> None:
-    by_type = Counter(event["event_type"] for event in published)
+    by_type = Counter(metric_event_type(event) for event in published)
     for event_type, n in by_type.items():
         EVENTS_INGESTED.labels(event_type=event_type, tenant_id=context.tenant).inc(n)
     elapsed = time.perf_counter() - context.started

@@ -21,7 +21,7 @@ from events.authentication import api_key_from_headers
 from events.enrichment import client_ip
 from events.ledger import ledger_record
 from events.tenants import tenant_for_key
-from events.throttling import check_rate_limits
+from events.throttling import RateDecision, check_rate_limits
 from ops.metrics import RATE_LIMIT_REJECTIONS
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,46 @@ def _render(exc: RateLimited | BrokerUnavailable) -> JsonResponse:
     return response
 
 
+def enforce_rate_limits(*, ip: str, key: str | None, events: Callable[[], int], quota: bool = True) -> RateDecision:
+    """Decide a request's rate limits before it is authenticated; raise RateLimited (its events
+    counted `rate_limited` in the key's tenant's ledger) or BrokerUnavailable (state unreachable).
+
+    `events` says how many events the request carries; it is only asked when needed (the per-tenant
+    quota or a refusal), because finding out may mean parsing the body. `quota=False` skips the
+    per-tenant quota (requests that send no events).
+    """
+    tenant_slug, cost = "", 1
+    if settings.RATE_LIMIT_TENANT_EVENTS_PER_SECOND and quota:
+        tenant = tenant_for_key(key) if key else None
+        tenant_slug, cost = (tenant.slug, events()) if tenant else ("", 1)
+    try:
+        decision = check_rate_limits(ip=ip, tenant=tenant_slug, events=cost)
+    except STATE_ERRORS:
+        logger.warning("rate-limit state unavailable", exc_info=True)
+        raise BrokerUnavailable(retry_after=5) from None
+    if not decision.allowed:
+        RATE_LIMIT_REJECTIONS.inc()
+        _count_refused(key, events)
+        scope = {"ip": "this client address", "global": "the platform", "tenant": "this tenant"}
+        raise RateLimited(
+            f"Rate limit of {scope.get(decision.limited_by, decision.limited_by)} exceeded; "
+            f"retry in {decision.retry_after_seconds} s.",
+            decision.retry_after_seconds,
+            decision.headers(),
+        )
+    return decision
+
+
+def _count_refused(key: str | None, events: Callable[[], int]) -> None:
+    tenant = tenant_for_key(key) if key else None
+    if tenant is None:
+        return  # no tenant to account to: an anonymous flood is not in any tenant's ledger
+    try:
+        ledger_record(tenant=tenant.slug, received_at=utcnow(), counts={"rate_limited": events()})
+    except STATE_ERRORS:
+        logger.warning("ledger unavailable while refusing a request of %s", tenant.slug)
+
+
 class RateLimitMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -54,42 +94,16 @@ class RateLimitMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if not request.path.startswith(RATE_LIMITED_PREFIX):
             return self.get_response(request)
-        tenant_slug, events = "", 1
-        if settings.RATE_LIMIT_TENANT_EVENTS_PER_SECOND and request.method == "POST":
-            key = api_key_from_headers(request.headers)
-            tenant = tenant_for_key(key) if key else None
-            tenant_slug, events = (tenant.slug, _events_in(request)) if tenant else ("", 1)
         try:
-            decision = check_rate_limits(ip=client_ip(request), tenant=tenant_slug, events=events)
-        except STATE_ERRORS:
-            logger.warning("rate-limit state unavailable", exc_info=True)
-            return _render(BrokerUnavailable(retry_after=5))
-        if not decision.allowed:
-            RATE_LIMIT_REJECTIONS.inc()
-            self._count_refused(request)
-            scope = {"ip": "this client address", "global": "the platform", "tenant": "this tenant"}
-            return _render(
-                RateLimited(
-                    f"Rate limit of {scope.get(decision.limited_by, decision.limited_by)} exceeded; "
-                    f"retry in {decision.retry_after_seconds} s.",
-                    decision.retry_after_seconds,
-                    decision.headers(),
-                )
+            decision = enforce_rate_limits(
+                ip=client_ip(request),
+                key=api_key_from_headers(request.headers),
+                events=lambda: _events_in(request),
+                quota=request.method == "POST",
             )
+        except (RateLimited, BrokerUnavailable) as exc:
+            return _render(exc)
         response = self.get_response(request)
         for name, value in decision.headers().items():
             response[name] = value
         return response
-
-    @staticmethod
-    def _count_refused(request: HttpRequest) -> None:
-        key = api_key_from_headers(request.headers)
-        tenant = tenant_for_key(key) if key else None
-        if tenant is None:
-            return  # no tenant to account to: an anonymous flood is not in any tenant's ledger
-        try:
-            ledger_record(
-                tenant=tenant.slug, received_at=utcnow(), counts={"rate_limited": _events_in(request)}
-            )
-        except STATE_ERRORS:
-            logger.warning("ledger unavailable while refusing a request of %s", tenant.slug)

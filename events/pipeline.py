@@ -36,7 +36,7 @@ from cloudscale_project.timeutil import parse_iso
 from events.deadletters import DeadLetterInput, deadletter_record_many, event_payload, json_payload
 from events.models import DeadLetter
 from events.schemas import EVENT_TYPES as CATALOG
-from events.schemas import is_custom_event_type
+from events.schemas import is_custom_event_type, metric_event_type
 from events.stores import EventStore, StoreUnavailable, get_event_store
 from events.stores.base import Event
 from ops.metrics import platform_incr_many
@@ -377,7 +377,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _count(outcome: str, events: Sequence[Any]) -> list[tuple[dict[str, str], int]]:
-    types = Counter(str(e.get("event_type", "")) if isinstance(e, dict) else "" for e in events)
+    types = Counter(metric_event_type(e) for e in events)
     return [({"event_type": t, "outcome": outcome}, n) for t, n in types.items()]
 
 

@@ -149,6 +149,17 @@ def is_custom_event_type(value: Any) -> bool:
     return isinstance(value, str) and 0 < len(value) <= CUSTOM_EVENT_TYPE_MAX_LENGTH and value == value.strip()
 
 
+# Metrics label custom events "custom": their names are the clients' and unbounded in number.
+CUSTOM_METRIC_LABEL = "custom"
+
+
+def metric_event_type(event: Any) -> str:
+    """The `event_type` label of an (enriched) event in metrics."""
+    if not isinstance(event, dict):
+        return ""
+    return CUSTOM_METRIC_LABEL if event.get("custom") is True else str(event.get("event_type", ""))
+
+
 class CustomEventIn(EventIn):
     """An event outside the catalog, named by the client. Only the SDK-compatible endpoints build
     these (the native API keeps answering 400 for unknown types); the enriched event carries

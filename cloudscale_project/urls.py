@@ -8,6 +8,7 @@ from django.urls import include, path
 from django_ratelimit.decorators import ratelimit
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from compat.api import IngestionWarningListView
 from ops.views import healthz, metrics, readyz
 
 urlpatterns = [
@@ -15,9 +16,12 @@ urlpatterns = [
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),
+    path("api/ingestion-warnings", IngestionWarningListView.as_view(), name="ingestion-warnings"),
     path("api/", include("events.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    # Segment / RudderStack (/v1/...) and PostHog (/batch/, /capture/, /e/, /i/v0/e/) at the root.
+    path("", include("compat.urls")),
 ]
 
 if settings.BENCHMARK_VIEWS:  # `make bench` only: the latency floor of a trivial Django view

@@ -47,7 +47,9 @@ def _render(exc: RateLimited | BrokerUnavailable) -> JsonResponse:
     return response
 
 
-def enforce_rate_limits(*, ip: str, key: str | None, events: Callable[[], int], quota: bool = True) -> RateDecision:
+def enforce_rate_limits(
+    *, ip: str, key: str | None, events: Callable[[], int], quota: bool = True
+) -> RateDecision:
     """Decide a request's rate limits before it is authenticated; raise RateLimited (its events
     counted `rate_limited` in the key's tenant's ledger) or BrokerUnavailable (state unreachable).
 

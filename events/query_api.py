@@ -46,7 +46,10 @@ class StoredEventSerializer(serializers.Serializer[Any]):
     user_agent = serializers.CharField(allow_null=True)
     correlation_id = serializers.CharField(allow_null=True)
     custom = serializers.BooleanField(help_text="A custom event (sent through an SDK-compatible endpoint).")
-    context = serializers.DictField(allow_null=True, help_text="The SDK's context, when sent through one.")
+    # DRF's metaclass moves declared fields out of the class, so this does not shadow `Serializer.context`.
+    context = serializers.DictField(  # type: ignore[assignment]
+        allow_null=True, help_text="The SDK's context, when sent through one."
+    )
 
 
 _READ_ERRORS = {

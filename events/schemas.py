@@ -146,7 +146,9 @@ CUSTOM_EVENT_TYPE_MAX_LENGTH = 200
 
 def is_custom_event_type(value: Any) -> bool:
     """A usable custom event name: 1-200 characters, already trimmed."""
-    return isinstance(value, str) and 0 < len(value) <= CUSTOM_EVENT_TYPE_MAX_LENGTH and value == value.strip()
+    return (
+        isinstance(value, str) and 0 < len(value) <= CUSTOM_EVENT_TYPE_MAX_LENGTH and value == value.strip()
+    )
 
 
 # Metrics label custom events "custom": their names are the clients' and unbounded in number.
@@ -217,6 +219,14 @@ def validate_event(raw: Any) -> tuple[EventIn | None, list[ErrorDetail]]:
         except ValidationError as exc:
             return None, _details(exc, ("properties",))
     return event, []
+
+
+def validate_custom_event(raw: dict[str, Any]) -> tuple[CustomEventIn | None, list[ErrorDetail]]:
+    """(event, []) when `raw` is a valid custom event, (None, errors with field paths) otherwise."""
+    try:
+        return CustomEventIn.model_validate(raw), []
+    except ValidationError as exc:
+        return None, _details(exc)
 
 
 # --- OpenAPI: the same models, as a discriminated union by event_type ----------------------------

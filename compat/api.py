@@ -66,6 +66,10 @@ class _SdkIngestView(APIView):
     def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response | None]:
         return _with_top_level_error(self.protocol)
 
+    def get_authenticate_header(self, request: Request) -> str:
+        # Without one DRF turns a 401 into a 403; the SDKs' keys are a Basic user name or a token.
+        return 'Basic realm="cloudscale"' if self.protocol == SEGMENT else 'Bearer realm="api"'
+
     @staticmethod
     def payload(request: Request) -> Any:
         limit = settings.COMPAT_MAX_BODY_BYTES

@@ -6,6 +6,8 @@ free ports, no Flower, no beat, task events off), then measures, one after the o
 1. batched end-to-end throughput: synthetic traffic (events/loadgen.py) in batches through
    `POST /api/events/batch` from several clients, from the first POST until every accepted event
    is in the event store (counted through the ORM on the same SQLite file);
+1b. the same traffic through the SDK-compatible `POST /v1/batch` (Segment format, gzip): its
+   server CPU per event beside the batched run's;
 2. the naive baseline: the same kind of events published straight to the broker, one Celery task
    per event (benchmarks/naive_tasks.py: the same pipeline steps, one event at a time, a one-row
    store write each), until every one is stored; and the ratio of the two;
@@ -431,6 +433,30 @@ def run_batched(stack: Platform, config: BenchConfig, *, events: int, profile: s
     return E2EResult(events=events, seconds=done - summary.started, ingest_seconds=summary.elapsed, cpu=cpu)
 
 
+def run_sdk(stack: Platform, config: BenchConfig, *, events: int) -> E2EResult:
+    """The batched run's traffic through the Segment-compatible `/v1/batch` (gzip, as the SDKs
+    send it by default): same events, batch size and clients, measured the same way."""
+    from benchmarks.sdk_load import run_segment_load
+    from events.loadgen import TrafficGenerator, plan_requests
+
+    traffic = TrafficGenerator(seed=13).take(events)
+    batches = list(plan_requests(traffic, total=events, batch=config.batch))
+    before = _stored_mark()
+    with CpuMeter(stack) as cpu:
+        summary = run_segment_load(
+            url=stack.url,
+            key=stack.api_key,
+            batches=batches,
+            clients=config.clients,
+            compress=True,
+            forwarded_for=not config.one_address,
+        )
+        if summary.accepted != events:
+            raise RuntimeError(f"SDK run: {summary.accepted} of {events} accepted: {summary.other_answers}")
+        done = _wait_stored(after=before, events=events, timeout=config.timeout, what="SDK run")
+    return E2EResult(events=events, seconds=done - summary.started, ingest_seconds=summary.elapsed, cpu=cpu)
+
+
 def _enriched_events(n: int, *, one_address: bool) -> list[dict[str, Any]]:
     """Events as the API would publish them (its own validation and enrichment), made in advance."""
     from cloudscale_project.timeutil import utcnow
@@ -579,6 +605,7 @@ def main() -> int:
         with MemorySampler(stack) as memory:
             _step("warm-up (forks, imports, first connections)")
             run_batched(stack, config, events=min(WARMUP_BATCHES * config.batch, config.events))
+            run_sdk(stack, config, events=min(WARMUP_BATCHES * config.batch, config.events))
             run_naive(stack, config, events=min(WARMUP_NAIVE_EVENTS, config.naive_events))
             warm = replace(config, latency_requests=min(WARMUP_REQUESTS, config.latency_requests))
             run_latency(stack, warm, path="/bench/noop", seed=1)
@@ -589,6 +616,9 @@ def main() -> int:
             _step(f"batched: {config.events:,} events in batches of {config.batch}, {config.clients} clients")
             batched = run_batched(stack, config, events=config.events, profile=config.profile_dir)
             _step(f"  {batched.per_second:,.0f} events/s; {batched.cpu.per_thousand(batched.events)}")
+            _step(f"SDK: the same through /v1/batch (Segment format, gzip), {config.clients} clients")
+            sdk = run_sdk(stack, config, events=config.events)
+            _step(f"  {sdk.per_second:,.0f} events/s; {sdk.cpu.per_thousand(sdk.events)}")
             _step(f"naive: {config.naive_events:,} events, one task and one store write each")
             naive = run_naive(stack, config, events=config.naive_events)
             _step(f"  {naive.per_second:,.0f} events/s; {naive.cpu.per_thousand(naive.events)}")
@@ -605,6 +635,11 @@ def main() -> int:
     stack.stop()
 
     ratio = batched.per_second / naive.per_second
+    # The client's CPU is left out: the bench's own sender (gzip, message shape) is not the server's.
+    server = ("api", "worker", "redis")
+    sdk_cost_ratio = (sum(sdk.cpu.seconds[r] for r in server) / sdk.events) / (
+        sum(batched.cpu.seconds[r] for r in server) / batched.events
+    )
     cores = os.cpu_count() or 1
     threads = os.environ.get("GUNICORN_THREADS", "8")
     clients = config.latency_clients
@@ -623,6 +658,11 @@ def main() -> int:
         ("", batched.cpu.per_thousand(batched.events)),
         ("", batched.cpu.others()),
         ("", f"at that CPU cost {cores} idle cores would carry {ceiling:,.0f} events/s"),
+        ("SDK e2e (POST /v1/batch, gzip)", f"{sdk.per_second:,.0f} events/s"),
+        ("", f"{sdk.events:,} events, Segment batches of {config.batch}, {config.clients} clients"),
+        ("", sdk.cpu.per_thousand(sdk.events)),
+        ("", sdk.cpu.others()),
+        ("SDK / batched, server CPU per event", f"{sdk_cost_ratio:.2f}x (API + worker + Redis)"),
         ("naive e2e (a task per event)", f"{naive.per_second:,.0f} events/s"),
         ("", f"{naive.events:,} events: all stored after {naive.seconds:.1f} s (published after "
              f"{naive.ingest_seconds:.1f} s)"),

@@ -40,6 +40,13 @@ from events.models import Tenant
 from events.stores.base import InvalidCursor, decode_cursor
 from events.throttling import RateDecision
 
+_CORS_PREFLIGHT = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding",
+    "Access-Control-Max-Age": "86400",
+}
+
 
 def _with_top_level_error(protocol: str) -> Callable[[Exception, dict[str, Any]], Response | None]:
     def handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -65,6 +72,16 @@ class _SdkIngestView(APIView):
 
     def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response | None]:
         return _with_top_level_error(self.protocol)
+
+    def options(self, request: Request, *args: Any, **kwargs: Any) -> Response:  # type: ignore[override]  # as DRF's own stub
+        """CORS preflight of browser SDKs (posthog-js, Segment's analytics.js): the key is a write
+        key sent in the request, not a cookie, so any origin may post."""
+        return Response(status=200, headers=_CORS_PREFLIGHT)
+
+    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        response["Access-Control-Allow-Origin"] = "*"
+        return response
 
     def get_authenticate_header(self, request: Request) -> str:
         # Without one DRF turns a 401 into a 403; the SDKs' keys are a Basic user name or a token.

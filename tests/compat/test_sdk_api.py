@@ -128,6 +128,16 @@ def test_the_key_is_read_where_each_sdk_puts_it(client: Client, acme: Actor) -> 
     assert answers == [200] * 7
 
 
+def test_browser_sdks_may_post_from_any_origin(client: Client, acme: Actor) -> None:
+    preflight = client.options(
+        "/e/", HTTP_ORIGIN="https://shop.example", HTTP_ACCESS_CONTROL_REQUEST_METHOD="POST"
+    )
+    assert preflight.status_code == 200 and preflight["Access-Control-Allow-Origin"] == "*"
+    assert "Content-Encoding" in preflight["Access-Control-Allow-Headers"]
+    answer = posthog(client, {"api_key": acme.key, "batch": [{"event": "e", "distinct_id": "d"}]}, path="/e/")
+    assert answer["Access-Control-Allow-Origin"] == "*"
+
+
 def test_401_without_a_key_or_with_a_wrong_one_in_the_shape_sdks_read(client: Client, acme: Actor) -> None:
     sdk_error(segment(client, None, {"batch": [track()]}), 401, "not_authenticated")
     sdk_error(segment(client, "cs_wrong", {"batch": [track()]}), 401, "authentication_failed")

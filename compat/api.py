@@ -27,7 +27,16 @@ from cloudscale_project.errors import (
     exception_handler,
 )
 from cloudscale_project.timeutil import utcnow
-from compat.mapping import POSTHOG, SEGMENT, SEGMENT_CALLS, Candidate, Rejection, map_posthog, map_segment
+from compat.mapping import (
+    POSTHOG,
+    SEGMENT,
+    SEGMENT_CALLS,
+    Candidate,
+    Rejection,
+    map_posthog,
+    map_segment,
+    oversized,
+)
 from compat.selectors import warnings_list
 from compat.services import SdkReceipt, compat_ingest
 from compat.wire import decode_body, parse_json, posthog_key, read_body, segment_key
@@ -87,13 +96,21 @@ class _SdkIngestView(APIView):
         # Without one DRF turns a 401 into a 403; the SDKs' keys are a Basic user name or a token.
         return 'Basic realm="cloudscale"' if self.protocol == SEGMENT else 'Bearer realm="api"'
 
-    @staticmethod
-    def payload(request: Request) -> Any:
+    body_bytes = 0  # of the decoded body: one request per view instance
+
+    def payload(self, request: Request) -> Any:
         limit = settings.COMPAT_MAX_BODY_BYTES
         body = read_body(request._request, limit=limit)
-        return parse_json(
-            decode_body(body, content_encoding=request.headers.get("Content-Encoding", ""), limit=limit)
-        )
+        encoding = request.headers.get("Content-Encoding", "")
+        decoded = decode_body(body, content_encoding=encoding, limit=limit)
+        self.body_bytes = len(decoded)
+        return parse_json(decoded)
+
+    def map_all(self, messages: list[Any], mapper: Callable[[Any], Candidate | Rejection]) -> list[Any]:
+        if self.body_bytes <= settings.MAX_EVENT_BYTES:  # no message can be over the limit: skip sizing
+            return [mapper(message) for message in messages]
+        limit = settings.MAX_EVENT_BYTES
+        return [oversized(message, limit=limit) or mapper(message) for message in messages]
 
     def ingest(
         self,
@@ -115,7 +132,7 @@ class _SdkIngestView(APIView):
             )
         receipt = compat_ingest(
             protocol=self.protocol,
-            mapped=[mapper(message) for message in messages],
+            mapped=self.map_all(messages, mapper),
             context=_context(request, tenant, started_at=started_at),
         )
         return self.answer(receipt, decision)

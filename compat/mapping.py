@@ -75,6 +75,17 @@ class Rejection:
     issue: Issue
 
 
+def oversized(message: Any, *, limit: int) -> Rejection | None:
+    """A message over our 32 KiB event limit (PostHog's Python SDK allows 900 KiB) is rejected."""
+    size = len(orjson.dumps(message))
+    if size <= limit:
+        return None
+    name = message.get("event") if isinstance(message, dict) else None
+    message_id = (message.get("messageId") or message.get("uuid")) if isinstance(message, dict) else None
+    issue = Issue("event_too_large", "message", f"the event is {size} bytes; the limit is {limit}")
+    return Rejection(name[:200] if isinstance(name, str) else "", event_id_for(message_id) or "", issue)
+
+
 def event_id_for(value: Any) -> str | None:
     """Our event id for an SDK message id: as it is when it fits our id rules, else a stable id
     derived from it (a retry of the same message is still a duplicate); None when there is none."""
@@ -147,9 +158,9 @@ def bounded_context(context: Any) -> tuple[dict[str, Any] | None, Issue | None]:
     """The SDK's context, at most MAX_CONTEXT_BYTES serialised; the largest keys go first."""
     if not isinstance(context, dict) or not context:
         return None, None
-    sizes = {key: len(orjson.dumps(value)) + len(str(key)) + 4 for key, value in context.items()}
-    if sum(sizes.values()) <= MAX_CONTEXT_BYTES:
+    if len(orjson.dumps(context)) <= MAX_CONTEXT_BYTES:  # the common case: one serialisation
         return context, None
+    sizes = {key: len(orjson.dumps(value)) + len(str(key)) + 4 for key, value in context.items()}
     kept, dropped, total = dict(context), [], sum(sizes.values())
     for key in sorted(sizes, key=lambda k: sizes[k], reverse=True):
         if total <= MAX_CONTEXT_BYTES - 256:  # room for the list of dropped keys

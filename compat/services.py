@@ -104,9 +104,9 @@ def compat_ingest(
             receipts.rejected.append((index, [ErrorDetail(item.issue.field, item.issue.message)]))
             continue
         valid, custom, issues = _validated(item)
-        event_id = str(item.event.get("event_id", ""))
-        warnings += [SdkWarning(index, item.name, event_id, issue) for issue in issues]
         if valid is None:
+            event_id = str(item.event.get("event_id", ""))
+            warnings += [SdkWarning(index, item.name, event_id, issue) for issue in issues]
             receipts.rejected.append((index, [ErrorDetail(issues[-1].field, issues[-1].message)]))
             continue
         event = enrich_event(
@@ -122,6 +122,8 @@ def compat_ingest(
         if item.context:
             event["context"] = item.context
         enriched.append((index, event))
+        # Warnings of kept events name the id they are stored under (a fresh one if the SDK sent none).
+        warnings += [SdkWarning(index, item.name, event["event_id"], issue) for issue in issues]
     rejected_here = len(receipts.rejected)
     ingest_enriched(enriched=enriched, receipts=receipts, context=context, total=len(mapped))
     if len(receipts.rejected) > rejected_here:

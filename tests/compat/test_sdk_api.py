@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from django.conf import settings
 from django.test import Client
 
 import events.publishing
 from cloudscale_project.timeutil import isoformat_z, parse_iso, utcnow
 from compat.models import IngestionWarning
-from compat.services import warnings_purge_expired
+from compat.tasks import purge_expired_warnings
 from events.models import StoredEvent, Tenant
 from events.pipeline import batch_process_message
 from fraud.models import FraudAlert, FraudRuleSetting
@@ -188,7 +189,23 @@ def test_it_inflates_gzip_and_deflate_whatever_the_content_type(client: Client, 
     assert len(published()) == 4
 
 
-def test_a_gzip_bomb_is_a_413_without_inflating_it(client: Client, acme: Actor, settings: Any) -> None:
+def test_an_event_over_32_kib_is_rejected_with_a_warning_and_the_rest_kept(
+    client: Client, acme: Actor
+) -> None:
+    big = {
+        "event": "Big",
+        "distinct_id": "d",
+        "uuid": str(uuid.uuid4()),
+        "properties": {"blob": "b" * 40_000},
+    }
+    small = {"event": "Small", "distinct_id": "d"}
+    answer = posthog(client, {"api_key": acme.key, "batch": [big, small]}).json()
+    assert (answer["accepted"], answer["rejected"]) == (1, 1)
+    [warning] = IngestionWarning.objects.all()
+    assert (warning.code, warning.event_id, warning.event_name) == ("event_too_large", big["uuid"], "Big")
+
+
+def test_a_gzip_bomb_is_a_413_without_inflating_it(client: Client, acme: Actor) -> None:
     bomb = gzip.compress(b"[" + b" " * (64 * 1024 * 1024) + b"]")  # 64 MiB of JSON in ~64 KiB
     assert len(bomb) < 100 * 1024
     sdk_error(segment(client, acme.key, bomb, HTTP_CONTENT_ENCODING="gzip"), 413, "payload_too_large")
@@ -197,7 +214,7 @@ def test_a_gzip_bomb_is_a_413_without_inflating_it(client: Client, acme: Actor, 
     )
 
 
-def test_it_takes_5_mib_and_refuses_more(client: Client, acme: Actor, settings: Any) -> None:
+def test_it_takes_5_mib_and_refuses_more(client: Client, acme: Actor) -> None:
     padding = "p" * 2000
     batch = [
         {"event": "Signed In", "distinct_id": f"d-{i}", "properties": {"pad": padding}} for i in range(2500)
@@ -263,6 +280,10 @@ def test_a_spec_name_that_does_not_validate_is_kept_as_a_custom_event_with_a_war
         "properties.order_id",
         unmapped["messageId"],
     )
+    no_id = {key: value for key, value in unmapped.items() if key != "messageId"}
+    segment(client, acme.key, {"batch": [no_id]})
+    [fresh] = published()
+    assert IngestionWarning.objects.filter(code="not_mapped", event_id=fresh["event_id"]).exists()
 
 
 def test_the_native_api_still_refuses_a_name_outside_the_catalog(client: Client, acme: Actor) -> None:
@@ -337,8 +358,12 @@ def test_warnings_are_kept_30_days(client: Client, acme: Actor) -> None:
     IngestionWarning.objects.filter(event_name="old").update(time=utcnow() - timedelta(days=31))
     listed = client.get("/api/ingestion-warnings", **acme.headers).json()["results"]
     assert [w["event_name"] for w in listed] == ["new"]
-    assert warnings_purge_expired() == 1
+    assert purge_expired_warnings() == 1
     assert list(IngestionWarning.objects.values_list("event_name", flat=True)) == ["new"]
+    entry = settings.CELERY_BEAT_SCHEDULE["compat.purge-expired-warnings"]
+    assert (
+        entry["task"] == purge_expired_warnings.name and entry["options"]["queue"] == settings.OPS_QUEUE_NAME
+    )
 
 
 # --- custom events in the pipeline ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from events.schemas import CUSTOM_EVENT_TYPE_MAX_LENGTH
+from events.schemas import CUSTOM_EVENT_TYPE_MAX_LENGTH, PROPERTY_MODELS
 
 SEGMENT = "segment"  # Segment and RudderStack: the same wire format
 POSTHOG = "posthog"
@@ -215,8 +215,6 @@ def _candidate(
 
 
 def _catalog_type(name: str) -> str | None:
-    from events.schemas import PROPERTY_MODELS
-
     if name in SPEC_NAMES:
         return SPEC_NAMES[name]
     return name if name in PROPERTY_MODELS else None

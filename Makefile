@@ -5,6 +5,10 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 FLOWER_PORT ?= 5555
 export PORT FLOWER_PORT
+# `make test MARKERS="not slow"` narrows every pytest run (the core variants too) by a marker
+# expression; PYTEST_ARGS adds other pytest arguments (not `-m`: a second -m replaces the first).
+MARKERS ?=
+PYTEST_ARGS ?=
 
 .PHONY: run test lint typecheck bench install install-test node-deps clean help
 
@@ -42,6 +46,7 @@ run: $(VENV)/.installed
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: install-test
 	$(BIN)/mypy .
@@ -49,12 +54,13 @@ typecheck: install-test
 test: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/mypy .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(MARKERS),-m "$(MARKERS)") $(PYTEST_ARGS)
 	@echo "--- the core suite again on PostgreSQL (127.0.0.1:5432) ---"
-	CLOUDSCALE_TEST_DATABASE=postgresql $(BIN)/python -m pytest -m core $(PYTEST_ARGS)
+	CLOUDSCALE_TEST_DATABASE=postgresql $(BIN)/python -m pytest -m "core$(if $(MARKERS), and ($(MARKERS)))" $(PYTEST_ARGS)
 	@echo "--- the core suite again with RabbitMQ (127.0.0.1:5672) as broker ---"
-	CLOUDSCALE_TEST_BROKER=rabbitmq $(BIN)/python -m pytest -m core $(PYTEST_ARGS)
+	CLOUDSCALE_TEST_BROKER=rabbitmq $(BIN)/python -m pytest -m "core$(if $(MARKERS), and ($(MARKERS)))" $(PYTEST_ARGS)
 
 bench: install-test
 	$(BIN)/python benchmarks/run.py

@@ -1,2 +1,5 @@
-"""Benchmarks (`make bench`). Not installed with the package; the platform imports from here only
-when the benchmark switches in settings are on (CLOUDSCALE_BENCHMARK_TASKS / _VIEWS)."""
+"""Benchmarks (`make bench`) and the load generator (`manage.py loadgen`).
+
+The naive baseline task and the latency-floor view are reachable only through `benchmarks.settings`,
+which `make bench` uses for the stack it starts.
+"""

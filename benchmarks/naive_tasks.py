@@ -1,6 +1,6 @@
 """The naive baseline of `make bench`: one Celery task per event and one store write per event.
 
-Registered with the worker only when CLOUDSCALE_BENCHMARK_TASKS is on (settings.CELERY_IMPORTS).
+Registered only with workers started with `benchmarks.settings` (its CELERY_IMPORTS).
 It runs the very steps of the platform's pipeline (decode → fraud → scoring → store → actions),
 each called with a single event, so the comparison with `events.process_batch` measures batching
 and nothing else: a message, a task, a fraud round trip, a scoring transaction and a one-row

@@ -1,9 +1,9 @@
-"""`make bench`: the platform's numbers from one run on this machine (CONTRACT section 9).
+"""`make bench`: the platform's numbers from one run on this machine (docs/benchmarks.md).
 
 Starts the embedded stack itself (`manage.py runplatform` with its own temporary state folder and
 free ports, no Flower, no beat, task events off), then measures, one after the other:
 
-1. batched end-to-end throughput: synthetic traffic (events/loadgen.py) in batches through
+1. batched end-to-end throughput: synthetic traffic (benchmarks/loadgen.py) in batches through
    `POST /api/events/batch` from several clients, from the first POST until every accepted event
    is in the event store (counted through the ORM on the same SQLite file);
 1b. the same traffic through the SDK-compatible `POST /v1/batch` (Segment format, gzip): its
@@ -39,7 +39,6 @@ import platform
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+# Only once ROOT is on sys.path (this file runs as a script).
+from cloudscale_project.env import env_int  # noqa: E402
+from tests.netutil import free_port  # noqa: E402
 
 TENANT = "demo"
 SDK_TENANT = "demo-sdk"
@@ -78,35 +81,22 @@ LIFTED_LIMITS = {
 }
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    return int(raw) if raw else default
-
-
 @dataclass(frozen=True)
 class BenchConfig:
-    events: int = field(default_factory=lambda: _env_int("CLOUDSCALE_BENCH_EVENTS", 50_000))
-    batch: int = field(default_factory=lambda: _env_int("CLOUDSCALE_BENCH_BATCH", 500))
-    clients: int = field(default_factory=lambda: _env_int("CLOUDSCALE_BENCH_CLIENTS", 4))
-    naive_events: int = field(default_factory=lambda: _env_int("CLOUDSCALE_BENCH_NAIVE_EVENTS", 5_000))
-    latency_clients: int = field(default_factory=lambda: _env_int("CLOUDSCALE_BENCH_LATENCY_CLIENTS", 50))
-    latency_requests: int = field(
-        default_factory=lambda: _env_int("CLOUDSCALE_BENCH_LATENCY_REQUESTS", 3_000)
-    )
-    api_workers: int = field(default_factory=lambda: _env_int("CLOUDSCALE_BENCH_API_WORKERS", 2))
+    events: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_EVENTS", 50_000))
+    batch: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_BATCH", 500))
+    clients: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_CLIENTS", 4))
+    naive_events: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_NAIVE_EVENTS", 5_000))
+    latency_clients: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_LATENCY_CLIENTS", 50))
+    latency_requests: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_LATENCY_REQUESTS", 3_000))
+    api_workers: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_API_WORKERS", 2))
     autoscale: str = field(default_factory=lambda: os.environ.get("CLOUDSCALE_BENCH_AUTOSCALE", "2,2"))
     profile_dir: str = field(default_factory=lambda: os.environ.get("CLOUDSCALE_BENCH_PROFILE", ""))
     one_address: bool = field(default_factory=lambda: os.environ.get("CLOUDSCALE_BENCH_ONE_ADDRESS") == "1")
-    timeout: float = field(default_factory=lambda: float(_env_int("CLOUDSCALE_BENCH_TIMEOUT", 240)))
+    timeout: float = field(default_factory=lambda: float(env_int("CLOUDSCALE_BENCH_TIMEOUT", 240)))
 
 
 _ROLE_MARKERS = {"api": "gunicorn", "worker": " worker ", "redis": "redis-server"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _status(url: str) -> int:
@@ -127,7 +117,7 @@ class Platform:
 
     def __init__(self, config: BenchConfig) -> None:
         self.state = Path(tempfile.mkdtemp(prefix="cloudscale-bench-"))
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
             key: value
@@ -147,13 +137,11 @@ class Platform:
         self.env.update(
             LIFTED_LIMITS,
             CLOUDSCALE_STATE_DIR=str(self.state),
-            CLOUDSCALE_EMBEDDED_REDIS_PORT=str(_free_port()),
+            CLOUDSCALE_EMBEDDED_REDIS_PORT=str(free_port()),
             CLOUDSCALE_ADMIN_PASSWORD=secrets.token_urlsafe(12),
             CLOUDSCALE_TRUSTED_PROXIES=TRUSTED_PROXY,
             CLOUDSCALE_TASK_EVENTS="false",  # no Flower in this run: task events would only cost CPU
-            CLOUDSCALE_BENCHMARK_TASKS="1",
-            CLOUDSCALE_BENCHMARK_VIEWS="1",
-            DJANGO_SETTINGS_MODULE="cloudscale_project.settings",
+            DJANGO_SETTINGS_MODULE="benchmarks.settings",  # the naive task and the floor view
             PYTHONUNBUFFERED="1",
         )
         self.argv = [
@@ -413,7 +401,7 @@ class E2EResult:
 
 
 def run_batched(stack: Platform, config: BenchConfig, *, events: int, profile: str = "") -> E2EResult:
-    from events.loadgen import LoadConfig, TrafficGenerator, plan_requests, run_load
+    from benchmarks.loadgen import LoadConfig, TrafficGenerator, plan_requests, run_load
 
     traffic = TrafficGenerator(seed=7).take(events)  # generated before the clock starts
     requests = list(plan_requests(traffic, total=events, batch=config.batch))
@@ -437,8 +425,8 @@ def run_batched(stack: Platform, config: BenchConfig, *, events: int, profile: s
 def _sdk_tenant_key() -> str:
     """A tenant of its own for the SDK run: fraud windows and scores start empty, as they did for
     the batched run, so neither run pays for the other's history (windows grow with events seen)."""
-    from events.models import Tenant
-    from events.tenants import tenant_create, tenant_rotate_key
+    from tenants.models import Tenant
+    from tenants.services import tenant_create, tenant_rotate_key
 
     if Tenant.objects.filter(slug=SDK_TENANT).exists():
         return tenant_rotate_key(slug=SDK_TENANT).key
@@ -448,8 +436,8 @@ def _sdk_tenant_key() -> str:
 def run_sdk(stack: Platform, config: BenchConfig, *, events: int, tenant: str) -> E2EResult:
     """Traffic like the batched run's through the Segment-compatible `/v1/batch` (gzip, as the
     SDKs send it by default): same generator, batch size and clients, measured the same way."""
+    from benchmarks.loadgen import TrafficGenerator, plan_requests
     from benchmarks.sdk_load import run_segment_load
-    from events.loadgen import TrafficGenerator, plan_requests
 
     key = stack.api_key if tenant == TENANT else _sdk_tenant_key()
     traffic = TrafficGenerator(seed=7).take(events)  # the batched run's events (on another tenant)
@@ -474,9 +462,9 @@ def run_sdk(stack: Platform, config: BenchConfig, *, events: int, tenant: str) -
 
 def _enriched_events(n: int, *, one_address: bool) -> list[dict[str, Any]]:
     """Events as the API would publish them (its own validation and enrichment), made in advance."""
+    from benchmarks.loadgen import TrafficGenerator
     from cloudscale_project.timeutil import utcnow
     from events.enrichment import enrich_event
-    from events.loadgen import TrafficGenerator
     from events.schemas import validate_event
 
     enriched = []
@@ -541,7 +529,7 @@ class LatencyResult:
 def run_latency(
     stack: Platform, config: BenchConfig, *, path: str | None, seed: int, profile: str = ""
 ) -> LatencyResult:
-    from events.loadgen import LoadConfig, TrafficGenerator, plan_requests, run_load
+    from benchmarks.loadgen import LoadConfig, TrafficGenerator, plan_requests, run_load
 
     traffic = TrafficGenerator(seed=seed).take(config.latency_requests)
     load = LoadConfig(

@@ -1,4 +1,4 @@
-"""The one error shape of the API (CONTRACT section 5) and the one handler that renders it.
+"""The one error shape of the API (docs/api.md, "Errors") and the one handler that renders it.
 
 {"error": {"code", "message", "details": [{"field", "message"}]}, "correlation_id"}
 """
@@ -122,13 +122,22 @@ def _drf_details(detail: Any, prefix: str = "") -> list[dict[str, str]]:
     return [{"field": prefix or "request", "message": str(detail)}]
 
 
+class StoreUnavailable(Exception):
+    """A transient event-store failure (throttling, 5xx, connection): retry later, never drop.
+
+    `retry_after` is the store's own hint in seconds, when it gave one.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's EXCEPTION_HANDLER: every error, ours or DRF's, leaves in the contract's shape."""
+    """DRF's EXCEPTION_HANDLER: every error, ours or DRF's, leaves in that one shape."""
     if isinstance(exc, ApplicationError):
         body = error_body(exc.code, exc.message, [d.as_dict() for d in exc.details])
         return Response(body, status=exc.status, headers=exc.headers)
-    from events.stores.base import StoreUnavailable
-
     if isinstance(exc, StoreUnavailable):
         retry_after = max(1, math.ceil(exc.retry_after or 1))
         body = error_body("store_unavailable", "The event store is unavailable; retry later.")

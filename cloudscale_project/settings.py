@@ -61,11 +61,15 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    # The platform's apps, from the ground up (docs/architecture.md draws the graph).
+    "tenants",
     "events",
     "fraud",
     "scoring",
+    "carts",
     "compat",
     "ops",
+    "benchmarks",
 ]
 
 MIDDLEWARE = [
@@ -202,7 +206,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # effect is idempotent per (tenant, event_id).
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # Task events feed Flower. Service Bus cannot carry them to another process (no fanout), so there
-# they would only cost CPU (FACTS.md: ~35 %); the flag still turns them on for a same-process monitor.
+# they would only cost CPU (~35 % of throughput, docs/decisions.md "Measured facts"); the flag
+# still turns them on for a same-process monitor.
 CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CLOUDSCALE_TASK_EVENTS", not _SERVICE_BUS)
 CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
@@ -253,9 +258,17 @@ elif _SERVICE_BUS:
     CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
 
 # --- Event store ----------------------------------------------------------------------------------
+# `orm`, `cosmos`, or the dotted path of any class with the EventStore interface (events/stores/base.py),
+# the way Django picks an EMAIL_BACKEND.
+EVENT_STORE_BACKENDS = {
+    "orm": "events.stores.orm.OrmEventStore",
+    "cosmos": "events.stores.cosmos.CosmosEventStore",
+}
 EVENT_STORE = env_str("CLOUDSCALE_EVENT_STORE", "orm")
-if EVENT_STORE not in {"orm", "cosmos"}:
-    raise ImproperlyConfigured(f"CLOUDSCALE_EVENT_STORE={EVENT_STORE!r} must be 'orm' or 'cosmos'")
+if "." not in EVENT_STORE_BACKENDS.get(EVENT_STORE, EVENT_STORE):
+    raise ImproperlyConfigured(
+        f"CLOUDSCALE_EVENT_STORE={EVENT_STORE!r} must be 'orm', 'cosmos' or a dotted class path"
+    )
 EVENT_RETENTION_DAYS = env_int("CLOUDSCALE_EVENT_RETENTION_DAYS", 30, minimum=1)
 COSMOS_ENDPOINT = env_str("COSMOS_ENDPOINT")
 COSMOS_KEY = env_str("COSMOS_KEY")
@@ -265,6 +278,8 @@ COSMOS_VERIFY_TLS = env_bool("COSMOS_VERIFY_TLS", True)
 COSMOS_AUTOSCALE_MAX_RU = env_int("COSMOS_AUTOSCALE_MAX_RU", 4000, minimum=1000)
 
 # --- Ingestion API ------------------------------------------------------------------------------
+# Request limits (docs/api.md, Limits). The batch limit is one setting everywhere: the API, its
+# OpenAPI schema's maxItems and `manage.py loadgen`.
 MAX_BODY_BYTES = 1024 * 1024
 MAX_BATCH_EVENTS = 500
 MAX_EVENT_BYTES = 32 * 1024
@@ -277,7 +292,10 @@ RATE_LIMIT_GLOBAL_PER_MINUTE = env_int("CLOUDSCALE_RATE_LIMIT_GLOBAL_PER_MINUTE"
 # 0 turns the per-tenant events-per-second quota off.
 RATE_LIMIT_TENANT_EVENTS_PER_SECOND = env_int("CLOUDSCALE_RATE_LIMIT_TENANT_EVENTS_PER_SECOND", 0, minimum=0)
 PUBLISH_ATTEMPTS = env_int("CLOUDSCALE_PUBLISH_ATTEMPTS", 3, minimum=1)
-PUBLISH_TIMEOUT_SECONDS = env_float("CLOUDSCALE_PUBLISH_TIMEOUT", 2.0)
+# Group commit: small publishes of one API process that arrive within this linger share one broker
+# message (each request still answers only once it is in the broker). 0 turns it off.
+GROUP_COMMIT_LINGER_SECONDS = env_float("CLOUDSCALE_GROUP_COMMIT_LINGER_MS", 2.0) / 1000
+GROUP_COMMIT_MAX_EVENTS = env_int("CLOUDSCALE_GROUP_COMMIT_MAX_EVENTS", 100, minimum=1)
 BROKER_RETRY_AFTER_SECONDS = env_int("CLOUDSCALE_BROKER_RETRY_AFTER", 5, minimum=1)
 
 # SDK-compatible endpoints (compat/): PostHog's Python SDK sends batches up to 5 MiB, so these take
@@ -301,18 +319,17 @@ QUEUE_DEPTH_SAMPLE_SECONDS = env_float("CLOUDSCALE_QUEUE_DEPTH_SAMPLE_SECONDS", 
 CELERY_WORKER_CONSUMER = "events.consumer:DeadLetteringConsumer"
 # How often beat purges stored events older than EVENT_RETENTION_DAYS (ORM store; Cosmos uses TTL).
 EVENT_PURGE_INTERVAL_SECONDS = env_float("CLOUDSCALE_EVENT_PURGE_INTERVAL_SECONDS", 3600.0)
-# Test-only fault injection: a worker sleeps this long between the store write and the ack, so
-# fault tests can kill it mid-batch. Always 0 outside those tests.
-PIPELINE_FAULT_DELAY_SECONDS = env_float("CLOUDSCALE_PIPELINE_FAULT_DELAY", 0.0)
-# Benchmark-only switches (`make bench` sets them on the stack it starts; never set in a deployment):
-# the naive one-task-per-event baseline task, and a trivial view that is the API's latency floor.
-BENCHMARK_TASKS = env_bool("CLOUDSCALE_BENCHMARK_TASKS", False)
-BENCHMARK_VIEWS = env_bool("CLOUDSCALE_BENCHMARK_VIEWS", False)
-if BENCHMARK_TASKS:
-    CELERY_IMPORTS = ("benchmarks.naive_tasks",)
-# Test-only fault injection: while this file exists, the event store's writes and pings raise
-# StoreUnavailable (events/stores/faults.py). Empty (the default) = no wrapper at all.
-STORE_FAULT_FILE = env_str("CLOUDSCALE_STORE_FAULT_FILE", "")
+# The pipeline's steps around the store write, as dotted paths of `BatchStep` callables, loaded
+# with import_string the way Django loads middleware: the events app imports none of these apps.
+PIPELINE_STEPS_BEFORE_STORE = tuple(
+    env_list(
+        "CLOUDSCALE_PIPELINE_BEFORE_STORE",
+        "fraud.services.fraud_evaluate_batch,scoring.services.score_apply_batch",
+    )
+)
+PIPELINE_STEPS_AFTER_STORE = tuple(
+    env_list("CLOUDSCALE_PIPELINE_AFTER_STORE", "carts.services.cart_events_record")
+)
 
 # --- Backpressure: beat samples the queue, workers follow a shared concurrency target -------------
 # Beat and control tasks get a queue of their own: behind a 10,000-message backlog in the ingestion
@@ -342,13 +359,18 @@ CELERY_BEAT_SCHEDULE["compat.purge-expired-warnings"] = {
     "schedule": EVENT_PURGE_INTERVAL_SECONDS,
     "options": {"queue": OPS_QUEUE_NAME, "expires": EVENT_PURGE_INTERVAL_SECONDS},
 }
-CELERY_BEAT_SCHEDULE["scoring.fire-cart-abandonments"] = {
-    "task": "scoring.fire_cart_abandonments",
+CELERY_BEAT_SCHEDULE["carts.fire-cart-abandonments"] = {
+    "task": "carts.fire_cart_abandonments",
     "schedule": CART_ABANDONMENT_TICK_SECONDS,
     "options": {"queue": OPS_QUEUE_NAME, "expires": CART_ABANDONMENT_TICK_SECONDS},
 }
 CELERY_BEAT_SCHEDULE["scoring.purge-expired-state"] = {
     "task": "scoring.purge_expired_state",
+    "schedule": 3600.0,
+    "options": {"queue": OPS_QUEUE_NAME, "expires": 3600.0},
+}
+CELERY_BEAT_SCHEDULE["carts.purge-expired-state"] = {
+    "task": "carts.purge_expired_state",
     "schedule": 3600.0,
     "options": {"queue": OPS_QUEUE_NAME, "expires": 3600.0},
 }
@@ -386,8 +408,8 @@ LOGGING = {
 
 # --- DRF and OpenAPI --------------------------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["events.authentication.ApiKeyAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["events.authentication.IsTenant"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["tenants.authentication.CanRead"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "cloudscale_project.errors.exception_handler",

@@ -1,8 +1,7 @@
-"""URL map: the ingestion API under /api/, probes and metrics at the root, admin at /admin/."""
+"""URL map (the composition root): each app's API under /api/, probes and metrics at the root, admin."""
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from django_ratelimit.decorators import ratelimit
@@ -18,16 +17,13 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/ingestion-warnings", IngestionWarningListView.as_view(), name="ingestion-warnings"),
     path("api/", include("events.urls")),
+    path("api/", include("fraud.urls")),
+    path("api/", include("scoring.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     # Segment / RudderStack (/v1/...) and PostHog (/batch/, /capture/, /e/, /i/v0/e/) at the root.
     path("", include("compat.urls")),
 ]
-
-if settings.BENCHMARK_VIEWS:  # `make bench` only: the latency floor of a trivial Django view
-    from benchmarks.views import noop
-
-    urlpatterns.append(path("bench/noop", noop, name="bench-noop"))
 
 # Brute-force protection of the admin login (django-ratelimit: a fixed window fits this case).
 admin.site.login = ratelimit(key="ip", rate="10/m", method="POST", block=True)(admin.site.login)  # type: ignore[method-assign]

@@ -41,13 +41,13 @@ from compat.selectors import warnings_list
 from compat.services import SdkReceipt, compat_ingest
 from compat.wire import decode_body, parse_json, posthog_key, read_body, segment_key
 from events.api import ErrorSchema
-from events.authentication import authenticate_api_key, tenant_of
 from events.enrichment import client_ip
 from events.ingestion import RequestContext
 from events.middleware import enforce_rate_limits
-from events.models import Tenant
 from events.stores.base import InvalidCursor, decode_cursor
 from events.throttling import RateDecision
+from tenants.authentication import authenticate_key, tenant_of
+from tenants.models import Tenant
 
 _CORS_PREFLIGHT = {
     "Access-Control-Allow-Origin": "*",
@@ -73,7 +73,7 @@ def _with_top_level_error(protocol: str) -> Callable[[Exception, dict[str, Any]]
 
 class _SdkIngestView(APIView):
     """What the SDK endpoints share. The key is found in the request by each protocol's rules and
-    checked by `authenticate_api_key`, the native endpoints' own check."""
+    checked by `authenticate_key`, the native endpoints' own check."""
 
     authentication_classes = ()
     permission_classes = ()
@@ -124,7 +124,7 @@ class _SdkIngestView(APIView):
         decision = enforce_rate_limits(ip=client_ip(request._request), key=key, events=lambda: len(messages))
         if key is None:
             raise exceptions.NotAuthenticated("No write key / API key: send it as the SDK does.")
-        tenant = authenticate_api_key(key)
+        tenant = authenticate_key(key).tenant
         if len(messages) > settings.COMPAT_MAX_EVENTS:
             raise PayloadTooLarge(
                 f"a request may carry at most {settings.COMPAT_MAX_EVENTS} events, got {len(messages)}",

@@ -16,7 +16,7 @@ import orjson
 from django.http import HttpRequest
 
 from cloudscale_project.errors import ApplicationError, ErrorDetail, MalformedJson, PayloadTooLarge
-from events.authentication import api_key_from_headers
+from tenants.authentication import api_key_from_headers
 
 _GZIP_MAGIC = b"\x1f\x8b"
 # zlib's wbits: 16 + 15 reads a gzip stream; 15 a zlib-wrapped deflate stream; -15 raw deflate.

@@ -17,12 +17,12 @@ from rest_framework.views import APIView
 from cloudscale_project.correlation import get_correlation_id
 from cloudscale_project.errors import ErrorDetail, PayloadTooLarge, ValidationFailed
 from cloudscale_project.timeutil import parse_iso, utcnow
-from events.authentication import tenant_of
 from events.enrichment import client_ip
 from events.ingestion import RequestContext, body_too_large, ingest_events, parse_json_body
 from events.ledger import MAX_RANGE, ledger_report
-from events.models import Tenant
 from events.schemas import EVENT_TYPES
+from tenants.authentication import CanIngest, tenant_of
+from tenants.models import Tenant
 
 # --- OpenAPI shapes (documentation only: validation is pydantic's, in events/schemas.py) ---------
 
@@ -95,6 +95,8 @@ def _body(request: Request) -> tuple[Any, int]:
 class EventIngestView(APIView):
     """POST /api/events: one event."""
 
+    permission_classes = [CanIngest]
+
     @extend_schema(
         operation_id="events_create",
         summary="Send one event",
@@ -135,6 +137,8 @@ class EventIngestView(APIView):
 
 class EventBatchView(APIView):
     """POST /api/events/batch: up to 500 events, a receipt for each."""
+
+    permission_classes = [CanIngest]
 
     @extend_schema(
         operation_id="events_batch_create",

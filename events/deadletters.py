@@ -25,8 +25,8 @@ from django.db.models import Case, Count, F, QuerySet, Value, When
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
+from cloudscale_project.metrics import platform_incr_many
 from events.models import DeadLetter
-from ops.metrics import platform_incr_many
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +161,7 @@ class RequeueResult:
 def _publish(letter: DeadLetter) -> None:
     """Send the original payload to the ingestion queue again."""
     from cloudscale_project.celery import app
+    from events.publishing import TASK_NAME
 
     payload = bytes(letter.payload)
     if letter.kind == Kind.RAW:
@@ -190,7 +191,7 @@ def _publish(letter: DeadLetter) -> None:
                 "correlation_id": letter.correlation_id,
             },
         )
-    app.send_task("events.process_batch", args=args, kwargs=kwargs, queue=settings.QUEUE_NAME)
+    app.send_task(TASK_NAME, args=args, kwargs=kwargs, queue=settings.QUEUE_NAME)
 
 
 def deadletter_requeue(

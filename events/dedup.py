@@ -1,4 +1,4 @@
-"""The API's memory of event ids (CONTRACT section 4): a repeat within 24 h is a duplicate.
+"""The API's memory of event ids (docs/api.md, "Idempotency"): a repeat within 24 h is a duplicate.
 
 Ids are *reserved* before publishing (SET NX of a "reserved" marker with a short TTL) and
 *confirmed* (the marker becomes "published", with the dedup window as TTL) only after the broker

@@ -15,7 +15,7 @@ from django.http import HttpRequest
 from cloudscale_project.timeutil import isoformat_z, parse_iso
 from events.schemas import EventIn
 
-# A client clock may run ahead; beyond this the timestamp is not believed (CONTRACT section 4).
+# A client clock may run ahead; beyond this the timestamp is not believed (docs/api.md, "Events").
 MAX_FUTURE_SKEW = timedelta(hours=23)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -23,6 +23,7 @@ from cloudscale_project.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from cloudscale_project.metrics import EVENTS_INGESTED, INGESTION_DURATION
 from cloudscale_project.state import STATE_ERRORS
 from events.dedup import (
     RESERVATION_SECONDS,
@@ -36,7 +37,6 @@ from events.enrichment import enrich_event
 from events.ledger import ledger_record
 from events.publishing import publish_events, split_for_broker
 from events.schemas import metric_event_type, validate_event
-from ops.metrics import EVENTS_INGESTED, INGESTION_DURATION
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def body_too_large(size: int) -> PayloadTooLarge:
 
 
 def parse_json_body(*, body: bytes, content_type: str) -> Any:
-    """The request body as JSON, or the contract's 415 / 413 / 400."""
+    """The request body as JSON, or a 415 / 413 / 400 (docs/api.md, "Errors")."""
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type != "application/json":
         raise UnsupportedMediaType(content_type)

@@ -1,4 +1,4 @@
-"""The per-tenant loss ledger (CONTRACT section 3): proof that nothing accepted was lost.
+"""The per-tenant loss ledger (docs/api.md, "Loss ledger"): proof that nothing accepted was lost.
 
 Per hour of `received_at`:
 - received, accepted, duplicate, rejected, rate_limited: counted by the API where it decides, in

@@ -1,4 +1,4 @@
-"""Rate limiting of /api/events* in front of everything else (CONTRACT section 5).
+"""Rate limiting of /api/events* in front of everything else (docs/api.md, "Rate limits").
 
 It runs before authentication, so floods are refused before any database work, and it puts the
 RateLimit-* headers on every /api/events* response, including 401s and 400s.
@@ -15,14 +15,14 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from cloudscale_project.errors import BrokerUnavailable, RateLimited, error_body
+from cloudscale_project.metrics import RATE_LIMIT_REJECTIONS
 from cloudscale_project.state import STATE_ERRORS
 from cloudscale_project.timeutil import utcnow
-from events.authentication import api_key_from_headers
 from events.enrichment import client_ip
 from events.ledger import ledger_record
-from events.tenants import tenant_for_key
 from events.throttling import RateDecision, check_rate_limits
-from ops.metrics import RATE_LIMIT_REJECTIONS
+from tenants.authentication import api_key_from_headers
+from tenants.services import tenant_for_key
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ def enforce_rate_limits(
 
     `events` says how many events the request carries; it is only asked when needed (the per-tenant
     quota or a refusal), because finding out may mean parsing the body. `quota=False` skips the
-    per-tenant quota (requests that send no events).
+    per-tenant quota (requests that send no events). The SDK-compatible endpoints (compat/) call
+    this too, with the key and the event count they read from their own bodies.
     """
     tenant_slug, cost = "", 1
     if settings.RATE_LIMIT_TENANT_EVENTS_PER_SECOND and quota:
@@ -65,7 +66,7 @@ def enforce_rate_limits(
         decision = check_rate_limits(ip=ip, tenant=tenant_slug, events=cost)
     except STATE_ERRORS:
         logger.warning("rate-limit state unavailable", exc_info=True)
-        raise BrokerUnavailable(retry_after=5) from None
+        raise BrokerUnavailable(retry_after=settings.BROKER_RETRY_AFTER_SECONDS) from None
     if not decision.allowed:
         RATE_LIMIT_REJECTIONS.inc()
         _count_refused(key, events)

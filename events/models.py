@@ -1,63 +1,34 @@
-"""Tenants, their API keys, the ORM event store and the dead-letter store."""
+"""The ORM event store and the dead-letter store."""
 
 from __future__ import annotations
 
 from django.db import models
 
-
-class Tenant(models.Model):
-    slug = models.SlugField(max_length=64, unique=True)
-    name = models.CharField(max_length=200)
-    active = models.BooleanField(default=True, help_text="A disabled tenant's keys get 403.")
-    created_at = models.DateTimeField(auto_now_add=True)
-    webhook_url = models.URLField(blank=True, help_text="Receives signed cart-abandonment POSTs.")
-    webhook_secret = models.CharField(max_length=128, blank=True, help_text="HMAC-SHA256 key of webhooks.")
-    settings = models.JSONField(default=dict, blank=True)
-
-    class Meta:
-        ordering = ["slug"]
-
-    def __str__(self) -> str:
-        return self.slug
-
-
-class ApiKey(models.Model):
-    """An API key, stored as its SHA-256: keys are 256-bit random, so a fast hash is enough."""
-
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
-    prefix = models.CharField(max_length=16, help_text="The key's first characters, to recognise it.")
-    key_hash = models.CharField(max_length=64, unique=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        verbose_name = "API key"
-        ordering = ["-created_at"]
-
-    def __str__(self) -> str:
-        return f"{self.prefix}… ({self.tenant.slug})"
+from events.shape import max_length
 
 
 class StoredEvent(models.Model):
-    """The ORM event store (CLOUDSCALE_EVENT_STORE=orm). One row per (tenant, event_id)."""
+    """The ORM event store (CLOUDSCALE_EVENT_STORE=orm). One row per (tenant, event_id).
+
+    The columns are the enriched event's fields (events/shape.py), with its lengths.
+    """
 
     tenant = models.CharField(max_length=64)
-    event_id = models.CharField(max_length=64)
-    # Catalog types, or a custom event's own name (SDK-compatible endpoints, up to 200 characters).
-    event_type = models.CharField(max_length=200)
-    custom = models.BooleanField(default=False, help_text="A custom event: a name outside the catalog.")
-    user_id = models.CharField(max_length=128)
-    session_id = models.CharField(max_length=128, blank=True, default="")
+    event_id = models.CharField(max_length=max_length("event_id"))
+    event_type = models.CharField(max_length=max_length("event_type"))
+    user_id = models.CharField(max_length=max_length("user_id"))
+    session_id = models.CharField(max_length=max_length("session_id"), blank=True, default="")
     properties = models.JSONField(default=dict)
     timestamp = models.DateTimeField(help_text="Event time, corrected for client clock skew.")
-    client_timestamp = models.CharField(max_length=64, blank=True, default="")
-    sent_at = models.CharField(max_length=64, blank=True, default="")
+    client_timestamp = models.CharField(max_length=max_length("client_timestamp"), blank=True, default="")
+    sent_at = models.CharField(max_length=max_length("sent_at"), blank=True, default="")
     received_at = models.DateTimeField()
     skew_corrected = models.BooleanField(default=False)
     timestamp_clamped = models.BooleanField(default=False)
-    ip = models.CharField(max_length=64, blank=True, default="")
-    user_agent = models.CharField(max_length=512, blank=True, default="")
-    correlation_id = models.CharField(max_length=64, blank=True, default="")
+    ip = models.CharField(max_length=max_length("ip"), blank=True, default="")
+    user_agent = models.CharField(max_length=max_length("user_agent"), blank=True, default="")
+    correlation_id = models.CharField(max_length=max_length("correlation_id"), blank=True, default="")
+    custom = models.BooleanField(default=False, help_text="A custom event: a name outside the catalog.")
     # The SDK's `context` (library, page, device...), bounded in size by the API; null for native events.
     context = models.JSONField(null=True, blank=True)
     stored_at = models.DateTimeField(auto_now_add=True)

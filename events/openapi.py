@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from django.conf import settings
 
 from events.schemas import event_json_schema
 
@@ -30,7 +30,14 @@ def use_pydantic_event_schema(
         "type": "object",
         "required": ["events"],
         "additionalProperties": False,
-        "properties": {"events": {"type": "array", "minItems": 1, "maxItems": 500, "items": event_schema}},
+        "properties": {
+            "events": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": settings.MAX_BATCH_EVENTS,
+                "items": event_schema,
+            }
+        },
     }
     detail = result.get("paths", {}).get("/api/events/{event_id}", {}).get("get")
     for parameter in detail.get("parameters", []) if detail else []:
@@ -54,19 +61,3 @@ def use_pydantic_event_schema(
                 if schema.get("type") == "string" and not {"pattern", "format", "enum"} & set(schema):
                     schema["pattern"] = _NO_NUL  # DRF refuses NUL characters in every text field
     return result
-
-
-class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
-    """Documents ApiKeyAuthentication: a Bearer token or the X-API-Key header (either one)."""
-
-    target_class = "events.authentication.ApiKeyAuthentication"
-    name = ["bearer", "apiKey"]
-
-    def get_security_requirement(self, auto_schema: Any) -> list[dict[str, list[Any]]]:
-        return [{"bearer": []}, {"apiKey": []}]  # alternatives: either header authenticates
-
-    def get_security_definition(self, auto_schema: Any) -> list[dict[str, Any]]:
-        return [
-            {"type": "http", "scheme": "bearer"},
-            {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-        ]

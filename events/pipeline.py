@@ -17,52 +17,44 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from functools import cache
+from typing import Any, Protocol, cast
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
+from django.utils.module_loading import import_string
 from kombu.exceptions import OperationalError as BrokerOperationalError
 
 from cloudscale_project.correlation import set_correlation_id
+from cloudscale_project.metrics import platform_incr_many
 from cloudscale_project.observability import ATTR_TENANT, start_span
 from cloudscale_project.timeutil import parse_iso
 from events.deadletters import DeadLetterInput, deadletter_record_many, event_payload, json_payload
 from events.models import DeadLetter
 from events.schemas import EVENT_TYPES as CATALOG
 from events.schemas import is_custom_event_type, metric_event_type
+from events.shape import TIME_FIELDS, checked_strings
 from events.stores import EventStore, StoreUnavailable, get_event_store
 from events.stores.base import Event
-from ops.metrics import platform_incr_many
 
 logger = logging.getLogger(__name__)
 
 Reason = DeadLetter.Reason
 
-# The catalog is the API's (CONTRACT section 4): a type the API would refuse is unknown here too.
+# The catalog is the API's (docs/api.md, "Events"): a type the API would refuse is unknown here too.
 EVENT_TYPES: frozenset[str] = frozenset(CATALOG)
 
-# (field, required, max length) of the string fields of an enriched event. Lengths match the ORM
-# store's columns: an over-long value must be a dead letter here, not a database error that fails
-# the whole batch on PostgreSQL.
-_STRING_FIELDS: tuple[tuple[str, bool, int], ...] = (
-    ("event_id", True, 64),
-    ("user_id", True, 128),
-    ("timestamp", True, 64),
-    ("received_at", True, 64),
-    ("session_id", False, 128),
-    ("client_timestamp", False, 64),
-    ("sent_at", False, 64),
-    ("ip", False, 64),
-    ("correlation_id", False, 64),
-)
-_TIME_FIELDS = ("timestamp", "received_at")
+# (field, required, max length) of the string fields a worker checks (events/shape.py): an
+# over-long value must be a dead letter here, not a database error that fails the whole batch on
+# PostgreSQL.
+_STRING_FIELDS = checked_strings()
+_TIME_FIELDS = TIME_FIELDS
 
 # Transient failures: the batch is retried as a whole. Anything else raised by a step is a bug or a
 # bad event; it is retried too (cheap and safe: every effect is idempotent), but on the last attempt
@@ -98,15 +90,17 @@ class Pipeline:
 
 
 def default_pipeline() -> Pipeline:
-    from events.actions import actions_schedule_batch
-    from fraud.services import fraud_evaluate_batch
-    from scoring.services import score_apply_batch
-
+    """The pipeline of settings: the steps are dotted paths, so events imports none of their apps."""
     return Pipeline(
         store=get_event_store(),
-        before_store=(fraud_evaluate_batch, score_apply_batch),
-        after_store=(actions_schedule_batch,),
+        before_store=_load_steps(settings.PIPELINE_STEPS_BEFORE_STORE),
+        after_store=_load_steps(settings.PIPELINE_STEPS_AFTER_STORE),
     )
+
+
+@cache
+def _load_steps(paths: Sequence[str]) -> tuple[BatchStep, ...]:
+    return tuple(import_string(path) for path in paths)
 
 
 # --- decoding --------------------------------------------------------------------------------------
@@ -172,12 +166,10 @@ def decode_event(raw: Any, *, tenant: str) -> Event:
         raise EventRejected(Reason.UNKNOWN_EVENT_TYPE, f"unknown event_type {event_type!r}")
     _check_fields(raw)
     event_tenant = raw.get("tenant")
-    if event_tenant is None:
-        return {**raw, "tenant": tenant}
-    if event_tenant != tenant:
+    if event_tenant is not None and event_tenant != tenant:
         # Tenant isolation: the message's tenant (set by the API from the key) is the authority.
         raise EventRejected(Reason.DESERIALIZATION_FAILED, "event tenant does not match the message tenant")
-    return raw
+    return cast(Event, {**raw, "tenant": tenant})  # every field checked above
 
 
 def _check_fields(raw: dict[str, Any]) -> None:
@@ -304,10 +296,6 @@ def _run_steps(*, pipeline: Pipeline, tenant: str, events: list[Event]) -> set[s
         step(tenant=tenant, events=events)
     with start_span("event_store.write_many", {ATTR_TENANT: tenant, "cloudscale.events": len(events)}):
         new_ids = pipeline.store.write_many(events)
-    if settings.PIPELINE_FAULT_DELAY_SECONDS:
-        # Test-only fault injection: hold the batch between the store write and the ack, so fault
-        # tests can kill a worker "mid-batch" and prove redelivery stores nothing twice.
-        time.sleep(settings.PIPELINE_FAULT_DELAY_SECONDS)
     # Actions get every event, not only new ones: a redelivery after a crash between the store
     # write and the actions must still schedule them (the step is idempotent per event).
     for step in pipeline.after_store:

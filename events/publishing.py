@@ -1,4 +1,4 @@
-"""Durable publish of one request's events as one message (CONTRACT sections 3 and 5).
+"""Durable publish of one request's events as one message (docs/api.md, "Delivery guarantee").
 
 A 202 is returned only after this returns: on Redis the LPUSH reply (with the embedded server's
 `appendfsync always`, after the write reached disk), on RabbitMQ the publisher confirm. Transient
@@ -8,6 +8,7 @@ broker errors get a short bounded retry; then the caller answers 503.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,8 @@ from cloudscale_project.errors import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 
+# The one name of the batch task (events/tasks.py) that publishers, requeue and the Service Bus
+# dead-letter import all refer to.
 TASK_NAME = "events.process_batch"
 
 
@@ -34,7 +37,7 @@ def _broker_errors() -> tuple[type[BaseException], ...]:
         errors.append(RedisError)
     except ImportError:  # pragma: no cover - redis is a dependency
         pass
-    try:  # Service Bus raises azure-core errors that kombu does not map (FACTS.md)
+    try:  # Service Bus raises azure-core errors (ServiceRequestError) that kombu does not map
         from azure.core.exceptions import AzureError
 
         errors.append(AzureError)
@@ -45,9 +48,32 @@ def _broker_errors() -> tuple[type[BaseException], ...]:
 
 _BROKER_ERRORS = _broker_errors()
 
+# What a message costs beyond its events: Celery's envelope and headers, and base64 (4/3) on
+# transports that encode the body (Service Bus).
+_ENVELOPE_BYTES = 2048
+_ENCODING_FACTOR = 4 / 3
+
 
 def publish_events(*, tenant: str, events: Sequence[dict[str, Any]], correlation_id: str) -> None:
-    """Publish one `events.process_batch` message; BrokerUnavailable if it is not durably in the broker."""
+    """Durably publish the events in an `events.process_batch` message; BrokerUnavailable if not.
+
+    Small publishes (single-event requests) that arrive within `GROUP_COMMIT_LINGER_SECONDS` of each
+    other in this process, for the same tenant, share one message: a group commit. Each caller still
+    returns only once that message is in the broker, and each gets the broker's error if it is not,
+    so every 202 stays true; the events keep their own ids, receipts and dedup reservations.
+    """
+    if (
+        settings.GROUP_COMMIT_LINGER_SECONDS <= 0
+        or len(events) > settings.GROUP_COMMIT_MAX_EVENTS // 4
+        or (settings.BROKER_MAX_MESSAGE_BYTES and _size(events) > _budget() / 4)
+    ):
+        _publish_message(tenant=tenant, events=events, correlation_id=correlation_id)
+        return
+    _group_committer.publish(tenant=tenant, events=events, correlation_id=correlation_id)
+
+
+def _publish_message(*, tenant: str, events: Sequence[dict[str, Any]], correlation_id: str) -> None:
+    """One broker message, published with a short bounded retry."""
     try:
         app.send_task(
             TASK_NAME,
@@ -70,10 +96,83 @@ def publish_events(*, tenant: str, events: Sequence[dict[str, Any]], correlation
         raise BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS) from exc
 
 
-# What a message costs beyond its events: Celery's envelope and headers, and base64 (4/3) on
-# transports that encode the body (Service Bus).
-_ENVELOPE_BYTES = 2048
-_ENCODING_FACTOR = 4 / 3
+class _Group:
+    """The events of one tenant waiting to share a message, and the outcome every member waits for."""
+
+    def __init__(self, *, tenant: str, correlation_id: str) -> None:
+        self.tenant = tenant
+        self.correlation_id = correlation_id  # the first member's: the message's own
+        self.events: list[dict[str, Any]] = []
+        self.bytes = 0
+        self.full = threading.Event()  # wakes the leader before the linger ends
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+class GroupCommitter:
+    """Coalesces concurrent small publishes of one process (gunicorn's threads) per tenant.
+
+    The first caller of a group leads: it waits up to the linger (less if the group fills up),
+    closes the group and publishes it; the others wait for that outcome. A message never holds more
+    than `GROUP_COMMIT_MAX_EVENTS` events or the broker's size budget.
+    """
+
+    # How long a member waits for its leader before giving up on the process: a leader always sets
+    # the outcome (finally), so this only bounds a bug, far above any publish's retry time.
+    MEMBER_WAIT_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[str, _Group] = {}
+
+    def publish(self, *, tenant: str, events: Sequence[dict[str, Any]], correlation_id: str) -> None:
+        size = _size(events)
+        with self._lock:
+            group = self._open.get(tenant)
+            leader = group is None or not self._fits(group, len(events), size)
+            if leader:
+                group = _Group(tenant=tenant, correlation_id=correlation_id)
+                self._open[tenant] = group
+            assert group is not None
+            group.events.extend(events)
+            group.bytes += size
+            if not self._fits(group, 1, 0):
+                group.full.set()
+        if leader:
+            self._lead(group)
+        elif not group.done.wait(self.MEMBER_WAIT_SECONDS):
+            raise BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS)
+        if group.error is not None:
+            raise group.error
+
+    def _fits(self, group: _Group, events: int, size: int) -> bool:
+        budget = _budget()
+        within_bytes = budget <= 0 or group.bytes + size <= budget
+        return len(group.events) + events <= settings.GROUP_COMMIT_MAX_EVENTS and within_bytes
+
+    def _lead(self, group: _Group) -> None:
+        try:
+            group.full.wait(settings.GROUP_COMMIT_LINGER_SECONDS)
+            with self._lock:
+                if self._open.get(group.tenant) is group:
+                    del self._open[group.tenant]  # closed: later callers start a new group
+            _publish_message(tenant=group.tenant, events=group.events, correlation_id=group.correlation_id)
+        except BaseException as exc:  # every member must hear the outcome, whatever it is
+            group.error = exc
+            raise
+        finally:
+            group.done.set()
+
+
+def _size(events: Sequence[dict[str, Any]]) -> int:
+    return sum(len(orjson.dumps(event)) + 2 for event in events)
+
+
+def _budget() -> float:
+    """Bytes of events one message may carry on this broker (0: no limit)."""
+    if settings.BROKER_MAX_MESSAGE_BYTES <= 0:
+        return 0
+    return settings.BROKER_MAX_MESSAGE_BYTES / _ENCODING_FACTOR - _ENVELOPE_BYTES
 
 
 def split_for_broker(events: Sequence[dict[str, Any]], max_message_bytes: int) -> list[list[dict[str, Any]]]:
@@ -85,7 +184,7 @@ def split_for_broker(events: Sequence[dict[str, Any]], max_message_bytes: int) -
         return []
     if max_message_bytes <= 0:
         return [list(events)]
-    budget = max_message_bytes / _ENCODING_FACTOR - _ENVELOPE_BYTES
+    budget = max_message_bytes / _ENCODING_FACTOR - _ENVELOPE_BYTES  # as _budget(), for this limit
     chunks: list[list[dict[str, Any]]] = [[]]
     used = 0.0
     for event in events:
@@ -96,3 +195,6 @@ def split_for_broker(events: Sequence[dict[str, Any]], max_message_bytes: int) -
         chunks[-1].append(event)
         used += size
     return chunks
+
+
+_group_committer = GroupCommitter()

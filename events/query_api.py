@@ -17,39 +17,36 @@ from rest_framework.views import APIView
 from cloudscale_project.errors import ErrorDetail, NotFound, ValidationFailed
 from cloudscale_project.timeutil import parse_iso
 from events.api import ErrorSchema
-from events.authentication import tenant_of
-from events.schemas import CUSTOM_EVENT_TYPE_MAX_LENGTH, EVENT_TYPES
+from events.schemas import EVENT_TYPES
+from events.shape import FIELDS, EventField, Kind, max_length, public_view
 from events.stores import get_event_store
-from events.stores.base import InvalidCursor, decode_cursor, public_view
+from events.stores.base import InvalidCursor, decode_cursor
+from tenants.authentication import tenant_of
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 
 
-class StoredEventSerializer(serializers.Serializer[Any]):
-    """Documentation of a stored event (CONTRACT section 4); responses render `public_view` dicts."""
+def _documented_field(field: EventField) -> serializers.Field[Any, Any, Any, Any]:
+    nullable = not field.required
+    if field.name == "event_type":
+        return serializers.CharField(help_text=f"{field.help} Catalog: {', '.join(EVENT_TYPES)}.")
+    if field.kind is Kind.TIME:
+        return serializers.DateTimeField(help_text=field.help)
+    if field.kind is Kind.FLAG:
+        return serializers.BooleanField(help_text=field.help)
+    if field.kind is Kind.JSON:
+        return serializers.DictField(allow_null=nullable, help_text=field.help)
+    return serializers.CharField(allow_null=nullable, help_text=field.help)
 
-    event_id = serializers.CharField()
-    event_type = serializers.CharField(
-        help_text=f"A catalog type ({', '.join(EVENT_TYPES)}) or, when `custom`, the event's own name."
-    )
-    user_id = serializers.CharField()
-    session_id = serializers.CharField(allow_null=True)
-    properties = serializers.DictField()
-    timestamp = serializers.DateTimeField(help_text="Event time, corrected for client clock skew.")
-    client_timestamp = serializers.CharField(allow_null=True, help_text="The timestamp as sent.")
-    sent_at = serializers.CharField(allow_null=True)
-    received_at = serializers.DateTimeField()
-    skew_corrected = serializers.BooleanField()
-    timestamp_clamped = serializers.BooleanField(help_text="The timestamp was > 23 h ahead.")
-    ip = serializers.CharField(allow_null=True)
-    user_agent = serializers.CharField(allow_null=True)
-    correlation_id = serializers.CharField(allow_null=True)
-    custom = serializers.BooleanField(help_text="A custom event (sent through an SDK-compatible endpoint).")
-    # DRF's metaclass moves declared fields out of the class, so this does not shadow `Serializer.context`.
-    context = serializers.DictField(  # type: ignore[assignment]
-        allow_null=True, help_text="The SDK's context, when sent through one."
-    )
+
+# Documentation of a stored event, derived from its one definition (events/shape.py); responses
+# render `public_view` dicts.
+StoredEventSerializer = type(
+    "StoredEventSerializer",
+    (serializers.Serializer,),
+    {field.name: _documented_field(field) for field in FIELDS},
+)
 
 
 _READ_ERRORS = {
@@ -62,8 +59,8 @@ _READ_ERRORS = {
 
 class EventFilterSerializer(serializers.Serializer[Any]):
     # Custom events are filtered by their own name, so any name is a valid filter.
-    event_type = serializers.CharField(required=False, max_length=CUSTOM_EVENT_TYPE_MAX_LENGTH)
-    user_id = serializers.CharField(required=False, max_length=128, trim_whitespace=False)
+    event_type = serializers.CharField(required=False, max_length=max_length("event_type"))
+    user_id = serializers.CharField(required=False, max_length=max_length("user_id"), trim_whitespace=False)
     since = serializers.DateTimeField(required=False, help_text="Event time, inclusive (ISO 8601).")
     until = serializers.DateTimeField(required=False, help_text="Event time, exclusive (ISO 8601).")
     limit = serializers.IntegerField(required=False, min_value=1, max_value=MAX_PAGE, default=DEFAULT_PAGE)

@@ -1,4 +1,4 @@
-"""The event catalog (CONTRACT section 4) as pydantic models: the API's validator on the hot path.
+"""The event catalog (docs/api.md, "Events") as pydantic models: the API's validator on the hot path.
 
 pydantic validates a 500-event body in about a millisecond where DRF serializers take ~17 ms
 (docs/benchmarks.md), and still reports field paths (`properties.amount`).

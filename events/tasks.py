@@ -18,6 +18,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from events.pipeline import RetryBatch, batch_process_message, countdown_for
+from events.publishing import TASK_NAME
 from events.stores import get_event_store
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class BatchTask(Task):
     max_retries = None
 
 
-@shared_task(name="events.process_batch", bind=True, base=BatchTask)
+@shared_task(name=TASK_NAME, bind=True, base=BatchTask)
 def process_batch(self: BatchTask, *args: Any, **kwargs: Any) -> dict[str, int]:
     """kwargs: tenant (slug), events (list of enriched events), correlation_id."""
     attempt = self.request.retries + 1

@@ -1,4 +1,4 @@
-"""Routes of the /api/ namespace."""
+"""Routes of the events app under /api/: ingestion, stored events and the loss ledger."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ from django.urls import URLPattern, path
 
 from events.api import EventBatchView, EventIngestView, LedgerView
 from events.query_api import EventDetailView, EventListView
-from fraud.api import FraudAlertListView
-from scoring.api import UserScoreView
+from tenants.authentication import CanIngestOrRead
 
 
 class EventsView(EventIngestView, EventListView):
     """/api/events: POST sends one event (events.api), GET lists stored ones (events.query_api)."""
+
+    permission_classes = [CanIngestOrRead]
 
 
 urlpatterns: list[URLPattern] = [
@@ -20,6 +21,4 @@ urlpatterns: list[URLPattern] = [
     path("ledger", LedgerView.as_view(), name="ledger"),
     # After events/batch, so "batch" is never read as an event id.
     path("events/<str:event_id>", EventDetailView.as_view(), name="event-detail"),
-    path("users/<str:user_id>/score", UserScoreView.as_view(), name="user-score"),
-    path("fraud/alerts", FraudAlertListView.as_view(), name="fraud-alerts"),
 ]

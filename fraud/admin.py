@@ -19,7 +19,7 @@ class FraudRuleSettingAdmin(admin.ModelAdmin):
     search_fields = ("tenant__slug",)
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
-        """Prefill the contract's defaults for the chosen rule (?rule=...), the first rule otherwise."""
+        """Prefill the rule's defaults for the chosen rule (?rule=...), the first rule otherwise."""
         initial: dict[str, Any] = dict(super().get_changeform_initial_data(request))
         chosen = initial.get("rule")
         rule = Rule(chosen) if isinstance(chosen, str) and chosen in set(Rule) else Rule.PURCHASE_VELOCITY

@@ -8,9 +8,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from events.authentication import tenant_of
 from fraud.rules import Rule
 from fraud.selectors import fraud_alert_list
+from tenants.authentication import tenant_of
 
 MAX_LIMIT = 1000
 

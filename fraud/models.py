@@ -5,14 +5,14 @@ from __future__ import annotations
 from django.core.validators import MinValueValidator
 from django.db import models
 
-from events.models import Tenant
 from fraud.rules import RULES, Rule
+from tenants.models import Tenant
 
 RULE_CHOICES = [(rule.value, f"{rule.value}: more than N {spec.description}") for rule, spec in RULES.items()]
 
 
 class FraudRuleSetting(models.Model):
-    """A tenant's override of one rule; a rule without a row runs with the contract's defaults."""
+    """A tenant's override of one rule; a rule without a row runs with its defaults."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="fraud_rule_settings")
     rule = models.CharField(max_length=32, choices=RULE_CHOICES)

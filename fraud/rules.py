@@ -1,4 +1,4 @@
-"""The velocity rules (CONTRACT section 6) as pure functions over event-time windows.
+"""The velocity rules (docs/api.md, "Fraud rules") as pure functions over event-time windows.
 
 A rule counts, per subject (a user or an IP), the events inside a sliding window of
 `window_seconds` of event time, `(end - window, end]`, and hits when the count is more than

@@ -11,7 +11,7 @@ from fraud.rules import Rule, RuleConfig, default_configs
 
 
 def fraud_rule_configs(*, tenant: str) -> dict[Rule, RuleConfig]:
-    """Every rule as this tenant runs it: the contract's defaults overlaid by its admin settings."""
+    """Every rule as this tenant runs it: the defaults (docs/api.md, "Fraud rules") with its admin edits."""
     configs = default_configs()
     for setting in FraudRuleSetting.objects.filter(tenant__slug=tenant):
         rule = Rule(setting.rule)

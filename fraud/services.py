@@ -16,13 +16,13 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
+from cloudscale_project.metrics import platform_incr_many
 from cloudscale_project.timeutil import parse_iso
 from events.schemas import CUSTOM_METRIC_LABEL, EVENT_TYPES
 from fraud.models import FraudAlert
 from fraud.rules import Entry, Hit, RuleConfig, find_hits, rule_subject
 from fraud.selectors import fraud_rule_configs
 from fraud.windows import WindowUpdate, get_fraud_window_store
-from ops.metrics import platform_incr_many
 
 logger = logging.getLogger(__name__)
 

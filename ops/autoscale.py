@@ -1,4 +1,6 @@
-"""Backpressure policy: the worker concurrency the ingestion queue's depth asks for (CONTRACT section 8).
+"""Backpressure policy: the worker concurrency the ingestion queue's depth asks for.
+
+The tiers are in docs/api.md, "Backpressure".
 
 Pure: no I/O, so the tiers and their hysteresis are a table test. A deep queue means the workers'
 downstream (event store, database) is the bottleneck, so the policy *lowers* concurrency there to

@@ -1,4 +1,4 @@
-"""A Celery autoscaler that follows the concurrency target in shared state (CONTRACT section 8).
+"""A Celery autoscaler that follows the concurrency target in shared state.
 
 Set as `worker_autoscaler` (settings.CELERY_WORKER_AUTOSCALER); active in workers started with
 `--autoscale MAX,MIN`. MAX is this worker's ceiling (what the machine can carry), MIN its floor.
@@ -6,14 +6,16 @@ The published target becomes the pool's maximum, clamped to the ceiling; within 
 grows with the reserved work and reaps idle processes, as Celery's autoscaler does.
 
 Reading the target from Redis instead of waiting for a broadcast is what makes it work on Azure
-Service Bus, whose kombu transport has no fanout (FACTS.md). A broadcast `autoscale` (Redis,
-RabbitMQ) lands in `update()` and is treated as the same target, so both paths agree.
+Service Bus, whose kombu transport has no fanout. A broadcast `autoscale` (Redis, RabbitMQ) lands
+in `update()` and is treated as the same target, so both paths agree.
 
-Pitfalls this class avoids (FACTS.md): in thread mode (no event loop, e.g. Service Bus) `body()`
-holds the mutex while it calls `maybe_scale()`, so the periodic path never calls `update()`;
-`maybe_scale()` also runs on every received task, so the Redis read is throttled; and the base
-`_maybe_scale` keeps a lowered maximum exceeded while tasks are reserved, so we shrink explicitly,
-one shrink at a time (see `_shrink`).
+Pitfalls this class avoids (Celery 5.7, docs/decisions.md "Measured facts"): in thread mode (no
+event loop, e.g. Service Bus) `body()` holds the mutex while it calls `maybe_scale()`, so the
+periodic path never calls `update()`; `maybe_scale()` also runs on every received task, so the
+Redis read is throttled; and the base `_maybe_scale` keeps a lowered maximum exceeded while tasks
+are reserved, so we shrink explicitly, one shrink at a time (see `_shrink`). These are private
+Celery hooks: pyproject.toml pins Celery's minor version and tests/ops/test_autoscaler_celery_hooks.py
+fails when a new version changes them.
 """
 
 from __future__ import annotations

@@ -76,10 +76,3 @@ def wait_for_redis(
         if time.monotonic() > deadline:
             raise TimeoutError(f"redis at {url} did not answer within {timeout:.0f}s")
         time.sleep(0.05)
-
-
-def is_redis_up(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.3, socket_timeout=0.3).ping())
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-        return False

@@ -15,7 +15,7 @@ from typing import Any
 from celery import bootsteps
 from django.conf import settings
 
-from ops.metrics import platform_remove_labeled_gauges, platform_set_labeled_gauge
+from cloudscale_project.metrics import platform_remove_labeled_gauges, platform_set_labeled_gauge
 
 HEARTBEAT_GAUGE = "cloudscale_worker_last_heartbeat_timestamp_seconds"
 # Series of workers gone for this long are dropped (containers come back under new host names).

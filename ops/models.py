@@ -6,7 +6,10 @@ from django.db import models
 
 
 class ConcurrencyChange(models.Model):
-    """One change of the worker concurrency target decided by the backpressure sampler (CONTRACT 8)."""
+    """One change of the worker concurrency target decided by the backpressure sampler.
+
+    The policy: docs/api.md, "Backpressure".
+    """
 
     changed_at = models.DateTimeField(db_index=True)
     queue_depth = models.PositiveBigIntegerField(help_text="Messages waiting when the change was decided.")

@@ -1,4 +1,4 @@
-"""How many messages wait in a broker queue, on every broker we support (FACTS.md, "Queue depth").
+"""How many messages wait in a broker queue, on every broker we support.
 
 - Redis and RabbitMQ: kombu's passive `queue_declare` returns the message count (Redis counts the
   priority sub-lists too). A queue that does not exist yet raises a channel error (404): that is

@@ -31,10 +31,11 @@ from django.db import transaction
 from cloudscale_project.timeutil import parse_iso
 from events.deadletters import DeadLetterInput, deadletter_record_many, event_payload, json_payload
 from events.models import DeadLetter
+from events.publishing import TASK_NAME
 
 logger = logging.getLogger(__name__)
 
-# CONTRACT section 7: the ingestion queue's settings.
+# The queues' settings (docs/api.md, "Service Bus queues").
 QUEUE_PROPERTIES: Final[dict[str, Any]] = {
     "max_size_in_megabytes": 5 * 1024,
     "default_message_time_to_live": timedelta(days=14),
@@ -42,7 +43,6 @@ QUEUE_PROPERTIES: Final[dict[str, Any]] = {
     "max_delivery_count": 10,
     "dead_lettering_on_message_expiration": True,
 }
-TASK_NAME = "events.process_batch"
 # Messages taken from the dead-letter sub-queue per receive call; each is locked until imported.
 IMPORT_RECEIVE_BATCH = 20
 # The model's reason column; broker reasons ("MaxDeliveryCountExceeded", "TTLExpiredException")
@@ -363,7 +363,7 @@ def servicebus_import_queue_dead_letters(
     wait_seconds: float = 5.0,
     on_progress: Callable[[int], None] | None = None,
 ) -> DeadLetterImport:
-    """`manage.py dlq import-servicebus`: import the ingestion queue's dead-letter sub-queue."""
+    """`manage.py import_servicebus_dead_letters`: import the ingestion queue's dead-letter sub-queue."""
     with (
         servicebus_channel() as channel,
         servicebus_dead_letter_receiver(

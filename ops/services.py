@@ -19,8 +19,8 @@ from django.utils import timezone
 from kombu.exceptions import KombuError
 
 from cloudscale_project.celery import app
+from cloudscale_project.metrics import platform_set_gauge
 from ops.autoscale import concurrency_target
-from ops.metrics import platform_set_gauge
 from ops.models import ConcurrencyChange
 from ops.queue_depth import queue_depth
 
@@ -68,7 +68,7 @@ def _last_recorded_target() -> int | None:
 
 
 def broadcast_supported() -> bool:
-    """Service Bus's kombu transport has no fanout, so no remote control (FACTS.md)."""
+    """Service Bus's kombu transport has no fanout: remote control (inspect, autoscale) never arrives."""
     return settings.BROKER_SCHEME != "azureservicebus"
 
 

@@ -7,8 +7,8 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from cloudscale_project.errors import error_body
+from cloudscale_project.metrics import render_metrics
 from ops.health import readiness
-from ops.metrics import render_metrics
 
 
 @require_GET

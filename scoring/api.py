@@ -8,8 +8,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from events.authentication import tenant_of
 from scoring.selectors import user_score_get
+from tenants.authentication import tenant_of
 
 # Decimal places of the score in responses: enough to compare, short enough to read.
 SCORE_DECIMALS = 4

@@ -1,4 +1,4 @@
-"""Engagement-score policy (CONTRACT section 6): weights, 7-day half-life by event time, segments.
+"""Engagement-score policy (docs/api.md, "Scoring"): weights, 7-day half-life by event time, segments.
 
 The score is kept as its value at a fixed reference time, SCORE_EPOCH: an event of weight w at time
 t adds w * 2^((t - epoch) / half-life). That sum is additive and independent of the order events

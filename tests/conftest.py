@@ -138,14 +138,14 @@ class Actor:
 
 @pytest.fixture
 def acme(db: None) -> Actor:
-    from events.tenants import tenant_create
+    from tenants.services import tenant_create
 
     return Actor("acme", tenant_create(slug="acme", name="Acme Corp").key)
 
 
 @pytest.fixture
 def globex(db: None) -> Actor:
-    from events.tenants import tenant_create
+    from tenants.services import tenant_create
 
     return Actor("globex", tenant_create(slug="globex", name="Globex").key)
 

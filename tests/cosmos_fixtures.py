@@ -2,7 +2,7 @@
 
 HTTPS with a self-signed certificate, in memory, one per test run; each test gets its own
 container. It speaks the real REST API, so the adapter runs the same code path as on Azure.
-Known gaps (FACTS.md): no transactional batch, TTL stored but not enforced, ~50 writes/s, and a
+Known gaps of @vercel/cosmosdb-server 1.0.1: no transactional batch, TTL stored but not enforced, ~50 writes/s, and a
 point read of a missing item answers 500 instead of 404 (the adapter uses queries for lookups).
 """
 

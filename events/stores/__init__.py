@@ -1,31 +1,30 @@
-"""Event-store port and its adapters; `get_event_store()` picks one by `CLOUDSCALE_EVENT_STORE`."""
+"""Event-store port and its adapters; `get_event_store()` builds the one `CLOUDSCALE_EVENT_STORE` names.
+
+The setting is `orm`, `cosmos` or the dotted path of any class with the `EventStore` interface (the
+way Django picks an EMAIL_BACKEND). A class that needs configuration provides a `from_settings()`
+class method; otherwise it is built with no arguments.
+"""
 
 from __future__ import annotations
 
 from functools import cache
+from typing import cast
 
 from django.conf import settings
+from django.utils.module_loading import import_string
 
 from events.stores.base import EventPage, EventStore, StoreUnavailable
 
-__all__ = ["EventPage", "EventStore", "StoreUnavailable", "get_event_store"]
+__all__ = ["EventPage", "EventStore", "StoreUnavailable", "build_event_store", "get_event_store"]
 
 
 @cache
 def get_event_store() -> EventStore:
-    store = _configured_store()
-    if settings.STORE_FAULT_FILE:  # test-only fault injection, off by default (events/stores/faults.py)
-        from events.stores.faults import FaultSwitchStore
-
-        return FaultSwitchStore(store, fault_file=settings.STORE_FAULT_FILE)
-    return store
+    """The process's event store, built once."""
+    return build_event_store(settings.EVENT_STORE)
 
 
-def _configured_store() -> EventStore:
-    if settings.EVENT_STORE == "cosmos":
-        from events.stores.cosmos import CosmosEventStore
-
-        return CosmosEventStore.from_settings()
-    from events.stores.orm import OrmEventStore
-
-    return OrmEventStore()
+def build_event_store(backend: str) -> EventStore:
+    store_class = import_string(settings.EVENT_STORE_BACKENDS.get(backend, backend))
+    from_settings = getattr(store_class, "from_settings", None)
+    return cast(EventStore, from_settings() if from_settings is not None else store_class())

@@ -1,7 +1,7 @@
 """The event-store port. Every adapter passes the same contract tests (tests/events/test_store_contract.py).
 
-Events travel as plain dicts of JSON primitives (the enriched event of CONTRACT section 4,
-plus `tenant`); timestamps are ISO 8601 strings in UTC with a `Z`.
+Events travel as plain dicts of JSON primitives (the enriched event of docs/api.md,
+"Stored events", plus `tenant`); timestamps are ISO 8601 strings in UTC with a `Z`.
 """
 
 from __future__ import annotations
@@ -12,40 +12,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
-Event = dict[str, Any]
+from cloudscale_project.errors import StoreUnavailable  # noqa: F401 - re-exported: the port raises it
+from events.shape import PUBLIC_FIELDS, EnrichedEvent, public_view  # noqa: F401 - re-exported
 
-# The fields a stored event shows to API clients, in the order they are rendered.
-PUBLIC_FIELDS = (
-    "event_id",
-    "event_type",
-    "user_id",
-    "session_id",
-    "properties",
-    "timestamp",
-    "client_timestamp",
-    "sent_at",
-    "received_at",
-    "skew_corrected",
-    "timestamp_clamped",
-    "ip",
-    "user_agent",
-    "correlation_id",
-    "custom",
-    "context",
-)
-
-
-class StoreUnavailable(Exception):
-    """A transient store failure (throttling, 5xx, connection): retry later, never drop.
-
-    `retry_after` is the store's own hint in seconds, when it gave one.
-    """
-
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+Event = EnrichedEvent
 
 
 class InvalidCursor(ValueError):
@@ -73,14 +45,6 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
     if not isinstance(timestamp, str) or not isinstance(event_id, str):
         raise InvalidCursor("cursor is not one this API returned")
     return timestamp, event_id
-
-
-def public_view(event: Event) -> Event:
-    view = {name: event.get(name) for name in PUBLIC_FIELDS}
-    # Native events carry neither field: they are not custom and have no SDK context.
-    view["custom"] = bool(view["custom"])
-    view["context"] = view["context"] or None
-    return view
 
 
 class EventStore(Protocol):

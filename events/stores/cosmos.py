@@ -1,6 +1,6 @@
 """The Azure Cosmos DB event store (`CLOUDSCALE_EVENT_STORE=cosmos`).
 
-Layout (CONTRACT section 7): one container, partition key path `/pk`, item `id` = `event_id`,
+Layout (docs/api.md, "Cosmos DB layout"): one container, partition key path `/pk`, item `id` = `event_id`,
 `pk` = "<tenant slug>:<yyyy-MM of the event timestamp>", no per-item `ttl` (the container's default,
 2,592,000 s, expires items 30 days after their write), session consistency.
 
@@ -46,6 +46,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from cloudscale_project.timeutil import hour_floor, isoformat_z, parse_iso
 from events.enrichment import MAX_FUTURE_SKEW
+from events.shape import normalised
 from events.stores.base import (
     Event,
     EventPage,
@@ -53,7 +54,6 @@ from events.stores.base import (
     StoreUnavailable,
     decode_cursor,
     encode_cursor,
-    public_view,
 )
 
 if TYPE_CHECKING:
@@ -82,12 +82,7 @@ INDEXING_POLICY: dict[str, Any] = {
     "indexingMode": "consistent",
     "automatic": True,
     "includedPaths": [{"path": "/*"}],
-    "excludedPaths": [
-        {"path": "/properties/*"},
-        {"path": "/context/*"},
-        {"path": "/user_agent/?"},
-        {"path": '/"_etag"/?'},
-    ],
+    "excludedPaths": [{"path": "/properties/*"}, {"path": "/user_agent/?"}, {"path": '/"_etag"/?'}],
     "compositeIndexes": [
         [{"path": "/timestamp", "order": "descending"}, {"path": "/event_id", "order": "descending"}]
     ],
@@ -130,35 +125,18 @@ def _index_key(tenant: str) -> str:
 def _as_item(event: Event, *, write_id: str) -> dict[str, Any]:
     """The stored item: the enriched event with normalised values (the ORM store's rules), so
     both stores read back the same event and ISO strings sort as times."""
-    timestamp = parse_iso(event["timestamp"])
+    event = normalised(event)
     return {
         "id": event["event_id"],
-        "pk": partition_key(event["tenant"], timestamp),
-        "tenant": event["tenant"],
-        "event_id": event["event_id"],
-        "event_type": event["event_type"],
-        "user_id": event["user_id"],
-        "session_id": event.get("session_id") or None,
-        "properties": event.get("properties") or {},
-        "timestamp": isoformat_z(timestamp),
-        "client_timestamp": event.get("client_timestamp") or None,
-        "sent_at": event.get("sent_at") or None,
-        "received_at": isoformat_z(parse_iso(event["received_at"])),
-        "skew_corrected": bool(event.get("skew_corrected")),
-        "timestamp_clamped": bool(event.get("timestamp_clamped")),
-        "ip": event.get("ip") or None,
-        "user_agent": (event.get("user_agent") or "")[:512] or None,
-        "correlation_id": event.get("correlation_id") or None,
-        "custom": bool(event.get("custom")),
-        "context": event.get("context") or None,
+        "pk": partition_key(event["tenant"], parse_iso(event["timestamp"])),
+        **event,
         # Which write_many call stored it: tells "our own earlier attempt landed" from a duplicate.
         "write_id": write_id,
     }
 
 
 def _as_event(item: dict[str, Any]) -> Event:
-    # Items written before custom events existed have neither `custom` nor `context`.
-    return {"tenant": item["tenant"], **public_view(item)}
+    return normalised(item)
 
 
 def _retry_after_seconds(exc: BaseException) -> float | None:
@@ -645,7 +623,7 @@ class CosmosEventStore:
             raise failure
 
     def purge_expired(self, *, older_than: datetime) -> int:
-        """Nothing to do: the container's default TTL expires items (CONTRACT section 6)."""
+        """Nothing to do: the container's default TTL expires items (docs/api.md, "Retention")."""
         return 0
 
     def ping(self) -> None:

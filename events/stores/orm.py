@@ -14,76 +14,39 @@ from django.utils import timezone
 
 from cloudscale_project.timeutil import isoformat_z, parse_iso
 from events.models import StoredEvent
+from events.shape import FIELDS, EventField, Kind, normalised
 from events.stores.base import Event, EventPage, StoreUnavailable, decode_cursor, encode_cursor
 
-# One INSERT per chunk: 500 rows x 18 columns stays under SQLite's 32,766 bound parameters.
+# One INSERT per chunk: 500 rows x 16 columns stays under SQLite's 32,766 bound parameters.
 _INSERT_CHUNK = 500
-_COLUMNS = (
-    "tenant",
-    "event_id",
-    "event_type",
-    "user_id",
-    "session_id",
-    "properties",
-    "timestamp",
-    "client_timestamp",
-    "sent_at",
-    "received_at",
-    "skew_corrected",
-    "timestamp_clamped",
-    "ip",
-    "user_agent",
-    "correlation_id",
-    "custom",
-    "context",
-    "stored_at",
-)
+# The table's columns of an event (events/shape.py), then the store's own.
+_COLUMNS = ("tenant", *(field.name for field in FIELDS), "stored_at")
+
+
+def _column_value(field: EventField, value: Any) -> Any:
+    """An enriched field as its column holds it: text columns are NOT NULL (empty for absent)."""
+    if field.kind is Kind.TIME:
+        return connection.ops.adapt_datetimefield_value(parse_iso(value))
+    if field.kind is Kind.JSON:
+        return json.dumps(value, separators=(",", ":"))
+    return "" if value is None else value
 
 
 def _row(event: Event, stored_at: Any) -> tuple[Any, ...]:
-    adapt = connection.ops.adapt_datetimefield_value
+    event = normalised(event)
     return (
         event["tenant"],
-        event["event_id"],
-        event["event_type"],
-        event["user_id"],
-        event.get("session_id") or "",
-        json.dumps(event.get("properties") or {}, separators=(",", ":")),
-        adapt(parse_iso(event["timestamp"])),
-        event.get("client_timestamp") or "",
-        event.get("sent_at") or "",
-        adapt(parse_iso(event["received_at"])),
-        bool(event.get("skew_corrected")),
-        bool(event.get("timestamp_clamped")),
-        event.get("ip") or "",
-        (event.get("user_agent") or "")[:512],
-        event.get("correlation_id") or "",
-        bool(event.get("custom")),
-        json.dumps(event["context"], separators=(",", ":")) if event.get("context") else None,
+        *(_column_value(field, event[field.name]) for field in FIELDS),  # type: ignore[literal-required]
         stored_at,
     )
 
 
 def _as_event(row: StoredEvent) -> Event:
-    return {
-        "tenant": row.tenant,
-        "event_id": row.event_id,
-        "event_type": row.event_type,
-        "user_id": row.user_id,
-        "session_id": row.session_id or None,
-        "properties": row.properties,
-        "timestamp": isoformat_z(row.timestamp),
-        "client_timestamp": row.client_timestamp or None,
-        "sent_at": row.sent_at or None,
-        "received_at": isoformat_z(row.received_at),
-        "skew_corrected": row.skew_corrected,
-        "timestamp_clamped": row.timestamp_clamped,
-        "ip": row.ip or None,
-        "user_agent": row.user_agent or None,
-        "correlation_id": row.correlation_id or None,
-        "custom": row.custom,
-        "context": row.context or None,
-    }
+    values = {field.name: getattr(row, field.name) for field in FIELDS}
+    for field in FIELDS:
+        if field.kind is Kind.TIME:
+            values[field.name] = isoformat_z(values[field.name])
+    return normalised({"tenant": row.tenant, **values})
 
 
 class OrmEventStore:

@@ -21,14 +21,16 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from cloudscale_project.celery import app
-from events.models import DeadLetter, StoredEvent, Tenant
-from events.tenants import tenant_create
+from events.models import DeadLetter, StoredEvent
 from fraud.models import FraudRuleSetting
 from fraud.rules import Rule
 from fraud.selectors import fraud_rule_configs
+from tenants.models import Tenant
+from tenants.services import tenant_create
 from tests.conftest import IN_CI, ROOT, child_env, start_worker, wait_until
 from tests.events.pipeline_support import batch_kwargs, enriched_event
 from tests.faults.harness import ApiServer
+from tests.faults.steps import store_fault_env
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -136,7 +138,7 @@ def test_it_requeues_a_dead_letter_found_by_reason_and_the_event_is_stored(
     # and it gives up after one attempt. A second dead letter of another reason is the haystack.
     switch = tmp_path / "store-down"
     switch.touch()
-    env = child_env(CLOUDSCALE_STORE_FAULT_FILE=str(switch), CLOUDSCALE_PROCESS_MAX_ATTEMPTS="1")
+    env = child_env(**store_fault_env(switch), CLOUDSCALE_PROCESS_MAX_ATTEMPTS="1")
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)  # only this test process needs it
     worker = start_worker(tmp_path, env=env)
     try:
@@ -187,7 +189,7 @@ def test_it_requeues_a_dead_letter_found_by_reason_and_the_event_is_stored(
 
 def test_it_shows_a_new_tenants_key_exactly_once(admin: Admin, server: ApiServer) -> None:
     admin.login()
-    admin.open("/admin/events/tenant/add/")
+    admin.open("/admin/tenants/tenant/add/")
     admin.page.fill("#id_slug", "initech")
     admin.page.fill("#id_name", "Initech")
     admin.shot("add-tenant")
@@ -218,7 +220,7 @@ def test_it_saves_an_edited_fraud_threshold(admin: Admin) -> None:
     tenant_create(slug="acme", name="Acme Corp")
     admin.login()
     admin.open("/admin/fraud/fraudrulesetting/add/?rule=purchase_velocity")
-    # The form starts from the contract's default for the rule: more than 3 purchases in 10 minutes.
+    # The form starts from the rule's default: more than 3 purchases in 10 minutes.
     assert admin.page.input_value("#id_threshold") == "3"
     assert admin.page.input_value("#id_window_seconds") == "600"
     admin.page.select_option("#id_tenant", label="acme")

@@ -21,11 +21,13 @@ import events.publishing
 from cloudscale_project.timeutil import isoformat_z, parse_iso, utcnow
 from compat.models import IngestionWarning
 from compat.tasks import purge_expired_warnings
-from events.models import StoredEvent, Tenant
+from events.models import StoredEvent
 from events.pipeline import batch_process_message
 from fraud.models import FraudAlert, FraudRuleSetting
 from fraud.rules import Rule
 from scoring.models import UserScore
+from tenants.models import Tenant
+from tenants.services import tenant_set_active
 from tests.conftest import Actor
 from tests.events.test_ingest_api import queued_messages
 
@@ -149,7 +151,7 @@ def test_401_without_a_key_or_with_a_wrong_one_in_the_shape_sdks_read(client: Cl
 
 
 def test_403_for_a_disabled_tenant(client: Client, acme: Actor) -> None:
-    Tenant.objects.filter(slug="acme").update(active=False)
+    tenant_set_active(slug="acme", active=False)
     sdk_error(segment(client, acme.key, {"batch": [track()]}), 403, "permission_denied")
 
 

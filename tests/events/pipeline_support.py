@@ -11,15 +11,15 @@ from django.conf import settings
 from kombu import Connection, Consumer, Message, Producer
 
 from cloudscale_project.celery import app
+from cloudscale_project.metrics import PlatformCollector
 from cloudscale_project.timeutil import isoformat_z, utcnow
 from events.pipeline import BatchOutcome, Pipeline, RetryBatch, batch_process_message
 from events.stores.base import Event, StoreUnavailable
 from events.stores.orm import OrmEventStore
-from ops.metrics import PlatformCollector
 
 
 def enriched_event(tenant: str = "acme", **overrides: Any) -> dict[str, Any]:
-    """An event as the API publishes it (CONTRACT section 4, enriched)."""
+    """An event as the API publishes it (docs/api.md, "Stored events")."""
     now = utcnow()
     event: dict[str, Any] = {
         "event_id": str(uuid.uuid4()),

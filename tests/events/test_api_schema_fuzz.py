@@ -27,7 +27,7 @@ EXAMPLES_PER_OPERATION = int(os.environ.get("CLOUDSCALE_FUZZ_EXAMPLES", "600"))
 schema = schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application())
 
 
-def test_the_schema_documents_every_contract_endpoint() -> None:
+def test_it_documents_every_endpoint_in_the_schema() -> None:
     paths = set(schema.raw_schema["paths"])
     assert {"/api/events", "/api/events/batch", "/api/ledger"} <= paths
 
@@ -58,7 +58,7 @@ def test_every_response_matches_the_schema_and_none_is_a_500(case: Any, acme: Ac
         # A cursor is opaque: only the ones the API returned are valid, which no schema can say.
         excluded.append(positive_data_acceptance)
     if response.status_code == 413:
-        # The contract rejects size violations (maxItems 500, 1 MiB) with 413, a code ST201 does not list.
+        # The API rejects size violations (maxItems 500, 1 MiB) with 413, a code ST201 does not list.
         assert response.json()["error"]["code"] == "payload_too_large"
         excluded.append(negative_data_rejection)
     case.validate_response(response, excluded_checks=excluded)

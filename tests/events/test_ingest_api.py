@@ -1,4 +1,4 @@
-"""POST /api/events and /api/events/batch against the contract (sections 3-5), on the real broker."""
+"""POST /api/events and /api/events/batch as docs/api.md describes them, on the real broker."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import uuid
 from typing import Any
 
+import orjson
 import pytest
 import redis
 from celery import Celery
@@ -14,7 +15,7 @@ from django.test import Client
 
 import events.publishing
 from cloudscale_project.celery import app
-from events.tenants import tenant_set_active
+from tenants.services import tenant_set_active
 from tests.conftest import Actor, EmbeddedRedis
 
 pytestmark = [pytest.mark.django_db, pytest.mark.core]
@@ -51,11 +52,12 @@ def queued_messages() -> list[dict[str, Any]]:
     return bodies
 
 
-def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
+def assert_error(response: Any, status: int, code: str, message: str) -> dict[str, Any]:
+    """The one error shape (docs/api.md, "Errors") with exactly this status, code and message."""
     assert response.status_code == status, response.content
     body = response.json()
     assert body["error"]["code"] == code
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert body["error"]["message"] == message
     assert isinstance(body["error"]["details"], list)
     assert body["correlation_id"] == response["X-Correlation-ID"]
     return body
@@ -163,7 +165,7 @@ def test_a_batch_with_no_valid_event_is_a_400_with_the_rejected_list(client: Cli
     response = post(
         client, acme, {"events": [{"event_type": "nope", "user_id": "u"}, {}]}, path="/api/events/batch"
     )
-    body = assert_error(response, 400, "validation_error")
+    body = assert_error(response, 400, "validation_error", "No event of the batch is valid.")
     assert [r["index"] for r in body["rejected"]] == [0, 1]
     assert queued_messages() == []
 
@@ -171,9 +173,9 @@ def test_a_batch_with_no_valid_event_is_a_400_with_the_rejected_list(client: Cli
 # --- the error table ------------------------------------------------------------------------------
 
 
-def test_400_validation_error_names_the_field(client: Client, acme: Actor) -> None:
+def test_it_names_the_invalid_field_in_a_400_validation_error(client: Client, acme: Actor) -> None:
     bad = {**PURCHASE, "properties": {"order_id": "o-1", "amount": "lots", "currency": "EUR"}}
-    body = assert_error(post(client, acme, bad), 400, "validation_error")
+    body = assert_error(post(client, acme, bad), 400, "validation_error", "The event is invalid.")
     assert body["error"]["details"][0]["field"] == "properties.amount"
 
 
@@ -198,87 +200,130 @@ def test_400_validation_error_names_the_field(client: Client, acme: Actor) -> No
         ({"event_type": "login", "user_id": "u", "surprise": 1}, "surprise"),
     ],
 )  # fmt: skip
-def test_each_catalog_rule_is_enforced(
+def test_it_enforces_each_catalog_rule(
     client: Client, acme: Actor, event: dict[str, Any], field: str
 ) -> None:
-    body = assert_error(post(client, acme, event), 400, "validation_error")
+    body = assert_error(post(client, acme, event), 400, "validation_error", "The event is invalid.")
     assert field in [d["field"] for d in body["error"]["details"]]
 
 
-def test_400_malformed_json(client: Client, acme: Actor) -> None:
-    assert_error(post(client, acme, "{not json"), 400, "malformed_json")
+def test_it_answers_400_malformed_json_to_a_body_that_is_not_json(client: Client, acme: Actor) -> None:
+    with pytest.raises(orjson.JSONDecodeError) as parse_error:  # the parser's own words, whatever its version
+        orjson.loads("{not json")
+    body = assert_error(
+        post(client, acme, "{not json"),
+        400,
+        "malformed_json",
+        f"request body is not valid JSON: {parse_error.value}",
+    )
+    assert body["error"]["details"] == [{"field": "body", "message": body["error"]["message"]}]
 
 
-def test_401_without_a_key_and_with_a_wrong_key(client: Client, acme: Actor) -> None:
-    assert_error(post(client, None, PURCHASE), 401, "not_authenticated")
+def test_it_answers_401_without_a_key_and_with_a_wrong_key(client: Client, acme: Actor) -> None:
+    response = post(client, None, PURCHASE)
+    assert_error(response, 401, "not_authenticated", "Authentication credentials were not provided.")
+    assert response["WWW-Authenticate"] == 'Bearer realm="api"'
     wrong = Actor("acme", "cs_wrong")
-    assert_error(post(client, wrong, PURCHASE), 401, "authentication_failed")
+    assert_error(post(client, wrong, PURCHASE), 401, "authentication_failed", "Invalid API key.")
 
 
-def test_the_key_also_works_as_x_api_key(client: Client, acme: Actor) -> None:
+def test_it_also_takes_the_key_as_x_api_key(client: Client, acme: Actor) -> None:
     response = client.post("/api/events", data=json.dumps(PURCHASE), content_type="application/json",
                            HTTP_X_API_KEY=acme.key)  # fmt: skip
     assert response.status_code == 202
 
 
-def test_403_for_a_disabled_tenant(client: Client, acme: Actor) -> None:
+def test_it_answers_403_to_a_disabled_tenant(client: Client, acme: Actor) -> None:
     tenant_set_active(slug="acme", active=False)
-    assert_error(post(client, acme, PURCHASE), 403, "permission_denied")
+    assert_error(post(client, acme, PURCHASE), 403, "permission_denied", "Tenant 'acme' is disabled.")
 
 
-def test_413_for_a_body_over_1_mib(client: Client, acme: Actor) -> None:
+def test_it_answers_413_to_a_body_over_1_mib(client: Client, acme: Actor) -> None:
     big = {"events": [{**PURCHASE, "properties": {**PURCHASE["properties"], "pad": "x" * 30_000}}] * 40}
-    assert_error(post(client, acme, big, path="/api/events/batch"), 413, "payload_too_large")
+    size = len(json.dumps(big))
+    assert_error(
+        post(client, acme, big, path="/api/events/batch"),
+        413,
+        "payload_too_large",
+        f"request body is {size} bytes; the limit is 1048576 (1 MiB)",
+    )
 
 
-def test_413_for_more_than_500_events(client: Client, acme: Actor) -> None:
+def test_it_answers_413_to_a_batch_of_more_than_500_events(client: Client, acme: Actor) -> None:
     events = [{"event_type": "login", "user_id": "u"}] * 501
-    assert_error(post(client, acme, {"events": events}, path="/api/events/batch"), 413, "payload_too_large")
+    assert_error(
+        post(client, acme, {"events": events}, path="/api/events/batch"),
+        413,
+        "payload_too_large",
+        "a batch may hold at most 500 events, got 501",
+    )
 
 
-def test_413_for_an_event_over_32_kib(client: Client, acme: Actor) -> None:
+def test_it_answers_413_to_an_event_over_32_kib_and_rejects_it_inside_a_batch(
+    client: Client, acme: Actor
+) -> None:
     big = {**PURCHASE, "properties": {**PURCHASE["properties"], "pad": "x" * 33_000}}
-    assert_error(post(client, acme, big), 413, "payload_too_large")
+    size = len(json.dumps(big))
+    assert_error(
+        post(client, acme, big),
+        413,
+        "payload_too_large",
+        f"an event may be at most 32768 bytes (32 KiB), got {size}",
+    )
     batch = post(client, acme, {"events": [big, PURCHASE]}, path="/api/events/batch").json()
     assert batch["accepted"] == 1 and batch["rejected"][0]["index"] == 0
 
 
-def test_415_when_the_body_is_not_json(client: Client, acme: Actor) -> None:
+def test_it_answers_415_to_a_body_that_is_not_declared_json(client: Client, acme: Actor) -> None:
     assert_error(post(client, acme, "a=b", content_type="application/x-www-form-urlencoded"), 415,
-                 "unsupported_media_type")  # fmt: skip
+                 "unsupported_media_type",
+                 "Content-Type must be application/json, got 'application/x-www-form-urlencoded'")  # fmt: skip
 
 
-def test_429_with_retry_after_when_the_ip_bucket_is_empty(client: Client, acme: Actor, settings: Any) -> None:
+def test_it_answers_429_with_retry_after_when_the_ip_bucket_is_empty(
+    client: Client, acme: Actor, settings: Any
+) -> None:
     settings.RATE_LIMIT_PER_IP_CAPACITY = 3
     settings.RATE_LIMIT_PER_IP_REFILL_PER_SECOND = 0.01
     statuses = [post(client, acme, PURCHASE).status_code for _ in range(5)]
     assert statuses == [202, 202, 202, 429, 429]
     response = post(client, acme, PURCHASE)
-    assert_error(response, 429, "rate_limited")
-    assert int(response["Retry-After"]) >= 1
+    retry_after = response["Retry-After"]
+    assert_error(
+        response,
+        429,
+        "rate_limited",
+        f"Rate limit of this client address exceeded; retry in {retry_after} s.",
+    )
+    assert int(retry_after) >= 1
     assert response["RateLimit-Limit"] == "3" and response["RateLimit-Remaining"] == "0"
 
 
-def test_rate_limit_headers_are_on_every_events_response(client: Client, acme: Actor) -> None:
+def test_it_puts_rate_limit_headers_on_every_events_response(client: Client, acme: Actor) -> None:
     for response in (post(client, acme, PURCHASE), post(client, None, PURCHASE), post(client, acme, "{")):
         assert {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} <= set(response.headers)
 
 
-def test_503_when_the_broker_is_down_and_a_retry_is_accepted_not_a_duplicate(
+def test_it_answers_503_when_the_broker_is_down_and_accepts_the_retry_not_as_a_duplicate(
     client: Client, acme: Actor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     event = {**PURCHASE, "event_id": str(uuid.uuid4())}
     monkeypatch.setattr(events.publishing, "app", Celery(broker="redis://127.0.0.1:1/0"))
     response = post(client, acme, event)
-    assert_error(response, 503, "broker_unavailable")
-    assert int(response["Retry-After"]) >= 1
+    assert_error(
+        response,
+        503,
+        "broker_unavailable",
+        "The event could not be durably published; nothing was accepted. Retry later.",
+    )
+    assert response["Retry-After"] == str(settings.BROKER_RETRY_AFTER_SECONDS)
     monkeypatch.undo()
     retry = post(client, acme, event)
     assert retry.status_code == 202 and retry.json()["status"] == "accepted"
     assert len(queued_messages()) == 1
 
 
-def test_503_never_202_while_the_embedded_redis_is_stopped(
+def test_it_answers_503_never_202_while_the_embedded_redis_is_stopped(
     client: Client, acme: Actor, embedded_redis_server: EmbeddedRedis
 ) -> None:
     if not settings.BROKER_URL.startswith(settings.EMBEDDED_REDIS_URL):
@@ -286,7 +331,12 @@ def test_503_never_202_while_the_embedded_redis_is_stopped(
     embedded_redis_server.stop()
     try:
         for _ in range(3):
-            assert_error(post(client, acme, PURCHASE), 503, "broker_unavailable")
+            assert_error(
+                post(client, acme, PURCHASE),
+                503,
+                "broker_unavailable",
+                "The event could not be durably published; nothing was accepted. Retry later.",
+            )
     finally:
         embedded_redis_server.start()
     assert post(client, acme, PURCHASE).status_code == 202
@@ -315,7 +365,7 @@ def test_the_ledger_balances_and_is_tenant_scoped(client: Client, acme: Actor, g
 
 
 def test_ingested_counter_counts_accepted_events_by_type_and_tenant(client: Client, acme: Actor) -> None:
-    from ops.metrics import EVENTS_INGESTED
+    from cloudscale_project.metrics import EVENTS_INGESTED
 
     before = EVENTS_INGESTED.labels(event_type="purchase", tenant_id="acme")._value.get()
     post(client, acme, PURCHASE)
@@ -346,7 +396,7 @@ def test_a_store_outage_on_a_read_is_a_503_with_retry_after(
     monkeypatch.setattr(store, "count_stored_by_hour", unavailable)
     for path in ("/api/events", "/api/ledger"):
         response = client.get(path, **acme.headers)
-        assert_error(response, 503, "store_unavailable")
+        assert_error(response, 503, "store_unavailable", "The event store is unavailable; retry later.")
         assert response["Retry-After"] == "3"
 
 

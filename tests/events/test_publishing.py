@@ -64,3 +64,107 @@ def test_a_later_message_failing_rejects_only_its_events_and_they_can_be_retried
                         content_type="application/json", **acme.headers)  # fmt: skip
     assert retry.json()["accepted"] == len(rejected)
     assert retry.json()["duplicates"] == []
+
+
+# --- group commit of small publishes -------------------------------------------------------------
+
+
+def _queued_messages() -> list[dict[str, Any]]:
+    """The kwargs of every process_batch message waiting in this run's queue (consumed)."""
+    from django.conf import settings as django_settings
+    from kombu import Queue
+
+    from cloudscale_project.celery import app
+
+    bodies: list[dict[str, Any]] = []
+    with app.connection_for_read() as connection:
+        queue = Queue(django_settings.QUEUE_NAME, channel=connection.default_channel)
+        while (message := queue.get(no_ack=True)) is not None:
+            _args, kwargs, _embed = message.decode()
+            bodies.append(kwargs)
+    return bodies
+
+
+def _publish_concurrently(count: int, *, tenant: str = "acme") -> list[BaseException | None]:
+    import threading
+
+    outcomes: list[BaseException | None] = [None] * count
+    start = threading.Barrier(count)
+
+    def one(i: int) -> None:
+        start.wait()
+        try:
+            publish_events(tenant=tenant, events=[_event(i, pad=10)], correlation_id=f"c-{i}")
+        except BaseException as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return outcomes
+
+
+def test_concurrent_single_events_share_one_message_and_each_returns_once_it_is_published(
+    settings: Any,
+) -> None:
+    settings.GROUP_COMMIT_LINGER_SECONDS = 0.2  # wide, so every thread joins the first group
+
+    outcomes = _publish_concurrently(20)
+
+    assert outcomes == [None] * 20
+    messages = _queued_messages()
+    assert len(messages) < 20  # a group commit, not a message per event
+    assert sorted(e["event_id"] for m in messages for e in m["events"]) == sorted(f"e-{i}" for i in range(20))
+    assert {m["tenant"] for m in messages} == {"acme"}
+
+
+def test_a_group_never_holds_more_than_its_limit(settings: Any) -> None:
+    settings.GROUP_COMMIT_LINGER_SECONDS = 0.2
+    settings.GROUP_COMMIT_MAX_EVENTS = 8
+
+    assert _publish_concurrently(20) == [None] * 20
+
+    messages = _queued_messages()
+    assert max(len(m["events"]) for m in messages) <= 8
+    assert sum(len(m["events"]) for m in messages) == 20
+
+
+def test_every_member_of_a_group_hears_that_the_broker_refused_it(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import events.publishing
+
+    settings.GROUP_COMMIT_LINGER_SECONDS = 0.2
+
+    def broker_down(**kwargs: Any) -> None:
+        raise BrokerUnavailable(5)
+
+    monkeypatch.setattr(events.publishing, "_publish_message", broker_down)
+    outcomes = _publish_concurrently(10)
+
+    assert all(isinstance(outcome, BrokerUnavailable) for outcome in outcomes)
+
+
+def test_tenants_never_share_a_message(settings: Any) -> None:
+    import threading
+
+    settings.GROUP_COMMIT_LINGER_SECONDS = 0.2
+    threads = [
+        threading.Thread(
+            target=publish_events,
+            kwargs={"tenant": tenant, "events": [_event(i, pad=10)], "correlation_id": "c"},
+        )
+        for i, tenant in enumerate(["acme", "globex"] * 5)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    owner = {f"e-{i}": tenant for i, tenant in enumerate(["acme", "globex"] * 5)}
+    messages = _queued_messages()
+    assert sorted(e["event_id"] for m in messages for e in m["events"]) == sorted(owner)
+    for message in messages:
+        assert {owner[e["event_id"]] for e in message["events"]} == {message["tenant"]}

@@ -1,7 +1,7 @@
 """At-least-once delivery with exactly-once effects: redelivered and crash-interrupted batches store
 every event once.
 
-The workers here run with CLOUDSCALE_PIPELINE_FAULT_DELAY: each batch sleeps between its store
+The workers here run with a pause step (tests/faults/steps.py): each batch sleeps between its store
 write and its ack, so a kill lands "mid-batch" (written, not acknowledged): the worst case for
 duplicates.
 """
@@ -21,6 +21,7 @@ from cloudscale_project.celery import app
 from events.models import StoredEvent
 from tests.conftest import LiveProcess, child_env, start_worker, wait_until
 from tests.events.pipeline_support import batch_kwargs, enriched_event, platform_counter
+from tests.faults.steps import pause_env
 
 FAULT_DELAY_SECONDS = "3"
 
@@ -69,7 +70,7 @@ def test_the_same_message_delivered_twice_stores_its_events_once(live_worker: Li
 def test_a_pool_process_killed_mid_batch_gets_its_batch_redelivered_and_stored_once(
     transactional_db: None, tmp_path: Path
 ) -> None:
-    worker = start_worker(tmp_path, env=child_env(CLOUDSCALE_PIPELINE_FAULT_DELAY=FAULT_DELAY_SECONDS))
+    worker = start_worker(tmp_path, env=child_env(**pause_env(FAULT_DELAY_SECONDS)))
     try:
         expected = publish_batches(count=4, size=25)
         wait_until(lambda: len(stored()) > 0, timeout=60, message="a batch written, not yet acked")
@@ -98,9 +99,7 @@ def test_a_whole_worker_killed_mid_batch_has_its_messages_redelivered_and_stored
     first = start_worker(
         tmp_path,
         name="doomed",
-        env=child_env(
-            CLOUDSCALE_PIPELINE_FAULT_DELAY=FAULT_DELAY_SECONDS, CLOUDSCALE_VISIBILITY_TIMEOUT="10"
-        ),
+        env=child_env(**pause_env(FAULT_DELAY_SECONDS), CLOUDSCALE_VISIBILITY_TIMEOUT="10"),
     )
     second: LiveProcess | None = None
     try:

@@ -7,9 +7,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from django.db import OperationalError, connection
 
 from cloudscale_project.timeutil import isoformat_z, parse_iso
-from events.stores.base import EventStore, InvalidCursor, encode_cursor, public_view
+from events.stores.base import EventStore, InvalidCursor, StoreUnavailable, encode_cursor, public_view
+from events.stores.orm import OrmEventStore
+from tests.netutil import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore:Unverified HTTPS request")
 
@@ -28,7 +31,7 @@ def make_event(
     user_id: str = "u-1",
     **extra: Any,
 ) -> dict[str, Any]:
-    """An enriched event as the worker hands it to the store (CONTRACT section 4, plus tenant)."""
+    """An enriched event as the worker hands it to the store (docs/api.md, "Stored events", plus tenant)."""
     event: dict[str, Any] = {
         "event_id": event_id or str(uuid.uuid4()),
         "event_type": event_type,
@@ -263,5 +266,22 @@ def test_it_counts_stored_events_per_hour_of_arrival(store: EventStore) -> None:
     assert store.count_stored_by_hour(tenant="initech", since=hour, until=hour + timedelta(hours=2)) == {}
 
 
-def test_it_answers_ping(store: EventStore) -> None:
-    store.ping()
+def _refuse_queries(*args: Any) -> None:
+    raise OperationalError("the database is down")
+
+
+def test_it_answers_ping_and_fails_it_when_it_cannot_answer(
+    store: EventStore, request: pytest.FixtureRequest
+) -> None:
+    store.ping()  # /readyz: a store that answers raises nothing
+
+    if isinstance(store, OrmEventStore):
+        # Django's own hook around every query: the database refuses what the ping sends.
+        with connection.execute_wrapper(_refuse_queries), pytest.raises(StoreUnavailable):
+            store.ping()
+    else:
+        unreachable = request.getfixturevalue("cosmos_server").store(
+            endpoint=f"https://127.0.0.1:{free_port()}", container="events"
+        )
+        with pytest.raises(StoreUnavailable):
+            unreachable.ping()

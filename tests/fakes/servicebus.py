@@ -15,7 +15,8 @@ What it models, because the code under test depends on it:
 - the administration client: create (409 `ResourceExistsError` when present), get, update (the real
   `QueueProperties`), delete, runtime properties (active / dead-letter / total counts);
 - the Standard tier's 256 KB message size limit (`MessageSizeExceededError`);
-- an outage: `namespace.fail_with = ServiceRequestError(...)` makes every call raise it.
+- an outage: `namespace.fail_with = ServiceRequestError(...)` makes every call raise it, and
+  `namespace.refused` counts the calls it refused, by operation ("receive", "send", ...).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import bisect
 import itertools
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -133,14 +135,16 @@ class FakeNamespace:
         self.admin_calls: list[tuple[str, str, dict[str, Any]]] = []
         self.credentials: list[Any] = []
         self.fail_with: BaseException | None = None
+        self.refused: Counter[str] = Counter()  # calls refused during an outage, by operation
         self.max_message_bytes = STANDARD_MAX_MESSAGE_BYTES
         self.abandoned = 0
         self.renewed = 0
         self._sequence = itertools.count(1)
 
     # -- helpers used by the clients (call with self.cond held) --
-    def check(self) -> None:
+    def check(self, operation: str = "other") -> None:
         if self.fail_with is not None:
+            self.refused[operation] += 1
             raise self.fail_with
 
     def queue(self, name: str) -> FakeQueue:
@@ -384,7 +388,7 @@ class FakeSender:
             raise ValueError("The handler has already been shutdown.")
         messages = [message] if isinstance(message, ServiceBusMessage) else list(message)
         with self._ns.cond:
-            self._ns.check()
+            self._ns.check("send")
             queue = self._ns.queue(self.queue_name)
             for item in messages:
                 self._ns.enqueue(queue, item)
@@ -423,9 +427,9 @@ class FakeReceiver:
         self.session = None
 
     # kombu opens its lock-renewal receiver explicitly with this private method of the SDK.
-    def _open_with_retry(self) -> None:
+    def _open_with_retry(self, operation: str = "open_receiver") -> None:
         with self._ns.cond:
-            self._ns.check()
+            self._ns.check(operation)
         if self._closed:
             raise ValueError("The handler has already been shutdown.")
         self._running = True
@@ -444,14 +448,14 @@ class FakeReceiver:
     def receive_messages(
         self, max_message_count: int | None = 1, max_wait_time: float | None = None
     ) -> list[FakeReceivedMessage]:
-        self._open_with_retry()
+        self._open_with_retry("receive")
         wait = max_wait_time if max_wait_time is not None else self._max_wait_time
         deadline = _now() + timedelta(seconds=wait or 0)
         limit = max_message_count or 1
         ns = self._ns
         with ns.cond:
             while True:
-                ns.check()
+                ns.check("receive")
                 queue = ns.queue(self.queue_name)
                 ns.sweep(queue)
                 available = [m for m in queue.messages(self.sub_queue) if not m.lock_token][:limit]
@@ -600,7 +604,7 @@ class FakeAdministrationClient:
         return cls(namespace, credential, **kwargs)
 
     def _call(self, operation: str, queue_name: str, arguments: dict[str, Any]) -> None:
-        self._ns.check()
+        self._ns.check(operation)
         self._ns.admin_calls.append((operation, queue_name, arguments))
 
     def create_queue(self, queue_name: str, **kwargs: Any) -> QueueProperties:

@@ -27,8 +27,8 @@ from typing import Any
 
 from django.db.models import Count
 
+from cloudscale_project.metrics import PlatformCollector
 from events.models import DeadLetter, StoredEvent
-from ops.metrics import PlatformCollector
 from tests.conftest import ROOT, LiveProcess, child_env, wait_until
 from tests.events.pipeline_support import platform_counter
 from tests.netutil import free_port
@@ -114,7 +114,7 @@ class Receipts:
     acknowledged: set[str] = field(default_factory=set)  # listed in a 202 receipt
     refused: dict[str, str] = field(default_factory=dict)  # never got a 202: the last answer
     answers: Counter[str] = field(default_factory=Counter)  # per request attempt
-    unexpected: list[str] = field(default_factory=list)  # any answer the contract does not allow here
+    unexpected: list[str] = field(default_factory=list)  # any answer docs/api.md does not allow here
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -371,7 +371,7 @@ def settle_and_check(
     write_report(result)
 
     assert len(sent) == len(receipts.sent), "event ids are unique"
-    assert not receipts.unexpected, f"answers the contract does not allow: {receipts.unexpected[:5]}"
+    assert not receipts.unexpected, f"answers docs/api.md does not allow: {receipts.unexpected[:5]}"
     assert receipts.acknowledged | set(receipts.refused) == sent, "every event was answered"
     assert not receipts.acknowledged & set(receipts.refused), "no event is both acknowledged and refused"
     assert result.acknowledged > 0, "traffic got through before and after the fault"

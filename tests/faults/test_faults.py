@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 
 from events.models import DeadLetter
-from events.tenants import tenant_create
+from tenants.services import tenant_create
 from tests.conftest import EmbeddedRedis, LiveProcess, child_env, start_worker, wait_until
 from tests.events.pipeline_support import publish_raw
 from tests.faults.harness import ApiServer, Traffic, platform_total, settle_and_check, stored_ids
+from tests.faults.steps import pause_env, store_fault_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.e2e]
 
@@ -60,9 +61,7 @@ def test_it_stores_every_acknowledged_event_once_when_a_worker_is_killed_mid_bat
     started = time.monotonic()
     # Each batch sleeps 0.5 s between its store write and its ack: a kill lands on written,
     # unacknowledged batches (the worst case for duplicates) and on prefetched ones.
-    doomed = start_worker(
-        platform.tmp_path, name="doomed", env=worker_env(CLOUDSCALE_PIPELINE_FAULT_DELAY="0.5")
-    )
+    doomed = start_worker(platform.tmp_path, name="doomed", env=worker_env(**pause_env(0.5)))
     heir: LiveProcess | None = None
     try:
         with Traffic(url=platform.api.url, key=platform.key, batch_size=20, pause=0.2) as traffic:
@@ -108,9 +107,7 @@ def test_it_refuses_with_503_while_the_broker_is_down_and_loses_nothing_acknowle
     started = time.monotonic()
     # Batches are held 0.3 s before their ack, so the outage catches some in flight: their acks
     # cannot reach the broker, and they come back after the visibility timeout.
-    worker = start_worker(
-        platform.tmp_path, name="survivor", env=worker_env(CLOUDSCALE_PIPELINE_FAULT_DELAY="0.3")
-    )
+    worker = start_worker(platform.tmp_path, name="survivor", env=worker_env(**pause_env(0.3)))
     try:
         with Traffic(url=platform.api.url, key=platform.key, senders=4, batch_size=20, pause=0.02) as traffic:
             traffic.wait_for_batches(10)
@@ -155,7 +152,7 @@ def test_it_retries_through_a_20_second_store_outage_without_dead_letters(platfo
         platform.tmp_path,
         name="patient",
         env=worker_env(
-            CLOUDSCALE_STORE_FAULT_FILE=str(switch),
+            **store_fault_env(switch),
             CLOUDSCALE_RETRY_BACKOFF_BASE="3",
             CLOUDSCALE_VISIBILITY_TIMEOUT="120",  # the retry countdown may not exceed half of it
         ),

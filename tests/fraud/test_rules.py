@@ -34,7 +34,7 @@ def hits_of(config: RuleConfig, times: list[float], users: list[str] | None = No
         (Rule.USER_EVENT_RATE, 300, 60),
     ],
 )
-def test_it_has_the_contract_defaults(rule: Rule, threshold: int, window: int) -> None:
+def test_it_has_the_documented_defaults(rule: Rule, threshold: int, window: int) -> None:
     config = default_configs()[rule]
     assert (config.threshold, config.window_seconds, config.enabled) == (threshold, window, True)
 

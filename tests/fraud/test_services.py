@@ -11,10 +11,10 @@ import pytest
 import redis
 
 from cloudscale_project.timeutil import isoformat_z
-from events.models import Tenant
 from fraud.models import FraudAlert, FraudRuleSetting
 from fraud.rules import Rule
 from fraud.services import fraud_evaluate_batch
+from tenants.models import Tenant
 
 pytestmark = [pytest.mark.django_db, pytest.mark.core]
 

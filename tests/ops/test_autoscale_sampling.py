@@ -8,7 +8,7 @@ from django.conf import settings
 from django.test import Client
 
 from cloudscale_project.celery import app
-from ops.metrics import render_metrics
+from cloudscale_project.metrics import render_metrics
 from ops.models import ConcurrencyChange
 from ops.services import TARGET_KEY, backpressure_sample, concurrency_target_apply, concurrency_target_get
 from ops.tasks import sample_queue_depth

@@ -54,11 +54,28 @@ def _keep_busy(n: int) -> None:
                           producer=producer)  # fmt: skip
 
 
+def _tasks_done(worker: LiveProcess) -> int:
+    return worker.log().count("succeeded in")  # Celery's INFO line for each finished task
+
+
 def test_it_follows_the_shared_target_up_and_down(autoscaling_worker: LiveProcess) -> None:
     _set_target(2)
     _keep_busy(400)
-    time.sleep(3)  # several checks with a backlog reserved: the target caps the pool
-    assert _pool_size(autoscaling_worker) == 2
+    # The autoscaler has read the target (the worker starts at its ceiling, 6, so this is a change)...
+    wait_until(
+        lambda: "following concurrency target 2" in autoscaling_worker.log(),
+        timeout=15,
+        message="target 2 read",
+    )
+    # ...and through several checks with a backlog reserved, which Celery's own autoscaler would
+    # grow to the ceiling, the pool stays at the target while it works.
+    done_before = _tasks_done(autoscaling_worker)
+    sizes = []
+    for _ in range(15):
+        sizes.append(_pool_size(autoscaling_worker))
+        time.sleep(0.2)
+    assert set(sizes) == {2}, sizes
+    assert _tasks_done(autoscaling_worker) > done_before, "the backlog was being worked meanwhile"
 
     _set_target(6)
     wait_until(lambda: _pool_size(autoscaling_worker) == 6, timeout=15, message="pool grows to 6")

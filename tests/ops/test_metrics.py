@@ -1,4 +1,4 @@
-"""GET /metrics: every metric of CONTRACT section 8, the API's own and the platform's, in one scrape."""
+"""GET /metrics: every metric of docs/api.md ("Metrics"), the API's own and the platform's, in one scrape."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from ops.metrics import (
+from cloudscale_project.metrics import (
     EVENTS_INGESTED,
     INGESTION_DURATION,
     RATE_LIMIT_REJECTIONS,
@@ -45,7 +45,7 @@ def value_or_zero(samples: dict[str, list[Sample]], name: str, **labels: str) ->
 
 
 @pytest.mark.django_db
-def test_it_shows_every_contract_metric_with_its_labels(client: Client) -> None:
+def test_it_shows_every_documented_metric_with_its_labels(client: Client) -> None:
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     before = scrape(client)
     EVENTS_INGESTED.labels(event_type="purchase", tenant_id=tenant).inc(3)

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from ops.metrics import PLATFORM_COUNTERS, PLATFORM_GAUGES, PLATFORM_LABELED_GAUGES
+from cloudscale_project.metrics import PLATFORM_COUNTERS, PLATFORM_GAUGES, PLATFORM_LABELED_GAUGES
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 EXPORTED = {

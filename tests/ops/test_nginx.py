@@ -83,7 +83,7 @@ def _start_api(index: int, port: int, tmp_path: Path) -> LiveProcess:
         GUNICORN_THREADS="4",
         CLOUDSCALE_INSTANCE=f"api-{index}",
         CLOUDSCALE_TRUSTED_PROXIES="127.0.0.1/32",  # nginx's address, as compose sets it
-        # The contract's default per-IP bucket (100); refill slowed so the count is exact.
+        # The default per-IP bucket (100); refill slowed so the count is exact.
         CLOUDSCALE_RATE_LIMIT_PER_IP_CAPACITY="100",
         CLOUDSCALE_RATE_LIMIT_PER_IP_REFILL="0.01",
         CLOUDSCALE_RATE_LIMIT_GLOBAL_PER_MINUTE="10000",

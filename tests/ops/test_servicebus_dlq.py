@@ -1,4 +1,4 @@
-"""Service Bus's own dead letters → our DeadLetter table (`manage.py dlq import-servicebus`), and back.
+"""Service Bus's own dead letters → our DeadLetter table (`manage.py import_servicebus_dead_letters`), and back.
 
 Messages reach the broker's dead-letter sub-queue the way they do in production: published by
 Celery through kombu's transport, delivered and given back until the queue's max delivery count
@@ -153,7 +153,7 @@ def test_it_imports_and_completes_the_broker_dead_letters(
     assert _dead_letter_count(servicebus, queue) == 3
 
     out = StringIO()
-    call_command("dlq", "import-servicebus", "--wait", "0.2", stdout=out, stderr=StringIO())
+    call_command("import_servicebus_dead_letters", "--wait", "0.2", stdout=out, stderr=StringIO())
 
     assert "Imported 3 Service Bus dead letter(s): 3 new dead letter(s)." in out.getvalue()
     assert _dead_letter_count(servicebus, queue) == 0

@@ -1,4 +1,4 @@
-"""`manage.py provision_servicebus` sends exactly the contract's queue settings (CONTRACT section 7)."""
+"""`manage.py provision_servicebus` sends exactly the queue settings of docs/api.md, "Service Bus queues"."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 from ops.servicebus import QUEUE_PROPERTIES
 from tests.fakes.servicebus import FakeServiceBus, install, servicebus_app, servicebus_settings
 
-CONTRACT = {
+QUEUE_SETTINGS = {
     "max_size_in_megabytes": 5120,  # 5 GB
     "default_message_time_to_live": timedelta(days=14),
     "lock_duration": timedelta(minutes=5),
@@ -46,17 +46,17 @@ def _calls(servicebus: FakeServiceBus, operation: str) -> list[tuple[str, dict[s
     return [(name, args) for op, name, args in servicebus.default.admin_calls if op == operation]
 
 
-def test_it_holds_the_contract_settings() -> None:
-    assert QUEUE_PROPERTIES == CONTRACT
+def test_it_holds_the_documented_queue_settings() -> None:
+    assert QUEUE_PROPERTIES == QUEUE_SETTINGS
 
 
-def test_it_creates_the_queue_with_exactly_the_contract_settings(servicebus: FakeServiceBus) -> None:
+def test_it_creates_the_queue_with_exactly_the_documented_settings(servicebus: FakeServiceBus) -> None:
     output = _provision("--queue", "events-ingestion")
 
-    assert _calls(servicebus, "create_queue") == [("events-ingestion", CONTRACT)]
+    assert _calls(servicebus, "create_queue") == [("events-ingestion", QUEUE_SETTINGS)]
     assert _calls(servicebus, "update_queue") == []
     queue = servicebus.default.queues["events-ingestion"]
-    assert {name: queue.properties[name] for name in CONTRACT} == CONTRACT
+    assert {name: queue.properties[name] for name in QUEUE_SETTINGS} == QUEUE_SETTINGS
     assert "Service Bus queue events-ingestion: created" in output
     assert "max_delivery_count=10" in output
 
@@ -90,13 +90,13 @@ def test_it_corrects_a_queue_a_worker_created_first(
 
     ((name, sent),) = _calls(servicebus, "update_queue")
     assert name == queue
-    assert _calls(servicebus, "create_queue") == [(settings.OPS_QUEUE_NAME, CONTRACT)]
-    assert {key: sent[key] for key in CONTRACT} == CONTRACT
+    assert _calls(servicebus, "create_queue") == [(settings.OPS_QUEUE_NAME, QUEUE_SETTINGS)]
+    assert {key: sent[key] for key in QUEUE_SETTINGS} == QUEUE_SETTINGS
     # Everything else is sent back as it was: an update never resets other properties.
-    assert {key: value for key, value in sent.items() if key not in CONTRACT} == {
-        key: value for key, value in lazily_created.items() if key not in CONTRACT
+    assert {key: value for key, value in sent.items() if key not in QUEUE_SETTINGS} == {
+        key: value for key, value in lazily_created.items() if key not in QUEUE_SETTINGS
     }
-    assert {key: servicebus.default.queues[queue].properties[key] for key in CONTRACT} == CONTRACT
+    assert {key: servicebus.default.queues[queue].properties[key] for key in QUEUE_SETTINGS} == QUEUE_SETTINGS
     assert f"Service Bus queue {queue}: updated" in output
     assert "max_size_in_megabytes: 1024 -> 5120" in output
 

@@ -210,7 +210,7 @@ def test_it_dead_letters_after_the_max_delivery_count(
     wait_until(
         lambda: _queue_state(servicebus, queue) == (0, 1), timeout=30, message="broker dead-lettered it"
     )
-    assert deliveries.attempts["poison"] == 10  # CONTRACT: max delivery count 10
+    assert deliveries.attempts["poison"] == 10  # docs/api.md, "Service Bus queues": max delivery count 10
     (message,) = servicebus.default.queues[queue].dead_letter
     assert message.dead_letter_reason == "MaxDeliveryCountExceeded"
 
@@ -278,7 +278,12 @@ def test_it_keeps_a_worker_alive_through_an_outage(
 ) -> None:
     namespace = servicebus.default
     namespace.fail_with = ServiceRequestError("Name or service not known")
-    time.sleep(1.5)  # the worker's receive fails; it reconnects instead of exiting
+    # The worker's receive is refused; it does not exit but reconnects, and its connection probe
+    # (ops/servicebus_transport.py) is refused again and again until the namespace is back.
+    wait_until(lambda: namespace.refused["receive"] >= 1, timeout=30, message="a receive refused")
+    wait_until(
+        lambda: namespace.refused["get_namespace_properties"] >= 2, timeout=30, message="reconnects refused"
+    )
     namespace.fail_with = None
     _publish(sb_app, key="after-outage")
     wait_until(lambda: deliveries.done == ["after-outage"], timeout=30, message="consumed after the outage")

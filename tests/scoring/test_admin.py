@@ -8,13 +8,12 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from events.actions import actions_schedule_batch
-from events.models import Tenant
+from carts.models import CartAbandonment
+from carts.services import cart_checks_fire, cart_events_record
 from fraud.services import fraud_evaluate_batch
-from scoring.carts import cart_checks_fire
-from scoring.models import CartAbandonment
 from scoring.services import score_apply_batch
-from tests.events.test_cart_abandonment import event as cart_event
+from tenants.models import Tenant
+from tests.carts.test_cart_abandonment import event as cart_event
 from tests.fraud.test_services import burst
 from tests.scoring.test_services import event
 
@@ -25,7 +24,7 @@ pytestmark = [pytest.mark.django_db]
 def data(acme: Any) -> None:
     score_apply_batch(tenant="acme", events=[event("purchase", user="alice"), event("click", user="bob")])
     fraud_evaluate_batch(tenant="acme", events=burst("purchase", 4))
-    actions_schedule_batch(
+    cart_events_record(
         tenant="acme", events=[cart_event("add_to_cart", at=datetime.now(UTC) - timedelta(hours=1))]
     )
     cart_checks_fire()
@@ -35,8 +34,8 @@ def data(acme: Any) -> None:
     "path",
     [
         "/admin/scoring/userscore/",
-        "/admin/scoring/cartcheck/",
-        "/admin/scoring/cartabandonment/",
+        "/admin/carts/cartcheck/",
+        "/admin/carts/cartabandonment/",
         "/admin/fraud/fraudalert/",
         "/admin/fraud/fraudrulesetting/",
         "/admin/fraud/fraudrulesetting/add/?rule=login_failed_velocity",
@@ -51,7 +50,7 @@ def test_it_searches_scores_by_user(admin_client: Client, data: None) -> None:
     assert "alice" in page and "bob" not in page
 
 
-def test_the_rule_form_starts_from_the_contract_defaults(admin_client: Client, data: None) -> None:
+def test_it_starts_the_rule_form_from_the_rules_defaults(admin_client: Client, data: None) -> None:
     form = (
         admin_client.get("/admin/fraud/fraudrulesetting/add/?rule=login_failed_velocity")
         .context["adminform"]
@@ -65,7 +64,7 @@ def test_operators_can_retry_a_failed_webhook(admin_client: Client, data: None) 
     CartAbandonment.objects.update(webhook_status=CartAbandonment.Webhook.FAILED)
     Tenant.objects.filter(slug="acme").update(webhook_url="https://hooks.example.com/cart")
     admin_client.post(
-        "/admin/scoring/cartabandonment/",
+        "/admin/carts/cartabandonment/",
         {"action": "retry_webhooks", "_selected_action": [abandonment.pk]},
     )
     abandonment.refresh_from_db()

@@ -26,7 +26,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
         listing = sub.add_parser("list", help="list dead letters, newest first")
-        # Free text: rows imported from Service Bus keep the broker's own reasons as well.
+        # Free text: rows imported from Service Bus keep the broker's own reasons as well
+        # (`manage.py import_servicebus_dead_letters`).
         listing.add_argument("--reason", help=f"e.g. {', '.join(DeadLetter.Reason.values)}")
         listing.add_argument("--status", choices=DeadLetter.Status.values)
         listing.add_argument("--json", action="store_true", help="print one JSON array")
@@ -36,12 +37,6 @@ class Command(BaseCommand):
         requeue.add_argument("--reason", help="with --all: only this reason (e.g. MaxRetriesExceeded)")
         discard = sub.add_parser("discard", help="mark pending dead letters discarded (kept for the record)")
         discard.add_argument("ids", nargs="+", type=int, metavar="ID")
-        sb_import = sub.add_parser(
-            "import-servicebus",
-            help="move Service Bus's own dead-letter sub-queue of the ingestion queue into this table",
-        )
-        sb_import.add_argument("--max", type=int, default=None, help="stop after this many broker messages")
-        sb_import.add_argument("--wait", type=float, default=5.0, help="seconds to wait for the next message")
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"]
@@ -49,8 +44,6 @@ class Command(BaseCommand):
             self._list(reason=options["reason"], status=options["status"], as_json=options["json"])
         elif action == "requeue":
             self._requeue(ids=options["ids"], everything=options["all"], reason=options["reason"])
-        elif action == "import-servicebus":
-            self._import_servicebus(max_messages=options["max"], wait_seconds=options["wait"])
         else:
             discarded = deadletter_discard(ids=options["ids"])
             skipped = len(set(options["ids"])) - discarded
@@ -75,31 +68,6 @@ class Command(BaseCommand):
                 f"{row['attempts']:>5}  {row['created_at'][:19]:<20}  {error}"
             )
         self.stderr.write(f"{len(rows)} dead letter(s).")
-
-    def _import_servicebus(self, *, max_messages: int | None, wait_seconds: float) -> None:
-        from azure.core.exceptions import AzureError
-        from kombu.exceptions import OperationalError
-
-        from ops.servicebus import ServiceBusNotConfigured, servicebus_import_queue_dead_letters
-
-        try:
-            with tqdm(desc="import", unit="msg", file=self.stderr._out) as bar:
-                result = servicebus_import_queue_dead_letters(
-                    max_messages=max_messages, wait_seconds=wait_seconds, on_progress=bar.update
-                )
-        except ServiceBusNotConfigured as exc:
-            raise CommandError(str(exc)) from None
-        except (AzureError, OperationalError) as exc:
-            raise CommandError(
-                f"Service Bus is unreachable or refused: {type(exc).__name__}: {exc}"
-            ) from None
-        self.stdout.write(
-            f"Imported {result.messages} Service Bus dead letter(s): {result.recorded} new dead letter(s)."
-        )
-        if result.lock_lost:
-            self.stdout.write(
-                f"{result.lock_lost} lost their lock before completion; the next import sees them again."
-            )
 
     def _requeue(self, *, ids: list[int], everything: bool, reason: str | None) -> None:
         if everything == bool(ids):

@@ -1,4 +1,7 @@
-"""`manage.py provision_servicebus`: create or correct the Service Bus queues (CONTRACT section 7)."""
+"""`manage.py provision_servicebus`: create or correct the Service Bus queues.
+
+Their settings: docs/api.md, "Service Bus queues".
+"""
 
 from __future__ import annotations
 

@@ -14,12 +14,11 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
-from events.models import Tenant
-from events.tenants import tenant_create, tenant_rotate_key
 from ops.embedded_redis import embedded_redis_command, wait_for_redis
 from ops.launcher import Supervisor
+from tenants.models import Tenant
+from tenants.services import DEMO_TENANT, tenant_create, tenant_rotate_key
 
-DEMO_TENANT = "demo"
 ADMIN_USER = "admin"
 _SAMPLE_EVENT = '{"event_type":"page_view","user_id":"u-1","properties":{"url":"https://shop.example/"}}'
 

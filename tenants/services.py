@@ -1,0 +1,126 @@
+"""Tenant and API-key services: create, rotate, disable, authenticate."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.utils import timezone
+
+from tenants.keycache import cached_lookup, tenants_changed
+from tenants.models import ApiKey, Tenant
+
+KEY_PREFIX = "cs_"
+# The tenant `make run` creates and `manage.py loadgen` sends to by default.
+DEMO_TENANT = "demo"
+_KEY_ENTROPY_BYTES = 32
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    tenant: Tenant
+    key: str
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(_KEY_ENTROPY_BYTES)
+
+
+def _issue_key(tenant: Tenant, scope: str = ApiKey.Scope.FULL) -> str:
+    key = _new_key()
+    ApiKey.objects.create(tenant=tenant, prefix=key[:10], key_hash=hash_api_key(key), scope=scope)
+    return key
+
+
+class TenantRetired(Exception):
+    """The tenant was retired: it gets no new keys and cannot be enabled again."""
+
+
+@transaction.atomic
+def tenant_create(*, slug: str, name: str = "", webhook_url: str = "") -> IssuedKey:
+    tenant = Tenant(
+        slug=slug, name=name or slug, webhook_url=webhook_url, webhook_secret=secrets.token_hex(32)
+    )
+    tenant.full_clean()
+    tenant.save()
+    return IssuedKey(tenant=tenant, key=_issue_key(tenant))
+
+
+def _live_tenant_for_update(slug: str) -> Tenant:
+    tenant = Tenant.objects.select_for_update().get(slug=slug)
+    if tenant.retired_at is not None:
+        raise TenantRetired(f"Tenant {slug!r} was retired; its slug stays taken.")
+    return tenant
+
+
+@transaction.atomic
+def tenant_rotate_key(*, slug: str) -> IssuedKey:
+    """Revoke every live key of the tenant and issue a new (full) one."""
+    tenant = _live_tenant_for_update(slug)
+    ApiKey.objects.filter(tenant=tenant, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    tenants_changed()
+    return IssuedKey(tenant=tenant, key=_issue_key(tenant))
+
+
+@transaction.atomic
+def tenant_create_key(*, slug: str, scope: str) -> IssuedKey:
+    """A further key for the tenant; its other keys stay valid. `ingest` keys may only send events."""
+    if scope not in ApiKey.Scope.values:
+        raise ValueError(f"scope must be one of {', '.join(ApiKey.Scope.values)}")
+    tenant = _live_tenant_for_update(slug)
+    return IssuedKey(tenant=tenant, key=_issue_key(tenant, scope))
+
+
+def tenant_set_active(*, slug: str, active: bool) -> Tenant:
+    # A retired tenant stays disabled: enabling it is refused, disabling it again is harmless.
+    rows = Tenant.objects.filter(slug=slug)
+    updated = (rows.filter(retired_at__isnull=True) if active else rows).update(active=active)
+    tenants_changed()
+    if updated != 1:
+        if rows.exists():
+            raise TenantRetired(f"Tenant {slug!r} was retired; it cannot be enabled again.")
+        raise Tenant.DoesNotExist(f"no tenant {slug!r}")
+    return Tenant.objects.get(slug=slug)
+
+
+@transaction.atomic
+def tenant_retire(*, slug: str) -> Tenant:
+    """The tombstone of a tenant: disabled for good, every key revoked, the slug never free again.
+
+    Tenants are never deleted: every row and Redis key of a tenant's data carries its slug, so a new
+    tenant under a reused slug would read the old one's events and scores and see its event ids
+    as duplicates.
+    """
+    tenant = Tenant.objects.select_for_update().get(slug=slug)
+    now = timezone.now()
+    ApiKey.objects.filter(tenant=tenant, revoked_at__isnull=True).update(revoked_at=now)
+    tenants_changed()
+    if tenant.retired_at is None:
+        Tenant.objects.filter(pk=tenant.pk).update(active=False, retired_at=now)
+        tenant.refresh_from_db()
+    return tenant
+
+
+def api_key_lookup(key: str) -> ApiKey | None:
+    """The live key (with its tenant, active or not: the caller decides 401 vs 403)."""
+    if not key.startswith(KEY_PREFIX) or len(key) > 100:
+        return None
+    key_hash = hash_api_key(key)
+    return cached_lookup(
+        key_hash,
+        lambda: (
+            ApiKey.objects.select_related("tenant").filter(key_hash=key_hash, revoked_at__isnull=True).first()
+        ),
+    )
+
+
+def tenant_for_key(key: str) -> Tenant | None:
+    """The tenant a live key belongs to (active or not: the caller decides 401 vs 403)."""
+    api_key = api_key_lookup(key)
+    return api_key.tenant if api_key else None

@@ -6,6 +6,8 @@ free ports, no Flower, no beat, task events off), then measures, one after the o
 1. batched end-to-end throughput: synthetic traffic (benchmarks/loadgen.py) in batches through
    `POST /api/events/batch` from several clients, from the first POST until every accepted event
    is in the event store (counted through the ORM on the same SQLite file);
+1b. the same traffic through the SDK-compatible `POST /v1/batch` (Segment format, gzip): its
+   server CPU per event beside the batched run's;
 2. the naive baseline: the same kind of events published straight to the broker, one Celery task
    per event (benchmarks/naive_tasks.py: the same pipeline steps, one event at a time, a one-row
    store write each), until every one is stored; and the ratio of the two;
@@ -58,6 +60,7 @@ from cloudscale_project.env import env_int  # noqa: E402
 from tests.netutil import free_port  # noqa: E402
 
 TENANT = "demo"
+SDK_TENANT = "demo-sdk"
 READY_TIMEOUT_SECONDS = 120.0
 POLL_SECONDS = 0.1
 RSS_SAMPLE_SECONDS = 0.5
@@ -369,14 +372,14 @@ def _stored_mark() -> int:
     return StoredEvent.objects.aggregate(last=Max("id"))["last"] or 0
 
 
-def _wait_stored(*, after: int, events: int, timeout: float, what: str) -> float:
+def _wait_stored(*, after: int, events: int, timeout: float, what: str, tenant: str = TENANT) -> float:
     """Poll the event store until `events` events of the tenant were stored after row `after`;
     returns the monotonic time it saw them."""
     from events.models import StoredEvent
 
     deadline = time.monotonic() + timeout
     while True:
-        count = StoredEvent.objects.filter(tenant=TENANT, id__gt=after).count()
+        count = StoredEvent.objects.filter(tenant=tenant, id__gt=after).count()
         now = time.monotonic()
         if count >= events:
             return now
@@ -416,6 +419,44 @@ def run_batched(stack: Platform, config: BenchConfig, *, events: int, profile: s
         if summary.accepted != events:
             raise RuntimeError(f"batched run: {summary.accepted} of {events} accepted: {summary.as_dict()}")
         done = _wait_stored(after=before, events=events, timeout=config.timeout, what="batched run")
+    return E2EResult(events=events, seconds=done - summary.started, ingest_seconds=summary.elapsed, cpu=cpu)
+
+
+def _sdk_tenant_key() -> str:
+    """A tenant of its own for the SDK run: fraud windows and scores start empty, as they did for
+    the batched run, so neither run pays for the other's history (windows grow with events seen)."""
+    from tenants.models import Tenant
+    from tenants.services import tenant_create, tenant_rotate_key
+
+    if Tenant.objects.filter(slug=SDK_TENANT).exists():
+        return tenant_rotate_key(slug=SDK_TENANT).key
+    return tenant_create(slug=SDK_TENANT, name="SDK benchmark").key
+
+
+def run_sdk(stack: Platform, config: BenchConfig, *, events: int, tenant: str) -> E2EResult:
+    """Traffic like the batched run's through the Segment-compatible `/v1/batch` (gzip, as the
+    SDKs send it by default): same generator, batch size and clients, measured the same way."""
+    from benchmarks.loadgen import TrafficGenerator, plan_requests
+    from benchmarks.sdk_load import run_segment_load
+
+    key = stack.api_key if tenant == TENANT else _sdk_tenant_key()
+    traffic = TrafficGenerator(seed=7).take(events)  # the batched run's events (on another tenant)
+    batches = list(plan_requests(traffic, total=events, batch=config.batch))
+    before = _stored_mark()
+    with CpuMeter(stack) as cpu:
+        summary = run_segment_load(
+            url=stack.url,
+            key=key,
+            batches=batches,
+            clients=config.clients,
+            compress=True,
+            forwarded_for=not config.one_address,
+        )
+        if summary.accepted != events:
+            raise RuntimeError(f"SDK run: {summary.accepted} of {events} accepted: {summary.other_answers}")
+        done = _wait_stored(
+            after=before, events=events, timeout=config.timeout, what="SDK run", tenant=tenant
+        )
     return E2EResult(events=events, seconds=done - summary.started, ingest_seconds=summary.elapsed, cpu=cpu)
 
 
@@ -567,6 +608,8 @@ def main() -> int:
         with MemorySampler(stack) as memory:
             _step("warm-up (forks, imports, first connections)")
             run_batched(stack, config, events=min(WARMUP_BATCHES * config.batch, config.events))
+            # The SDK endpoint's warm-up on the demo tenant, whose windows the warm-up already filled.
+            run_sdk(stack, config, events=min(WARMUP_BATCHES * config.batch, config.events), tenant=TENANT)
             run_naive(stack, config, events=min(WARMUP_NAIVE_EVENTS, config.naive_events))
             warm = replace(config, latency_requests=min(WARMUP_REQUESTS, config.latency_requests))
             run_latency(stack, warm, path="/bench/noop", seed=1)
@@ -577,6 +620,9 @@ def main() -> int:
             _step(f"batched: {config.events:,} events in batches of {config.batch}, {config.clients} clients")
             batched = run_batched(stack, config, events=config.events, profile=config.profile_dir)
             _step(f"  {batched.per_second:,.0f} events/s; {batched.cpu.per_thousand(batched.events)}")
+            _step(f"SDK: the same through /v1/batch (Segment format, gzip), {config.clients} clients")
+            sdk = run_sdk(stack, config, events=config.events, tenant=SDK_TENANT)
+            _step(f"  {sdk.per_second:,.0f} events/s; {sdk.cpu.per_thousand(sdk.events)}")
             _step(f"naive: {config.naive_events:,} events, one task and one store write each")
             naive = run_naive(stack, config, events=config.naive_events)
             _step(f"  {naive.per_second:,.0f} events/s; {naive.cpu.per_thousand(naive.events)}")
@@ -593,6 +639,11 @@ def main() -> int:
     stack.stop()
 
     ratio = batched.per_second / naive.per_second
+    # The client's CPU is left out: the bench's own sender (gzip, message shape) is not the server's.
+    server = ("api", "worker", "redis")
+    sdk_cost_ratio = (sum(sdk.cpu.seconds[r] for r in server) / sdk.events) / (
+        sum(batched.cpu.seconds[r] for r in server) / batched.events
+    )
     cores = os.cpu_count() or 1
     threads = os.environ.get("GUNICORN_THREADS", "8")
     clients = config.latency_clients
@@ -611,6 +662,11 @@ def main() -> int:
         ("", batched.cpu.per_thousand(batched.events)),
         ("", batched.cpu.others()),
         ("", f"at that CPU cost {cores} idle cores would carry {ceiling:,.0f} events/s"),
+        ("SDK e2e (POST /v1/batch, gzip)", f"{sdk.per_second:,.0f} events/s"),
+        ("", f"{sdk.events:,} events, Segment batches of {config.batch}, {config.clients} clients"),
+        ("", sdk.cpu.per_thousand(sdk.events)),
+        ("", sdk.cpu.others()),
+        ("SDK / batched, server CPU per event", f"{sdk_cost_ratio:.2f}x (API + worker + Redis)"),
         ("naive e2e (a task per event)", f"{naive.per_second:,.0f} events/s"),
         ("", f"{naive.events:,} events: all stored after {naive.seconds:.1f} s (published after "
              f"{naive.ingest_seconds:.1f} s)"),

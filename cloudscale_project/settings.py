@@ -76,6 +76,7 @@ INSTALLED_APPS = [
     "fraud",
     "scoring",
     "carts",
+    "compat",
     "ops",
     "benchmarks",
 ]
@@ -349,6 +350,12 @@ GROUP_COMMIT_LINGER_SECONDS = env_float("CLOUDSCALE_GROUP_COMMIT_LINGER_MS", 2.0
 GROUP_COMMIT_MAX_EVENTS = env_int("CLOUDSCALE_GROUP_COMMIT_MAX_EVENTS", 100, minimum=1)
 BROKER_RETRY_AFTER_SECONDS = env_int("CLOUDSCALE_BROKER_RETRY_AFTER", 5, minimum=1)
 
+# SDK-compatible endpoints (compat/): PostHog's Python SDK sends batches up to 5 MiB, so these take
+# up to 5 MiB after decompression, and at most this many events per request.
+COMPAT_MAX_BODY_BYTES = env_int("CLOUDSCALE_COMPAT_MAX_BODY_BYTES", 5 * 1024 * 1024, minimum=MAX_EVENT_BYTES)
+COMPAT_MAX_EVENTS = env_int("CLOUDSCALE_COMPAT_MAX_EVENTS", 20_000, minimum=1)
+COMPAT_WARNING_RETENTION_DAYS = env_int("CLOUDSCALE_COMPAT_WARNING_RETENTION_DAYS", 30, minimum=1)
+
 # --- Processing -----------------------------------------------------------------------------------
 PROCESS_MAX_ATTEMPTS = env_int("CLOUDSCALE_PROCESS_MAX_ATTEMPTS", 5, minimum=1)
 # A batch whose worker was lost this many times (process killed, out of memory, hard time limit)
@@ -410,6 +417,11 @@ CELERY_BEAT_SCHEDULE["ops.sample-queue-depth"] = {
 }
 CELERY_BEAT_SCHEDULE["events.purge-expired-events"] = {
     "task": "events.purge_expired_events",
+    "schedule": EVENT_PURGE_INTERVAL_SECONDS,
+    "options": {"queue": OPS_QUEUE_NAME, "expires": EVENT_PURGE_INTERVAL_SECONDS},
+}
+CELERY_BEAT_SCHEDULE["compat.purge-expired-warnings"] = {
+    "task": "compat.purge_expired_warnings",
     "schedule": EVENT_PURGE_INTERVAL_SECONDS,
     "options": {"queue": OPS_QUEUE_NAME, "expires": EVENT_PURGE_INTERVAL_SECONDS},
 }

@@ -36,7 +36,7 @@ from events.dedup import (
 from events.enrichment import enrich_event
 from events.ledger import ledger_record
 from events.publishing import publish_events, split_for_broker
-from events.schemas import validate_event
+from events.schemas import metric_event_type, validate_event
 
 logger = logging.getLogger(__name__)
 
@@ -116,10 +116,22 @@ def ingest_events(*, raw_events: list[Any], context: RequestContext, body_bytes:
             )
         )
 
+    return ingest_enriched(enriched=enriched, receipts=receipts, context=context, total=len(raw_events))
+
+
+def ingest_enriched(
+    *, enriched: list[tuple[int, dict[str, Any]]], receipts: Receipts, context: RequestContext, total: int
+) -> Receipts:
+    """Dedup, publish and count a request's validated, enriched events (by request index).
+
+    `receipts` already holds the request's rejected events; `total` is how many events the request
+    carried. The native endpoints and the SDK-compatible ones (compat/) share this path, so both give
+    the same receipts, ledger counts and 503s.
+    """
     try:
         claims = reserve_event_ids(tenant=context.tenant, event_ids=[e["event_id"] for _, e in enriched])
     except STATE_ERRORS as exc:
-        _count_failed(context, len(raw_events))
+        _count_failed(context, total)
         raise BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS) from exc
     to_publish: list[dict[str, Any]] = []
     for (index, event), claim in zip(enriched, claims, strict=True):
@@ -133,10 +145,10 @@ def ingest_events(*, raw_events: list[Any], context: RequestContext, body_bytes:
         # fail: neither "accepted" nor "duplicate" would be true yet. Refuse the request; its retry
         # is answered once that publish is confirmed or its reservation has expired.
         _release(context, receipts.event_ids)
-        _count_failed(context, len(raw_events))
+        _count_failed(context, total)
         raise BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS)
 
-    published = _publish_in_messages(context, receipts, to_publish, total=len(raw_events))
+    published = _publish_in_messages(context, receipts, to_publish, total=total)
     _commit(context, receipts, published)
     _count(context, receipts, published)
     return receipts
@@ -236,7 +248,7 @@ def _commit(context: RequestContext, receipts: Receipts, published: list[dict[st
 
 
 def _count(context: RequestContext, receipts: Receipts, published: list[dict[str, Any]]) -> None:
-    by_type = Counter(event["event_type"] for event in published)
+    by_type = Counter(metric_event_type(event) for event in published)
     for event_type, n in by_type.items():
         EVENTS_INGESTED.labels(event_type=event_type, tenant_id=context.tenant).inc(n)
     elapsed = time.perf_counter() - context.started

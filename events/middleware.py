@@ -23,7 +23,7 @@ from cloudscale_project.state import STATE_ERRORS
 from cloudscale_project.timeutil import utcnow
 from events.enrichment import client_ip
 from events.ledger import ledger_record
-from events.throttling import check_rate_limits
+from events.throttling import RateDecision, check_rate_limits
 from tenants.authentication import api_key_from_headers
 from tenants.models import Tenant
 from tenants.services import tenant_for_key
@@ -64,6 +64,49 @@ _SCOPES = {
 }
 
 
+def enforce_rate_limits(
+    *, ip: str, key: str | None, events: Callable[[], int], quota: bool = True, read: bool = False
+) -> RateDecision:
+    """Decide a request's rate limits before it is authenticated; raise RateLimited (its events
+    counted `rate_limited` in the key's tenant's ledger) or BrokerUnavailable (state unreachable).
+
+    The key is looked up first (the per-process key cache): a request spends the tenants' global
+    window only when it belongs to an active tenant. `events` says how many events the request
+    carries; it is only asked when needed (the per-tenant quota or a refusal), because finding out
+    may mean parsing the body. `quota=False` skips the per-tenant events/s quota; `read=True` spends
+    the tenant's read budget. The SDK-compatible endpoints (compat/) call this too, with the key and
+    the event count they read from their own bodies.
+    """
+    tenant = tenant_for_key(key) if key else None
+    active = tenant.slug if tenant is not None and tenant.active else ""
+    cost = events() if quota and active and settings.RATE_LIMIT_TENANT_EVENTS_PER_SECOND else 1
+    try:
+        decision = check_rate_limits(ip=ip, tenant=active, events=cost, read=read)
+    except STATE_ERRORS:
+        logger.warning("rate-limit state unavailable", exc_info=True)
+        raise BrokerUnavailable(retry_after=settings.BROKER_RETRY_AFTER_SECONDS) from None
+    if not decision.allowed:
+        RATE_LIMIT_REJECTIONS.inc()
+        if not read:
+            _count_refused(tenant, events)
+        raise RateLimited(
+            f"Rate limit of {_SCOPES.get(decision.limited_by, decision.limited_by)} exceeded; "
+            f"retry in {decision.retry_after_seconds} s.",
+            decision.retry_after_seconds,
+            decision.headers(),
+        )
+    return decision
+
+
+def _count_refused(tenant: Tenant | None, events: Callable[[], int]) -> None:
+    if tenant is None:
+        return  # no tenant to account to: an anonymous flood is in no tenant's ledger
+    try:
+        ledger_record(tenant=tenant.slug, received_at=utcnow(), counts={"rate_limited": events()})
+    except STATE_ERRORS:
+        logger.warning("ledger unavailable while refusing a request of %s", tenant.slug)
+
+
 class RateLimitMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -71,42 +114,17 @@ class RateLimitMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if not request.path.startswith(RATE_LIMITED_PREFIX) or request.path.startswith(_UNLIMITED_PREFIXES):
             return self.get_response(request)
-        key = api_key_from_headers(request.headers)
-        tenant = tenant_for_key(key) if key else None
-        active = tenant.slug if tenant is not None and tenant.active else ""
-        # Parsing the body for its event count is only worth it when the events/s quota is on.
-        quota = settings.RATE_LIMIT_TENANT_EVENTS_PER_SECOND and active and request.method == "POST"
-        events = _events_in(request) if quota else 1
         try:
-            decision = check_rate_limits(
-                ip=client_ip(request), tenant=active, events=events, read=request.method in _READ_METHODS
+            decision = enforce_rate_limits(
+                ip=client_ip(request),
+                key=api_key_from_headers(request.headers),
+                events=lambda: _events_in(request),
+                quota=request.method == "POST",
+                read=request.method in _READ_METHODS,
             )
-        except STATE_ERRORS:
-            logger.warning("rate-limit state unavailable", exc_info=True)
-            return _render(BrokerUnavailable(retry_after=settings.BROKER_RETRY_AFTER_SECONDS))
-        if not decision.allowed:
-            RATE_LIMIT_REJECTIONS.inc()
-            self._count_refused(request, tenant)
-            return _render(
-                RateLimited(
-                    f"Rate limit of {_SCOPES.get(decision.limited_by, decision.limited_by)} exceeded; "
-                    f"retry in {decision.retry_after_seconds} s.",
-                    decision.retry_after_seconds,
-                    decision.headers(),
-                )
-            )
+        except (RateLimited, BrokerUnavailable) as exc:
+            return _render(exc)
         response = self.get_response(request)
         for name, value in decision.headers().items():
             response[name] = value
         return response
-
-    @staticmethod
-    def _count_refused(request: HttpRequest, tenant: Tenant | None) -> None:
-        if tenant is None or request.method != "POST":
-            return  # no events to account for (an anonymous flood is in no tenant's ledger; reads carry none)
-        try:
-            ledger_record(
-                tenant=tenant.slug, received_at=utcnow(), counts={"rate_limited": _events_in(request)}
-            )
-        except STATE_ERRORS:
-            logger.warning("ledger unavailable while refusing a request of %s", tenant.slug)

@@ -28,6 +28,9 @@ class StoredEvent(models.Model):
     ip = models.CharField(max_length=max_length("ip"), blank=True, default="")
     user_agent = models.CharField(max_length=max_length("user_agent"), blank=True, default="")
     correlation_id = models.CharField(max_length=max_length("correlation_id"), blank=True, default="")
+    custom = models.BooleanField(default=False, help_text="A custom event: a name outside the catalog.")
+    # The SDK's `context` (library, page, device...), bounded in size by the API; null for native events.
+    context = models.JSONField(null=True, blank=True)
     stored_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -38,6 +38,7 @@ from cloudscale_project.timeutil import parse_iso
 from events.deadletters import DeadLetterInput, deadletter_record_many, event_payload, json_payload
 from events.models import DeadLetter
 from events.schemas import EVENT_TYPES as CATALOG
+from events.schemas import is_custom_event_type, metric_event_type
 from events.shape import TIME_FIELDS, checked_strings
 from events.stores import EventStore, StoreUnavailable, get_event_store
 from events.stores.base import Event
@@ -156,7 +157,12 @@ def decode_event(raw: Any, *, tenant: str) -> Event:
     event_type = raw.get("event_type")
     if event_type is None or event_type == "":
         raise EventRejected(Reason.MISSING_EVENT_TYPE, "event_type is missing")
-    if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
+    # A custom event (SDK-compatible endpoints) is marked by the API at enrichment: a type outside
+    # the catalog without that mark is still a bad type.
+    custom = raw.get("custom") is True
+    if not isinstance(event_type, str) or not (
+        event_type in EVENT_TYPES or (custom and is_custom_event_type(event_type))
+    ):
         raise EventRejected(Reason.UNKNOWN_EVENT_TYPE, f"unknown event_type {event_type!r}")
     _check_fields(raw)
     event_tenant = raw.get("tenant")
@@ -185,6 +191,9 @@ def _check_fields(raw: dict[str, Any]) -> None:
     properties = raw.get("properties")
     if properties is not None and not isinstance(properties, dict):
         raise EventRejected(Reason.DESERIALIZATION_FAILED, "properties must be an object")
+    context = raw.get("context")
+    if context is not None and not isinstance(context, dict):
+        raise EventRejected(Reason.DESERIALIZATION_FAILED, "context must be an object")
 
 
 @dataclass
@@ -356,7 +365,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _count(outcome: str, events: Sequence[Any]) -> list[tuple[dict[str, str], int]]:
-    types = Counter(str(e.get("event_type", "")) if isinstance(e, dict) else "" for e in events)
+    types = Counter(metric_event_type(e) for e in events)
     return [({"event_type": t, "outcome": outcome}, n) for t, n in types.items()]
 
 

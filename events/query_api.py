@@ -30,13 +30,13 @@ DEFAULT_PAGE = 100
 def _documented_field(field: EventField) -> serializers.Field[Any, Any, Any, Any]:
     nullable = not field.required
     if field.name == "event_type":
-        return serializers.ChoiceField(choices=EVENT_TYPES, help_text=field.help)
+        return serializers.CharField(help_text=f"{field.help} Catalog: {', '.join(EVENT_TYPES)}.")
     if field.kind is Kind.TIME:
         return serializers.DateTimeField(help_text=field.help)
     if field.kind is Kind.FLAG:
         return serializers.BooleanField(help_text=field.help)
     if field.kind is Kind.JSON:
-        return serializers.DictField(help_text=field.help)
+        return serializers.DictField(allow_null=nullable, help_text=field.help)
     return serializers.CharField(allow_null=nullable, help_text=field.help)
 
 
@@ -58,7 +58,8 @@ _READ_ERRORS = {
 
 
 class EventFilterSerializer(serializers.Serializer[Any]):
-    event_type = serializers.ChoiceField(choices=EVENT_TYPES, required=False)
+    # Custom events are filtered by their own name, so any name is a valid filter.
+    event_type = serializers.CharField(required=False, max_length=max_length("event_type"))
     user_id = serializers.CharField(required=False, max_length=max_length("user_id"), trim_whitespace=False)
     since = serializers.DateTimeField(required=False, help_text="Event time, inclusive (ISO 8601).")
     until = serializers.DateTimeField(required=False, help_text="Event time, exclusive (ISO 8601).")

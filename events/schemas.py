@@ -140,6 +140,44 @@ class EventIn(BaseModel):
         return value
 
 
+# Custom events (sent through the SDK-compatible endpoints, compat/): any name, stored as it is.
+CUSTOM_EVENT_TYPE_MAX_LENGTH = 200
+
+
+def is_custom_event_type(value: Any) -> bool:
+    """A usable custom event name: 1-200 characters, already trimmed."""
+    return (
+        isinstance(value, str) and 0 < len(value) <= CUSTOM_EVENT_TYPE_MAX_LENGTH and value == value.strip()
+    )
+
+
+# Metrics label custom events "custom": their names are the clients' and unbounded in number.
+CUSTOM_METRIC_LABEL = "custom"
+
+
+def metric_event_type(event: Any) -> str:
+    """The `event_type` label of an (enriched) event in metrics."""
+    if not isinstance(event, dict):
+        return ""
+    return CUSTOM_METRIC_LABEL if event.get("custom") is True else str(event.get("event_type", ""))
+
+
+class CustomEventIn(EventIn):
+    """An event outside the catalog, named by the client. Only the SDK-compatible endpoints build
+    these (the native API keeps answering 400 for unknown types); the enriched event carries
+    `custom: true` so the pipeline can tell a deliberate custom event from a bad type."""
+
+    @field_validator("event_type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        if not is_custom_event_type(value):
+            raise ValueError(f"a custom event name is 1-{CUSTOM_EVENT_TYPE_MAX_LENGTH} characters, trimmed")
+        if value in PROPERTY_MODELS:
+            # Scoring, fraud and carts read catalog names: such an event must validate as its type.
+            raise ValueError(f"{value!r} is a catalog type, not a custom event name")
+        return value
+
+
 def _depth(value: Any) -> int:
     if isinstance(value, dict):
         return 1 + max((_depth(v) for v in value.values()), default=0)
@@ -181,6 +219,14 @@ def validate_event(raw: Any) -> tuple[EventIn | None, list[ErrorDetail]]:
         except ValidationError as exc:
             return None, _details(exc, ("properties",))
     return event, []
+
+
+def validate_custom_event(raw: dict[str, Any]) -> tuple[CustomEventIn | None, list[ErrorDetail]]:
+    """(event, []) when `raw` is a valid custom event, (None, errors with field paths) otherwise."""
+    try:
+        return CustomEventIn.model_validate(raw), []
+    except ValidationError as exc:
+        return None, _details(exc)
 
 
 # --- OpenAPI: the same models, as a discriminated union by event_type ----------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from cloudscale_project.timeutil import isoformat_z, parse_iso
 
@@ -34,6 +34,9 @@ class EnrichedEvent(TypedDict):
     ip: str | None
     user_agent: str | None
     correlation_id: str | None
+    # Only events of the SDK-compatible endpoints (compat/) carry these; stores read them back always.
+    custom: NotRequired[bool]
+    context: NotRequired[dict[str, Any] | None]
 
 
 class Kind(StrEnum):
@@ -56,7 +59,9 @@ class EventField:
 
 FIELDS: tuple[EventField, ...] = (
     EventField("event_id", Kind.TEXT, True, 64, help="The idempotency key within the tenant."),
-    EventField("event_type", Kind.TEXT, True, 32, help="One of the catalog's types."),
+    EventField(
+        "event_type", Kind.TEXT, True, 200, help="A catalog type or, when `custom`, the event's own name."
+    ),
     EventField("user_id", Kind.TEXT, True, 128),
     EventField("session_id", Kind.TEXT, False, 128),
     EventField("properties", Kind.JSON, True),
@@ -69,6 +74,10 @@ FIELDS: tuple[EventField, ...] = (
     EventField("ip", Kind.TEXT, False, 64, help="The client's address."),
     EventField("user_agent", Kind.TEXT, False, 512, truncate=True),
     EventField("correlation_id", Kind.TEXT, False, 64),
+    EventField(
+        "custom", Kind.FLAG, False, help="A custom event: a name outside the catalog (SDK endpoints)."
+    ),
+    EventField("context", Kind.JSON, False, help="The SDK's context (≤ 8 KiB), for events sent through one."),
 )
 FIELD: Mapping[str, EventField] = {field.name: field for field in FIELDS}
 
@@ -87,7 +96,7 @@ def _normalise_value(field: EventField, value: Any) -> Any:
     if field.kind is Kind.FLAG:
         return bool(value)
     if field.kind is Kind.JSON:
-        return value or {}
+        return value or ({} if field.required else None)
     if field.truncate and value:
         value = value[: field.max_length]
     return value if field.required else (value or None)
@@ -103,7 +112,11 @@ def normalised(event: Mapping[str, Any]) -> EnrichedEvent:
 
 
 def public_view(event: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: event.get(name) for name in PUBLIC_FIELDS}
+    view = {name: event.get(name) for name in PUBLIC_FIELDS}
+    # Events of the native endpoints carry neither: they are not custom and have no SDK context.
+    view["custom"] = bool(view["custom"])
+    view["context"] = view["context"] or None
+    return view
 
 
 def checked_strings() -> tuple[tuple[str, bool, int], ...]:

@@ -40,7 +40,8 @@ class FraudAlert(models.Model):
     rule = models.CharField(max_length=32, choices=[(r.value, r.value) for r in Rule])
     subject = models.CharField(max_length=128, help_text="The user id, or the IP for ip_distinct_users.")
     user_id = models.CharField(max_length=128, help_text="The user whose event closed the window.")
-    event_type = models.CharField(max_length=32, help_text="The type of the event that closed the window.")
+    # 200: a custom event's name (SDK-compatible endpoints) can close a window too.
+    event_type = models.CharField(max_length=200, help_text="The type of the event that closed the window.")
     window_start = models.DateTimeField(help_text="Start of the bucket the hitting window ends in.")
     window_end = models.DateTimeField()
     window_seconds = models.PositiveIntegerField()

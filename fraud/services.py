@@ -18,6 +18,7 @@ from django.db import IntegrityError, transaction
 
 from cloudscale_project.metrics import platform_incr_many
 from cloudscale_project.timeutil import parse_iso
+from events.schemas import CUSTOM_METRIC_LABEL, EVENT_TYPES
 from fraud.models import FraudAlert
 from fraud.rules import Entry, Hit, RuleConfig, find_hits, rule_subject
 from fraud.selectors import fraud_rule_configs
@@ -79,7 +80,9 @@ def fraud_alerts_raise(*, tenant: str, events: Sequence[dict[str, Any]]) -> list
             "cloudscale_fraud_detected_total",
             [
                 ({"event_type": event_type}, n)
-                for event_type, n in Counter(a.event_type for a in created).items()
+                for event_type, n in Counter(
+                    a.event_type if a.event_type in EVENT_TYPES else CUSTOM_METRIC_LABEL for a in created
+                ).items()
             ],
         )
     return created

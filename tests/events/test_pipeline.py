@@ -416,3 +416,14 @@ def test_a_store_that_gives_up_part_way_gets_its_stored_events_counted_once_and_
     assert (
         platform_counter("cloudscale_events_processed_total", event_type="page_view", outcome="stored") == 1
     )
+
+
+def test_it_stores_a_name_outside_the_catalog_only_when_the_api_marked_it_custom() -> None:
+    marked = enriched_event(event_type="Level Finished", custom=True, context={"library": {"name": "x"}})
+    unmarked = enriched_event(event_type="Level Finished")
+    outcome = batch_process_message(args=(), kwargs=batch_kwargs("acme", [marked, unmarked]), attempt=1)
+
+    assert outcome.stored == [marked["event_id"]] and outcome.dead_lettered == 1
+    row = StoredEvent.objects.get(event_id=marked["event_id"])
+    assert (row.event_type, row.custom, row.context) == ("Level Finished", True, {"library": {"name": "x"}})
+    assert DeadLetter.objects.get().reason == "UnknownEventType"

@@ -126,6 +126,20 @@ def test_it_reads_back_the_stored_event_as_written(store: EventStore) -> None:
     assert store.get(tenant="acme", event_id="never-sent") is None
 
 
+def test_it_keeps_a_custom_event_with_its_name_mark_and_context(store: EventStore) -> None:
+    name = "Level Finished " + "x" * 150  # custom names are up to 200 characters
+    custom = make_event(event_type=name, custom=True, context={"library": {"name": "analytics-python"}})
+    native = make_event()
+    store.write_many([custom, native])
+
+    stored = store.get(tenant="acme", event_id=custom["event_id"])
+    assert stored is not None and public_view(stored) == public_view(custom)
+    assert (stored["custom"], stored["context"]) == (True, {"library": {"name": "analytics-python"}})
+    plain = store.get(tenant="acme", event_id=native["event_id"])
+    assert plain is not None and (plain["custom"], plain["context"]) == (False, None)
+    assert ids(store.query(tenant="acme", event_type=name).results) == [custom["event_id"]]
+
+
 def test_it_keeps_tenants_apart(store: EventStore) -> None:
     acme = make_event(tenant="acme")
     globex = make_event(tenant="globex", event_id=acme["event_id"], user_id="g-1")

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("events", "0003_tenants_move_out"),
+        ("events", "0004_custom_events"),
     ]
 
     operations = [

@@ -21,7 +21,7 @@ STEPS = {
         ("events.process_batch task, all of it", "process_batch (events/tasks.py"),
         ("  decode", "decode_batch (events/pipeline.py"),
         ("  fraud rules (fraud_evaluate_batch)", "fraud_evaluate_batch (fraud/services.py"),
-        ("    Redis windows round trip", "add_and_read (fraud/windows.py"),
+        ("    Redis windows script (add, trim, evaluate)", "add_and_evaluate (fraud/windows.py"),
         ("  scoring (score_apply_batch)", "score_apply_batch (scoring/services.py"),
         ("  event store write (write_many)", "write_many (events/stores/orm.py"),
         ("  scheduled actions (actions_schedule_batch)", "actions_schedule_batch (events/actions.py"),

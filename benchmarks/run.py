@@ -333,6 +333,20 @@ class CpuMeter:
         self.seconds: dict[str, float] = {}
         self.others_cores = 0.0  # average CPU cores used by processes outside this run
         self._start: dict[str, float] = {}
+        self._service_start: dict[int, float] = {}
+
+    def _services_now(self) -> dict[int, tuple[str, float]]:
+        """CPU seconds so far of each service process, by pid: processes come and go (a PostgreSQL
+        backend per connection), so the run's share is summed per process, never negative."""
+        import psutil
+
+        found = {}
+        for service in self.services:
+            for process in self._stack.services(service):
+                with contextlib.suppress(psutil.Error):
+                    times = process.cpu_times()
+                    found[process.pid] = (service, times.user + times.system)
+        return found
 
     def _now(self) -> dict[str, float]:
         import psutil
@@ -345,13 +359,6 @@ class CpuMeter:
                     times = process.cpu_times()
                     total += times.user + times.system
             totals[role] = total
-        for service in self.services:
-            total = 0.0
-            for process in self._stack.services(service):
-                with contextlib.suppress(psutil.Error):
-                    times = process.cpu_times()
-                    total += times.user + times.system
-            totals[service] = total
         own = psutil.Process().cpu_times()
         totals["client"] = own.user + own.system
         machine = psutil.cpu_times()
@@ -362,12 +369,17 @@ class CpuMeter:
         return totals
 
     def __enter__(self) -> CpuMeter:
+        self._service_start = {pid: seconds for pid, (_, seconds) in self._services_now().items()}
         self._start = self._now()
         return self
 
     def __exit__(self, *exc: object) -> None:
         end = self._now()
         delta = {key: end[key] - self._start[key] for key in end}
+        for service in self.services:
+            delta[service] = 0.0
+        for pid, (service, seconds) in self._services_now().items():
+            delta[service] += max(0.0, seconds - self._service_start.get(pid, 0.0))
         self.seconds = {role: delta[role] for role in self.ours}
         others = delta["machine_busy"] - sum(self.seconds.values())
         self.others_cores = max(0.0, others / delta["wall"]) if delta["wall"] > 0 else 0.0

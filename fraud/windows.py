@@ -51,32 +51,31 @@ _LAST_SUFFIX = ":last"
 SCRIPT_TIMEOUT_SECONDS = 5.0
 
 # KEYS: two per update: the window's sorted set, then its hash (used by the distinct-users layout).
-# ARGV: now (the trimming ceiling), lateness, max members per hit, then per update
-#       window, threshold, distinct (1/0), n, and n times (time, member, detail).
+# ARGV[1]: one JSON document (one argument costs the client far less to pack than thousands):
+#       [now (the trimming ceiling), lateness, max members per hit, updates], each update
+#       [window, threshold, distinct (1/0), entries], each entry [time, member, detail]. Times are
+#       strings: Redis turns a Lua number into a command argument with 14 digits, which would
+#       round an epoch time with microseconds.
 # Reply: per update a list of hits, each {end, count, window rows (member, score...), members at
 #        end, details of the window rows, details of the members at end} (details: distinct only).
 _SCRIPT = """
-local now = tonumber(ARGV[1])
-local lateness = tonumber(ARGV[2])
-local max_members = tonumber(ARGV[3])
+local doc = cjson.decode(ARGV[1])
+local now, lateness, max_members = tonumber(doc[1]), doc[2], doc[3]
 local function fmt(x) return string.format('%.17g', x) end
 local reply = {}
-local a = 4
-for u = 1, #KEYS / 2 do
+for u, update in ipairs(doc[4]) do
   local key, last = KEYS[2 * u - 1], KEYS[2 * u]
-  local window, threshold = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  local distinct, n = ARGV[a + 2] == '1', tonumber(ARGV[a + 3])
-  a = a + 4
+  local window, threshold, distinct = update[1], update[2], update[3] == 1
   local times, newest, adds = {}, nil, {}
-  for i = 0, n - 1 do
-    local raw, member = ARGV[a + 3 * i], ARGV[a + 3 * i + 1]
+  for _, entry in ipairs(update[4]) do
+    local raw, member = entry[1], entry[2]
     local t = tonumber(raw)
     times[#times + 1] = t
     if newest == nil or t > newest then newest = t end
     if distinct then
       -- GT: a user's entry only moves forward in time; CH: 1 when added or moved.
       if redis.call('ZADD', key, 'GT', 'CH', raw, member) == 1 then
-        redis.call('HSET', last, member, ARGV[a + 3 * i + 2])
+        redis.call('HSET', last, member, entry[3])
       end
     else
       adds[#adds + 1] = raw
@@ -84,7 +83,6 @@ for u = 1, #KEYS / 2 do
       if #adds >= 1000 then redis.call('ZADD', key, unpack(adds)); adds = {} end
     end
   end
-  a = a + 3 * n
   if #adds > 0 then redis.call('ZADD', key, unpack(adds)) end
 
   -- Examine each window (end - window, end] that ends at a known event time and holds a new one;
@@ -167,12 +165,12 @@ class FraudWindowStore(Protocol):
         ...
 
 
-def _member(entry: Entry) -> bytes:
-    return orjson.dumps([entry.event_id, entry.user_id, entry.event_type])
+def _member(entry: Entry) -> str:
+    return orjson.dumps([entry.event_id, entry.user_id, entry.event_type]).decode()
 
 
-def _detail(entry: Entry) -> bytes:
-    return orjson.dumps([entry.event_id, entry.event_type])
+def _detail(entry: Entry) -> str:
+    return orjson.dumps([entry.event_id, entry.event_type]).decode()
 
 
 def _keys(update: WindowUpdate) -> tuple[str, str]:
@@ -226,15 +224,16 @@ class RedisFraudWindows:
         if not updates:
             return []
         keys: list[str] = []
-        args: list[Any] = [repr(time.time()), self._lateness, MAX_ALERT_EVENT_IDS]
+        documents: list[Any] = []
         for update in updates:
             keys += _keys(update)
-            args += [update.window_seconds, update.threshold, int(update.distinct_users), len(update.entries)]
-            for entry in update.entries:
-                detail = _detail(entry) if update.distinct_users else b""
-                member = entry.user_id if update.distinct_users else _member(entry)
-                args += [repr(entry.at), member, detail]
-        replies = self._script(keys=keys, args=args)
+            if update.distinct_users:
+                entries = [[repr(e.at), e.user_id, _detail(e)] for e in update.entries]
+            else:
+                entries = [[repr(e.at), _member(e), ""] for e in update.entries]
+            documents.append([update.window_seconds, update.threshold, int(update.distinct_users), entries])
+        argument = orjson.dumps([repr(time.time()), self._lateness, MAX_ALERT_EVENT_IDS, documents])
+        replies = self._script(keys=keys, args=[argument])
         return [[_hit(update, row) for row in hits] for update, hits in zip(updates, replies, strict=True)]
 
 

@@ -110,7 +110,9 @@ for u, update in ipairs(doc[4]) do
         if count > threshold then
           local members = redis.call(
             'ZRANGEBYSCORE', key, start, rows[i], 'WITHSCORES', 'LIMIT', 0, max_members)
-          local closing = redis.call('ZRANGEBYSCORE', key, rows[i], rows[i])
+          -- Candidates for the event that closes the window: those at its instant (bounded, as a
+          -- Lua unpack is; members at one score come in byte order, event id first).
+          local closing = redis.call('ZREVRANGEBYSCORE', key, rows[i], rows[i], 'LIMIT', 0, 100)
           local details, closing_details = {}, {}
           if distinct then
             local names = {}

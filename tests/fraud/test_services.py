@@ -242,3 +242,11 @@ def test_it_finds_the_windows_the_pure_rules_find(batch_size: int) -> None:
         assert found == expected
     else:  # in small batches the first hit of a bucket may come from fewer events: same buckets
         assert {f[:2] for f in found} == {e[:2] for e in expected}
+
+
+def test_it_alerts_on_many_events_at_one_instant() -> None:
+    clicks = [event("click", at=T0) for _ in range(301)]
+    fraud_evaluate_batch(tenant="acme", events=clicks)
+    alert = FraudAlert.objects.get()
+    assert (alert.rule, alert.event_count, len(alert.event_ids)) == ("user_event_rate", 301, 301)
+    assert alert.event_type == "click" and alert.user_id == "u1"

@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make run    - start API, worker, beat and Flower on the embedded stack (Ctrl-C stops all)"
 	@echo "make test   - install test dependencies, then ruff, mypy and the whole pytest suite"
-	@echo "make bench  - run the benchmarks and print the result table"
+	@echo "make bench  - run the benchmarks and print the result table (STACK=postgres: PostgreSQL + RabbitMQ)"
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "CloudScale needs Python 3.11+"'
@@ -62,8 +62,10 @@ test: install-test
 	@echo "--- the core suite again with RabbitMQ (127.0.0.1:5672) as broker ---"
 	CLOUDSCALE_TEST_BROKER=rabbitmq $(BIN)/python -m pytest -m "core$(if $(MARKERS), and ($(MARKERS)))" $(PYTEST_ARGS)
 
+# STACK=postgres: the same bench on PostgreSQL (127.0.0.1:5432) and RabbitMQ (127.0.0.1:5672).
+STACK ?= embedded
 bench: install-test
-	$(BIN)/python benchmarks/run.py
+	CLOUDSCALE_BENCH_STACK=$(STACK) $(BIN)/python benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) node_modules .state test-artifacts

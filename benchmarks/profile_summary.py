@@ -21,7 +21,7 @@ STEPS: dict[str, list[tuple[str, str | None]]] = {
         ("events.process_batch task, all of it", "process_batch (events/tasks.py"),
         ("  decode", "decode_batch (events/pipeline.py"),
         ("  fraud rules (fraud_evaluate_batch)", "fraud_evaluate_batch (fraud/services.py"),
-        ("    Redis windows round trip", "add_and_read (fraud/windows.py"),
+        ("    Redis windows script (add, trim, evaluate)", "add_and_evaluate (fraud/windows.py"),
         ("  scoring (score_apply_batch)", "score_apply_batch (scoring/services.py"),
         ("  event store write (write_many)", "write_many (events/stores/orm.py"),
         ("  cart abandonment step (cart_events_record)", "cart_events_record (carts/services.py"),

@@ -13,9 +13,22 @@ free ports, no Flower, no beat, task events off), then measures, one after the o
    store write each), until every one is stored; and the ratio of the two;
 3. latency of single-event `POST /api/events` under many concurrent clients, beside a trivial
    Django view on the same gunicorn (benchmarks/views.py: the floor);
-4. peak memory of the API (gunicorn) and worker (Celery) process trees, sampled throughout.
+4. the same two at a steady rate (open loop: requests leave on a fixed schedule whether or not
+   earlier ones were answered, and latency counts from the scheduled time);
+5. the batched run again with every event from one client address (one hot fraud subject);
+6. peak memory of the API (gunicorn) and worker (Celery) process trees, sampled throughout.
 
-Prints a table; the last line is `RESULT e2e_events_per_s=<n> ratio_vs_naive=<x> p99_ms=<y>`.
+Prints a table, then a profile section, and as its last line
+`RESULT e2e_events_per_s=<n> ratio_vs_naive=<x> p99_ms=<y> cpu_s_per_1k=<c> single_vs_floor=<r>
+open_p99_ms=<o> hot_ratio=<h>` (one line): cpu_s_per_1k = CPU seconds of all processes per 1,000
+batched events; single_vs_floor = single-event requests/s over the trivial view's, same clients;
+open_p99_ms = single-event p99 at the open-loop rate; hot_ratio = batched rate with one address per
+session over the rate with every event from one address.
+
+`CLOUDSCALE_BENCH_STACK=postgres` (`make bench STACK=postgres`) runs the same on the machine's
+PostgreSQL (127.0.0.1:5432, a database created for the run and dropped after it) and RabbitMQ
+(127.0.0.1:5672, queues named for the run and deleted after it), with two worker processes; shared
+state stays on the embedded Redis.
 
 Sizes and tuning come from the environment (defaults in brackets):
   CLOUDSCALE_BENCH_EVENTS [50000]          events of the batched run
@@ -25,7 +38,12 @@ Sizes and tuning come from the environment (defaults in brackets):
   CLOUDSCALE_BENCH_LATENCY_CLIENTS [50]    concurrent clients of the latency runs
   CLOUDSCALE_BENCH_LATENCY_REQUESTS [3000] requests per latency run (API and floor each)
   CLOUDSCALE_BENCH_API_WORKERS [2]         gunicorn worker processes (threads: GUNICORN_THREADS, 8)
-  CLOUDSCALE_BENCH_AUTOSCALE [2,2]         the worker's --autoscale max,min
+  CLOUDSCALE_BENCH_AUTOSCALE [unset]       the worker's --autoscale max,min (unset: `make run`'s default;
+                                           postgres stack: 2,2)
+  CLOUDSCALE_BENCH_OPEN_RATE [200]         requests/s of the open-loop latency runs
+  CLOUDSCALE_BENCH_OPEN_REQUESTS [2000]    requests per open-loop run (API and floor each)
+  CLOUDSCALE_BENCH_HOT_EVENTS [events]     events of the one-address batched run
+  CLOUDSCALE_BENCH_STACK [embedded]        embedded (SQLite + Redis) or postgres (PostgreSQL + RabbitMQ)
   CLOUDSCALE_BENCH_ONE_ADDRESS [unset]     1: every event from the bench's own address (no X-Forwarded-For)
   CLOUDSCALE_BENCH_PROFILE [unset]         a folder: py-spy records API and worker during the batched run
   CLOUDSCALE_BENCH_TIMEOUT [240]           seconds a run may take to drain before the bench fails
@@ -34,6 +52,7 @@ Sizes and tuning come from the environment (defaults in brackets):
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import platform
 import secrets
@@ -74,6 +93,10 @@ WARMUP_REQUESTS = 200
 # X-Forwarded-For. (All traffic from one address makes that address a hot fraud-window subject:
 # docs/benchmarks.md, "One hot address".)
 TRUSTED_PROXY = "127.0.0.1/32"
+# STACK=postgres: the machine's services on loopback (a database and queues of the run's own).
+POSTGRES_URL = "postgres://postgres@127.0.0.1:5432"
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+POSTGRES_WORKER_AUTOSCALE = "2,2"  # two worker processes
 LIFTED_LIMITS = {
     "CLOUDSCALE_RATE_LIMIT_PER_IP_CAPACITY": "1000000000",
     "CLOUDSCALE_RATE_LIMIT_PER_IP_REFILL": "1000000000",
@@ -90,13 +113,26 @@ class BenchConfig:
     latency_clients: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_LATENCY_CLIENTS", 50))
     latency_requests: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_LATENCY_REQUESTS", 3_000))
     api_workers: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_API_WORKERS", 2))
-    autoscale: str = field(default_factory=lambda: os.environ.get("CLOUDSCALE_BENCH_AUTOSCALE", "2,2"))
+    autoscale: str = field(default_factory=lambda: os.environ.get("CLOUDSCALE_BENCH_AUTOSCALE", ""))
+    open_rate: float = field(default_factory=lambda: float(env_int("CLOUDSCALE_BENCH_OPEN_RATE", 200)))
+    open_requests: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_OPEN_REQUESTS", 2_000))
+    hot_events: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_HOT_EVENTS", 0))
+    stack: str = field(default_factory=lambda: os.environ.get("CLOUDSCALE_BENCH_STACK", "") or "embedded")
     profile_dir: str = field(default_factory=lambda: os.environ.get("CLOUDSCALE_BENCH_PROFILE", ""))
     one_address: bool = field(default_factory=lambda: os.environ.get("CLOUDSCALE_BENCH_ONE_ADDRESS") == "1")
     timeout: float = field(default_factory=lambda: float(env_int("CLOUDSCALE_BENCH_TIMEOUT", 240)))
 
 
 _ROLE_MARKERS = {"api": "gunicorn", "worker": " worker ", "redis": "valkey-server"}
+# Services of the postgres stack that are not our children, found by process name. They are the
+# machine's, so their CPU includes whatever other users of the same servers did meanwhile.
+_SERVICE_NAMES = {"postgres": ("postgres",), "rabbitmq": ("beam.smp", "erl_child_setup", "epmd")}
+
+
+def _default_pool_bounds() -> tuple[int, int]:
+    from ops.autoscale import default_pool_bounds
+
+    return default_pool_bounds(cores=os.cpu_count() or 1)
 
 
 def _status(url: str) -> int:
@@ -144,14 +180,45 @@ class Platform:
             DJANGO_SETTINGS_MODULE="benchmarks.settings",  # the naive task and the floor view
             PYTHONUNBUFFERED="1",
         )
+        self.stack = config.stack
+        self.database = ""
+        autoscale = config.autoscale
+        if config.stack == "postgres":
+            run = secrets.token_hex(4)
+            self.database = f"cloudscale_bench_{run}"
+            self.env.update(
+                DATABASE_URL=f"{POSTGRES_URL}/{self.database}",
+                CLOUDSCALE_BROKER_URL=RABBITMQ_URL,
+                CLOUDSCALE_QUEUE=f"cloudscale-bench-{run}",
+                CLOUDSCALE_OPS_QUEUE=f"cloudscale-bench-ops-{run}",
+            )
+            autoscale = autoscale or POSTGRES_WORKER_AUTOSCALE
+        elif config.stack != "embedded":
+            raise ValueError(f"CLOUDSCALE_BENCH_STACK must be embedded or postgres, not {config.stack!r}")
         self.argv = [
             sys.executable, "manage.py", "runplatform", "--port", str(self.port), "--no-flower", "--no-beat",
-            "--api-workers", str(config.api_workers), "--autoscale", config.autoscale,
+            "--api-workers", str(config.api_workers),
         ]  # fmt: skip
+        if autoscale:
+            self.argv += ["--autoscale", autoscale]
+        self.autoscale = autoscale or "{},{}".format(*_default_pool_bounds())
         self.process: subprocess.Popen[bytes] | None = None
         self._log = self.state / "runplatform.out"
 
+    def describe(self) -> str:
+        if self.stack == "postgres":
+            return "PostgreSQL 127.0.0.1:5432 + RabbitMQ 127.0.0.1:5672; shared state: embedded Redis"
+        return "embedded: SQLite + Redis (appendfsync always)"
+
+    def _postgres(self, statement: str) -> None:
+        import psycopg
+
+        with psycopg.connect(f"{POSTGRES_URL}/postgres", autocommit=True) as conn:
+            conn.execute(statement)
+
     def start(self) -> None:
+        if self.database:
+            self._postgres(f'CREATE DATABASE "{self.database}"')
         with self._log.open("wb") as log:
             self.process = subprocess.Popen(
                 self.argv,
@@ -208,10 +275,38 @@ class Platform:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
+        if self.stack == "postgres":
+            self._drop_queues()
+        if self.database and not keep_state:
+            with contextlib.suppress(Exception):
+                self._postgres(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
         if keep_state:
-            _step(f"logs and data kept in {self.state}")
+            _step(
+                f"logs and data kept in {self.state}"
+                + (f" (database {self.database})" if self.database else "")
+            )
         else:
             shutil.rmtree(self.state, ignore_errors=True)
+
+    def _drop_queues(self) -> None:
+        """The run's RabbitMQ queues go with it (the broker is shared with other users)."""
+        from kombu import Connection, Queue
+
+        with contextlib.suppress(Exception), Connection(RABBITMQ_URL, connect_timeout=3) as conn:
+            channel = conn.channel()
+            for name in (self.env["CLOUDSCALE_QUEUE"], self.env["CLOUDSCALE_OPS_QUEUE"]):
+                with contextlib.suppress(Exception):
+                    Queue(name).bind(channel).delete()
+
+    def services(self, role: str) -> list[Any]:
+        """The machine's processes of a service of the postgres stack ('postgres', 'rabbitmq')."""
+        import psutil
+
+        found = []
+        for process in psutil.process_iter(["name"]):
+            if (process.info["name"] or "").startswith(_SERVICE_NAMES[role]):
+                found.append(process)
+        return found
 
 
 class CpuMeter:
@@ -220,13 +315,29 @@ class CpuMeter:
     machine is shared: other processes' CPU is capacity this run did not have)."""
 
     ROLES = ("api", "worker", "redis")
-    OURS = (*ROLES, "client")
+    SERVICES = ("postgres", "rabbitmq")
 
     def __init__(self, stack: Platform) -> None:
         self._stack = stack
+        self.services = self.SERVICES if stack.stack == "postgres" else ()
+        self.ours = (*self.ROLES, *self.services, "client")
         self.seconds: dict[str, float] = {}
         self.others_cores = 0.0  # average CPU cores used by processes outside this run
         self._start: dict[str, float] = {}
+        self._service_start: dict[int, float] = {}
+
+    def _services_now(self) -> dict[int, tuple[str, float]]:
+        """CPU seconds so far of each service process, by pid: processes come and go (a PostgreSQL
+        backend per connection), so the run's share is summed per process, never negative."""
+        import psutil
+
+        found = {}
+        for service in self.services:
+            for process in self._stack.services(service):
+                with contextlib.suppress(psutil.Error):
+                    times = process.cpu_times()
+                    found[process.pid] = (service, times.user + times.system)
+        return found
 
     def _now(self) -> dict[str, float]:
         import psutil
@@ -249,20 +360,28 @@ class CpuMeter:
         return totals
 
     def __enter__(self) -> CpuMeter:
+        self._service_start = {pid: seconds for pid, (_, seconds) in self._services_now().items()}
         self._start = self._now()
         return self
 
     def __exit__(self, *exc: object) -> None:
         end = self._now()
         delta = {key: end[key] - self._start[key] for key in end}
-        self.seconds = {role: delta[role] for role in self.OURS}
+        for service in self.services:
+            delta[service] = 0.0
+        for pid, (service, seconds) in self._services_now().items():
+            delta[service] += max(0.0, seconds - self._service_start.get(pid, 0.0))
+        self.seconds = {role: delta[role] for role in self.ours}
         others = delta["machine_busy"] - sum(self.seconds.values())
         self.others_cores = max(0.0, others / delta["wall"]) if delta["wall"] > 0 else 0.0
 
     def per_thousand(self, events: int, unit: str = "events") -> str:
-        parts = [f"{role} {1000 * self.seconds[role] / events:.2f}" for role in self.OURS]
-        total = 1000 * sum(self.seconds.values()) / events
-        return f"{total:.2f} CPU-s per 1,000 {unit} ({', '.join(parts)})"
+        parts = [f"{role} {1000 * self.seconds[role] / events:.2f}" for role in self.ours]
+        return f"{self.per_thousand_total(events):.2f} CPU-s per 1,000 {unit} ({', '.join(parts)})"
+
+    def per_thousand_total(self, events: int) -> float:
+        """CPU seconds of every process of the run (the load generator included) per 1,000 events."""
+        return 1000 * sum(self.seconds.values()) / events
 
     def others(self) -> str:
         return f"other processes on the machine used {self.others_cores:.2f} cores meanwhile"
@@ -400,7 +519,9 @@ class E2EResult:
         return self.events / self.seconds
 
 
-def run_batched(stack: Platform, config: BenchConfig, *, events: int, profile: str = "") -> E2EResult:
+def run_batched(
+    stack: Platform, config: BenchConfig, *, events: int, profile: str = "", one_address: bool | None = None
+) -> E2EResult:
     from benchmarks.loadgen import LoadConfig, TrafficGenerator, plan_requests, run_load
 
     traffic = TrafficGenerator(seed=7).take(events)  # generated before the clock starts
@@ -412,7 +533,7 @@ def run_batched(stack: Platform, config: BenchConfig, *, events: int, profile: s
         events=events,
         batch=config.batch,
         concurrency=config.clients,
-        forwarded_for=not config.one_address,
+        forwarded_for=not (config.one_address if one_address is None else one_address),
     )
     with profiled(stack, profile, "batched"), CpuMeter(stack) as cpu:
         summary = run_load(load, requests=requests, progress=False)
@@ -556,6 +677,110 @@ def run_latency(
     )
 
 
+@dataclass
+class OpenLoopResult:
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    late: int  # requests that left more than OPEN_LOOP_LATE_SECONDS after their scheduled time
+    failures: int
+    cpu: CpuMeter
+
+    def line(self) -> str:
+        return (
+            f"p50 {self.p50_ms:.1f} ms  p99 {self.p99_ms:.1f} ms  at {self.rate:,.0f} req/s offered "
+            f"({self.requests} requests, {self.failures} not 202, {self.late} sent late)"
+        )
+
+
+# Enough senders that a steady rate never waits for a free one while the server keeps up; when it
+# does not, requests queue for a sender and that wait counts in their latency (as it would for
+# real clients that do not slow down).
+OPEN_LOOP_SENDERS = 64
+OPEN_LOOP_LATE_SECONDS = 0.05
+
+
+def run_open_loop(stack: Platform, config: BenchConfig, *, path: str | None, seed: int) -> OpenLoopResult:
+    """Single-event requests on a fixed schedule (`open_rate` per second): each one's latency runs
+    from the time it was due, so a server that falls behind shows it (no coordinated omission)."""
+    import httpx
+    from events.loadgen import USER_AGENT, LoadConfig, TrafficGenerator, send_request
+
+    traffic = TrafficGenerator(seed=seed).take(config.open_requests)
+    load = LoadConfig(
+        url=stack.url, key=stack.api_key, events=len(traffic), batch=1,
+        forwarded_for=not config.one_address, path=path,
+    )  # fmt: skip
+    headers = {
+        "Authorization": f"Bearer {stack.api_key}",
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+    }
+    interval = 1.0 / config.open_rate
+    lock = threading.Lock()
+    latencies: list[float] = []
+    counts = {"next": 0, "late": 0, "failures": 0}
+    stop = threading.Event()
+
+    def sender(client: httpx.Client, start: float) -> None:
+        while True:
+            with lock:
+                index = counts["next"]
+                counts["next"] += 1
+            if index >= len(traffic):
+                return
+            due = start + index * interval
+            now = time.perf_counter()
+            if due > now:
+                time.sleep(due - now)
+            elif now - due > OPEN_LOOP_LATE_SECONDS:
+                with lock:
+                    counts["late"] += 1
+            outcome = send_request(client, [traffic[index]], load, stop)
+            done = time.perf_counter()
+            with lock:
+                latencies.append(done - due)
+                if outcome.statuses.get("202", 0) != 1:
+                    counts["failures"] += 1
+
+    # Clients (one keep-alive connection each) are made before the clock starts: making one costs
+    # milliseconds of CPU that would otherwise land on the first requests.
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    clients = [
+        httpx.Client(base_url=stack.url, headers=headers, timeout=30, limits=limits)
+        for _ in range(OPEN_LOOP_SENDERS)
+    ]
+    try:
+        with CpuMeter(stack) as cpu:
+            start = time.perf_counter() + 0.1
+            threads = [
+                threading.Thread(target=sender, args=(client, start), name=f"open-loop-{n}", daemon=True)
+                for n, client in enumerate(clients)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        for client in clients:
+            client.close()
+    ordered = sorted(latencies)
+
+    def percentile(p: float) -> float:
+        return 1000 * ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)] if ordered else 0.0
+
+    return OpenLoopResult(
+        rate=config.open_rate,
+        p50_ms=percentile(50),
+        p99_ms=percentile(99),
+        requests=len(ordered),
+        late=counts["late"],
+        failures=counts["failures"],
+        cpu=cpu,
+    )
+
+
 # --- the report -------------------------------------------------------------------------------------------
 
 
@@ -587,6 +812,25 @@ def _step(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
+def _profile_section(config: BenchConfig, phases: list[tuple[str, CpuMeter, int, str]]) -> str:
+    """Where the CPU went: per phase and process group; with CLOUDSCALE_BENCH_PROFILE, by function too."""
+    lines = ["profile: CPU seconds per 1,000 events or requests, by process group"]
+    rows = [(name, cpu.per_thousand(n, unit)) for name, cpu, n, unit in phases]
+    lines.append(_table(rows))
+    folder = Path(config.profile_dir) if config.profile_dir else None
+    if folder is None:
+        lines.append(
+            "  (set CLOUDSCALE_BENCH_PROFILE=<folder> for py-spy profiles of the batched and single runs)"
+        )
+        return "\n".join(lines)
+    from benchmarks.profile_summary import summarize
+
+    for path in sorted(folder.glob("*.folded")):
+        role = "api" if path.stem.startswith("api") else "worker"
+        lines.append(summarize(path, role, top=8))
+    return "\n".join(lines)
+
+
 def _setup_django(stack: Platform) -> None:
     """This process reads the platform's database and publishes to its broker: same settings."""
     os.environ.clear()  # e.g. a CLOUDSCALE_QUEUE of the caller would point this process elsewhere
@@ -594,6 +838,53 @@ def _setup_django(stack: Platform) -> None:
     import django
 
     django.setup()
+
+
+@dataclass
+class Measured:
+    batched: E2EResult
+    sdk: E2EResult
+    hot: E2EResult
+    naive: E2EResult
+    floor: LatencyResult
+    api: LatencyResult
+    open_floor: OpenLoopResult
+    open_api: OpenLoopResult
+
+
+def measure(stack: Platform, config: BenchConfig) -> Measured:
+    """Every run of the bench, one after the other, after a warm-up."""
+    _step("warm-up (forks, imports, first connections)")
+    run_batched(stack, config, events=min(WARMUP_BATCHES * config.batch, config.events))
+    # The SDK endpoint's warm-up on the demo tenant, whose windows the warm-up already filled.
+    run_sdk(stack, config, events=min(WARMUP_BATCHES * config.batch, config.events), tenant=TENANT)
+    run_naive(stack, config, events=min(WARMUP_NAIVE_EVENTS, config.naive_events))
+    warm = replace(config, latency_requests=min(WARMUP_REQUESTS, config.latency_requests))
+    run_latency(stack, warm, path="/bench/noop", seed=1)
+    before = _stored_mark()
+    warm_api = run_latency(stack, warm, path=None, seed=2)
+    _wait_stored(after=before, events=warm_api.accepted, timeout=config.timeout, what="warm-up")
+
+    _step(f"batched: {config.events:,} events in batches of {config.batch}, {config.clients} clients")
+    batched = run_batched(stack, config, events=config.events, profile=config.profile_dir)
+    _step(f"  {batched.per_second:,.0f} events/s; {batched.cpu.per_thousand(batched.events)}")
+    _step(f"SDK: the same through /v1/batch (Segment format, gzip), {config.clients} clients")
+    sdk = run_sdk(stack, config, events=config.events, tenant=SDK_TENANT)
+    _step(f"  {sdk.per_second:,.0f} events/s; {sdk.cpu.per_thousand(sdk.events)}")
+    hot_events = config.hot_events or config.events
+    _step(f"batched, every event from one address: {hot_events:,} events")
+    hot = run_batched(stack, config, events=hot_events, one_address=True)
+    _step(f"  {hot.per_second:,.0f} events/s; {hot.cpu.per_thousand(hot.events)}")
+    _step(f"naive: {config.naive_events:,} events, one task and one store write each")
+    naive = run_naive(stack, config, events=config.naive_events)
+    _step(f"  {naive.per_second:,.0f} events/s; {naive.cpu.per_thousand(naive.events)}")
+    _step(f"latency: {config.latency_requests:,} requests from {config.latency_clients} clients, each")
+    floor = run_latency(stack, config, path="/bench/noop", seed=3)
+    api = run_latency(stack, config, path=None, seed=4, profile=config.profile_dir)
+    _step(f"open loop: {config.open_requests:,} requests at {config.open_rate:,.0f}/s, each")
+    open_floor = run_open_loop(stack, config, path="/bench/noop", seed=5)
+    open_api = run_open_loop(stack, config, path=None, seed=6)
+    return Measured(batched, sdk, hot, naive, floor, api, open_floor, open_api)
 
 
 def main() -> int:
@@ -606,31 +897,7 @@ def main() -> int:
         stack.start()
         _setup_django(stack)
         with MemorySampler(stack) as memory:
-            _step("warm-up (forks, imports, first connections)")
-            run_batched(stack, config, events=min(WARMUP_BATCHES * config.batch, config.events))
-            # The SDK endpoint's warm-up on the demo tenant, whose windows the warm-up already filled.
-            run_sdk(stack, config, events=min(WARMUP_BATCHES * config.batch, config.events), tenant=TENANT)
-            run_naive(stack, config, events=min(WARMUP_NAIVE_EVENTS, config.naive_events))
-            warm = replace(config, latency_requests=min(WARMUP_REQUESTS, config.latency_requests))
-            run_latency(stack, warm, path="/bench/noop", seed=1)
-            before = _stored_mark()
-            warm_api = run_latency(stack, warm, path=None, seed=2)
-            _wait_stored(after=before, events=warm_api.accepted, timeout=config.timeout, what="warm-up")
-
-            _step(f"batched: {config.events:,} events in batches of {config.batch}, {config.clients} clients")
-            batched = run_batched(stack, config, events=config.events, profile=config.profile_dir)
-            _step(f"  {batched.per_second:,.0f} events/s; {batched.cpu.per_thousand(batched.events)}")
-            _step(f"SDK: the same through /v1/batch (Segment format, gzip), {config.clients} clients")
-            sdk = run_sdk(stack, config, events=config.events, tenant=SDK_TENANT)
-            _step(f"  {sdk.per_second:,.0f} events/s; {sdk.cpu.per_thousand(sdk.events)}")
-            _step(f"naive: {config.naive_events:,} events, one task and one store write each")
-            naive = run_naive(stack, config, events=config.naive_events)
-            _step(f"  {naive.per_second:,.0f} events/s; {naive.cpu.per_thousand(naive.events)}")
-            _step(
-                f"latency: {config.latency_requests:,} requests from {config.latency_clients} clients, each"
-            )
-            floor = run_latency(stack, config, path="/bench/noop", seed=3)
-            api = run_latency(stack, config, path=None, seed=4, profile=config.profile_dir)
+            m = measure(stack, config)
     except BaseException:
         _step("failed; stopping the platform")
         stack.stop(keep_state=True)
@@ -638,6 +905,7 @@ def main() -> int:
     _step("stopping the platform")
     stack.stop()
 
+    batched, sdk, hot, naive, floor, api = m.batched, m.sdk, m.hot, m.naive, m.floor, m.api
     ratio = batched.per_second / naive.per_second
     # The client's CPU is left out: the bench's own sender (gzip, message shape) is not the server's.
     server = ("api", "worker", "redis")
@@ -645,16 +913,25 @@ def main() -> int:
         sum(batched.cpu.seconds[r] for r in server) / batched.events
     )
     cores = os.cpu_count() or 1
+    phases = [
+        ("batched", batched.cpu, batched.events, "events"),
+        ("batched, one address", hot.cpu, hot.events, "events"),
+        ("naive", naive.cpu, naive.events, "events"),
+        ("single-event POST, closed loop", api.cpu, api.requests, "requests"),
+        ("single-event POST, open loop", m.open_api.cpu, m.open_api.requests, "requests"),
+    ]
     threads = os.environ.get("GUNICORN_THREADS", "8")
     clients = config.latency_clients
     ceiling = batched.cpu.ceiling(batched.events, cores)
     addresses = "all 127.0.0.1" if config.one_address else "one per session (X-Forwarded-For)"
+    hot_ratio = batched.per_second / hot.per_second
+    single_vs_floor = (api.requests / api.seconds) / (floor.requests / floor.seconds)
     rows = [
         ("machine", _machine()),
-        ("stack", "embedded: SQLite + Redis (appendfsync always)"),
+        ("stack", stack.describe()),
         ("", f"client addresses: {addresses}"),
         ("", f"gunicorn {config.api_workers} workers x {threads} threads"),
-        ("", f"Celery prefork --autoscale {config.autoscale}, prefetch x2, task events off"),
+        ("", f"Celery prefork --autoscale {stack.autoscale}, prefetch x2, task events off, orjson messages"),
         ("", ""),
         ("batched e2e (POST /api/events/batch)", f"{batched.per_second:,.0f} events/s"),
         ("", f"{batched.events:,} events, batches of {config.batch}, {config.clients} clients"),
@@ -667,6 +944,11 @@ def main() -> int:
         ("", sdk.cpu.per_thousand(sdk.events)),
         ("", sdk.cpu.others()),
         ("SDK / batched, server CPU per event", f"{sdk_cost_ratio:.2f}x (API + worker + Redis)"),
+        ("batched e2e, one client address", f"{hot.per_second:,.0f} events/s (every event from 127.0.0.1)"),
+        ("", f"{hot.events:,} events: all stored after {hot.seconds:.1f} s"),
+        ("", hot.cpu.per_thousand(hot.events)),
+        ("", hot.cpu.others()),
+        ("ratio per-session / one address", f"{hot_ratio:.2f}x"),
         ("naive e2e (a task per event)", f"{naive.per_second:,.0f} events/s"),
         ("", f"{naive.events:,} events: all stored after {naive.seconds:.1f} s (published after "
              f"{naive.ingest_seconds:.1f} s)"),
@@ -680,6 +962,12 @@ def main() -> int:
         (f"floor: trivial view, {clients} clients", floor.line()),
         ("", floor.cpu.per_thousand(floor.requests, "requests")),
         ("", floor.cpu.others()),
+        ("ratio single / floor (req/s)", f"{single_vs_floor:.2f}"),
+        ("POST /api/events, open loop", m.open_api.line()),
+        ("", m.open_api.cpu.per_thousand(m.open_api.requests, "requests")),
+        ("", m.open_api.cpu.others()),
+        ("floor: trivial view, open loop", m.open_floor.line()),
+        ("", m.open_floor.cpu.per_thousand(m.open_floor.requests, "requests")),
         ("", ""),
         ("peak memory, API (gunicorn)", memory.line("api")),
         ("peak memory, worker (Celery)", memory.line("worker")),
@@ -689,7 +977,13 @@ def main() -> int:
     ]  # fmt: skip
     print("CloudScale benchmark")
     print(_table(rows))
-    result = f"e2e_events_per_s={batched.per_second:.0f} ratio_vs_naive={ratio:.1f} p99_ms={api.p99_ms:.1f}"
+    print()
+    print(_profile_section(config, phases))
+    result = (
+        f"e2e_events_per_s={batched.per_second:.0f} ratio_vs_naive={ratio:.1f} p99_ms={api.p99_ms:.1f} "
+        f"cpu_s_per_1k={batched.cpu.per_thousand_total(batched.events):.3f} "
+        f"single_vs_floor={single_vs_floor:.2f} open_p99_ms={m.open_api.p99_ms:.1f} hot_ratio={hot_ratio:.2f}"
+    )
     print(f"RESULT {result}", flush=True)
     return 0
 

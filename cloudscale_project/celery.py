@@ -7,8 +7,11 @@ import os
 from celery import Celery
 
 from cloudscale_project.observability import install_celery_hooks
+from cloudscale_project.serialization import register_orjson
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cloudscale_project.settings")
+# Before the app is used: CELERY_TASK_SERIALIZER names it.
+register_orjson()
 
 app = Celery("cloudscale")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -204,8 +204,11 @@ _SERVICE_BUS = BROKER_SCHEME == "azureservicebus"
 # On Service Bus a prefetched message is locked with its 5-minute clock running and no other worker
 # can take it; one message is a whole batch (up to 500 events), so one per process keeps it busy.
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CLOUDSCALE_WORKER_PREFETCH", 1 if _SERVICE_BUS else 2, minimum=1)
-CELERY_TASK_SERIALIZER = "json"
-CELERY_ACCEPT_CONTENT = ["json"]
+# orjson (registered with kombu by cloudscale_project/celery.py) encodes and decodes a batch message
+# several times faster than kombu's stdlib json; "json" stays accepted so messages published before
+# (queued, retried, dead letters requeued byte-exact) are still processed.
+CELERY_TASK_SERIALIZER = "orjson"
+CELERY_ACCEPT_CONTENT = ["orjson", "json"]
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CLOUDSCALE_TASK_SOFT_TIME_LIMIT", 120, minimum=1)
 CELERY_TASK_TIME_LIMIT = env_int(
     "CLOUDSCALE_TASK_TIME_LIMIT",

@@ -27,7 +27,9 @@ TASK_NAME = "events.process_batch"
 
 def _broker_errors() -> tuple[type[BaseException], ...]:
     """Everything a publish can raise when the broker is away, on every transport we support."""
-    errors: list[type[BaseException]] = [OSError, TimeoutError]
+    # redis-py raises ValueError ("I/O operation on closed file") when the broker's socket is closed
+    # under a publish (seen when the embedded broker is killed): a 503, like any lost connection.
+    errors: list[type[BaseException]] = [OSError, TimeoutError, ValueError]
     from kombu.exceptions import KombuError
 
     errors.append(KombuError)

@@ -1,7 +1,8 @@
 """Fraud step of the pipeline: the velocity rules over event time, batch-wise and idempotent.
 
-Per batch: one database read (the tenant's rule settings), one Redis round trip (all windows the
-batch touches) and, only when a rule hits, the alert writes. Redelivery of a batch adds the same
+Per batch: one database read (the tenant's rule settings), one Redis call (a server-side script that
+records the batch in every window it touches and evaluates the rules there, see fraud/windows.py)
+and, only when a rule hits, the alert writes. Redelivery of a batch adds the same
 members to the windows (no double count) and finds the same (rule, subject, bucket) keys, which the
 unique constraint on FraudAlert turns away; the metric counts only alerts this call created.
 """
@@ -20,7 +21,7 @@ from cloudscale_project.metrics import platform_incr_many
 from cloudscale_project.timeutil import parse_iso
 from events.schemas import CUSTOM_METRIC_LABEL, EVENT_TYPES
 from fraud.models import FraudAlert
-from fraud.rules import Entry, Hit, RuleConfig, find_hits, rule_subject
+from fraud.rules import Entry, Hit, RuleConfig, rule_subject
 from fraud.selectors import fraud_rule_configs
 from fraud.windows import WindowUpdate, get_fraud_window_store
 
@@ -49,29 +50,39 @@ def fraud_alerts_raise(*, tenant: str, events: Sequence[dict[str, Any]]) -> list
         )
         for config in configs:
             subject = rule_subject(config.spec, event)
-            if subject is not None:
-                grouped[(config, subject)][entry.event_id] = entry  # a repeat within the batch counts once
+            if subject is None:
+                continue
+            entries = grouped[(config, subject)]
+            if not config.spec.distinct_users:
+                entries[entry.event_id] = entry  # a repeat within the batch counts once
+                continue
+            # One entry per user: the user's latest event (ties: the larger id, as the rules order).
+            known = entries.get(entry.user_id)
+            if known is None or (entry.at, entry.event_id) > (known.at, known.event_id):
+                entries[entry.user_id] = entry
     if not grouped:
         return []
 
     keys = list(grouped)
     updates = [
         WindowUpdate(
-            tenant,
-            config.rule.value,
-            subject,
-            list(grouped[(config, subject)].values()),
-            config.window_seconds,
+            tenant=tenant,
+            rule=config.rule.value,
+            subject=subject,
+            entries=list(grouped[(config, subject)].values()),
+            window_seconds=config.window_seconds,
+            threshold=config.threshold,
+            distinct_users=config.spec.distinct_users,
         )
         for config, subject in keys
     ]
-    windows = get_fraud_window_store().add_and_read(updates=updates)
+    hits = get_fraud_window_store().add_and_evaluate(updates=updates)
 
-    candidates: list[FraudAlert] = []
-    for (config, subject), update, entries in zip(keys, updates, windows, strict=True):
-        new_times = sorted(e.at for e in update.entries)
-        for hit in find_hits(entries=entries, new_times=new_times, config=config):
-            candidates.append(_alert(tenant=tenant, config=config, subject=subject, hit=hit))
+    candidates = [
+        _alert(tenant=tenant, config=config, subject=subject, hit=hit)
+        for (config, subject), subject_hits in zip(keys, hits, strict=True)
+        for hit in subject_hits
+    ]
     if not candidates:
         return []
     created = _alerts_create(tenant=tenant, candidates=candidates)

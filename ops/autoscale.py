@@ -58,3 +58,16 @@ TIER_NAMES: dict[int, str] = {
 def concurrency_tier(target: int) -> str:
     """The policy tier a target belongs to, in words (for operators)."""
     return TIER_NAMES.get(target, f"custom ({target})")
+
+
+# A worker started without `--autoscale` runs one process per core at most. The tiers above stay
+# ceilings (the pool never exceeds the target in force), but on a small machine 32 processes only
+# contend: on 2 cores with SQLite's single writer lock, `--autoscale 32,2` was slower than 2,2
+# (docs/benchmarks.md), because the pipeline is CPU-bound per event, not waiting.
+POOL_FLOOR = 2
+
+
+def default_pool_bounds(*, cores: int) -> tuple[int, int]:
+    """(max, min) worker processes for this machine: one per core, never above the widest tier."""
+    ceiling = max(1, min(cores, SHORT_QUEUE_CONCURRENCY))
+    return ceiling, min(POOL_FLOOR, ceiling)

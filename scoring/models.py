@@ -11,8 +11,8 @@ from scoring.weights import WEIGHTS
 class ScoredEvent(models.Model):
     """An event whose contribution is in its user's score: the unique row makes scoring idempotent.
 
-    Inserted with ignore-conflicts in the same transaction as the score update, tagged with the
-    inserting call's token: the rows that carry my token after the insert are the events I applied.
+    Inserted with ON CONFLICT DO NOTHING RETURNING in the same transaction as the score update: the
+    rows the insert returns are the events that call applied; `batch` is that call's token.
     """
 
     tenant = models.CharField(max_length=64)

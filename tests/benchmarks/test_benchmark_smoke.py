@@ -14,7 +14,10 @@ from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-RESULT = re.compile(r"^RESULT e2e_events_per_s=(\d+) ratio_vs_naive=(\d+\.\d) p99_ms=(\d+\.\d)$")
+RESULT = re.compile(
+    r"^RESULT e2e_events_per_s=(\d+) ratio_vs_naive=(\d+\.\d) p99_ms=(\d+\.\d) cpu_s_per_1k=(\d+\.\d{3}) "
+    r"single_vs_floor=(\d+\.\d{2}) open_p99_ms=(\d+\.\d) hot_ratio=(\d+\.\d{2})$"
+)
 TINY = {
     "CLOUDSCALE_BENCH_EVENTS": "1000",
     "CLOUDSCALE_BENCH_BATCH": "250",
@@ -22,6 +25,7 @@ TINY = {
     "CLOUDSCALE_BENCH_NAIVE_EVENTS": "100",
     "CLOUDSCALE_BENCH_LATENCY_CLIENTS": "10",
     "CLOUDSCALE_BENCH_LATENCY_REQUESTS": "100",
+    "CLOUDSCALE_BENCH_OPEN_REQUESTS": "100",
     "CLOUDSCALE_BENCH_TIMEOUT": "120",
 }
 
@@ -45,6 +49,8 @@ def test_it_prints_the_table_and_ends_with_the_result_line() -> None:
     assert match, lines[-1]
     e2e, ratio, p99 = int(match[1]), float(match[2]), float(match[3])
     assert e2e > 0 and ratio > 0 and p99 > 0
+    cpu_per_1k, single_vs_floor, open_p99, hot_ratio = (float(match[n]) for n in range(4, 8))
+    assert cpu_per_1k > 0 and single_vs_floor > 0 and open_p99 > 0 and hot_ratio > 0
     table = done.stdout
     for label in (
         "batched e2e (POST /api/events/batch)",
@@ -54,6 +60,12 @@ def test_it_prints_the_table_and_ends_with_the_result_line() -> None:
         "floor: trivial view, 10 clients",
         "peak memory, API (gunicorn)",
         "peak memory, worker (Celery)",
+        "batched e2e, one client address",
+        "ratio per-session / one address",
+        "ratio single / floor (req/s)",
+        "POST /api/events, open loop",
+        "floor: trivial view, open loop",
+        "profile: CPU seconds per 1,000 events or requests, by process group",
     ):
         assert label in table
     assert "1,000 events, batches of 250, 2 clients" in table

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.test import Client
+from kombu.serialization import dumps
 
 from cloudscale_project.celery import app
 from events.models import DeadLetter
@@ -102,3 +103,24 @@ def test_poison_messages_from_the_broker_become_dead_letters_and_good_events_are
     later = enriched_event()
     send_batch(batch_kwargs("acme", [later]))
     wait_until(lambda: later["event_id"] in listed_ids(client, acme), timeout=30, message="a later event")
+
+
+def test_it_processes_messages_of_the_old_json_serializer_beside_orjson_ones(
+    live_worker: LiveProcess, client: Client, acme: Actor
+) -> None:
+    """Messages queued before the switch to orjson (kombu's `json`) are still decoded and stored."""
+    old = [enriched_event(event_type="click", properties={}) for _ in range(3)]
+    new = [enriched_event(event_type="search", properties={"query": "shoes"}) for _ in range(3)]
+    send_batch(batch_kwargs("acme", old), serializer="json")
+    send_batch(batch_kwargs("acme", new))
+
+    expected = sorted(e["event_id"] for e in old + new)
+    wait_until(lambda: len(listed_ids(client, acme)) >= len(expected), timeout=60, message="6 stored events")
+    assert sorted(listed_ids(client, acme)) == expected
+    assert DeadLetter.objects.count() == 0
+
+
+def test_it_publishes_batches_as_orjson() -> None:
+    content_type, encoding, body = dumps({"tenant": "acme", "events": [{"n": 1}]}, app.conf.task_serializer)
+    assert (content_type, encoding) == ("application/x-orjson", "utf-8")
+    assert json.loads(body) == {"tenant": "acme", "events": [{"n": 1}]}

@@ -140,6 +140,24 @@ def test_it_keeps_a_custom_event_with_its_name_mark_and_context(store: EventStor
     assert ids(store.query(tenant="acme", event_type=name).results) == [custom["event_id"]]
 
 
+def test_it_keeps_times_to_the_microsecond_and_orders_them(store: EventStore) -> None:
+    whole = make_event(timestamp=NOV, received_at=NOV)
+    fraction = make_event(
+        timestamp=NOV + timedelta(microseconds=1), received_at=NOV + timedelta(microseconds=7)
+    )
+    second = make_event(timestamp=NOV + timedelta(seconds=1), received_at=NOV + timedelta(seconds=1))
+    store.write_many([fraction, second, whole])
+
+    for event in (whole, fraction, second):
+        stored = store.get(tenant="acme", event_id=event["event_id"])
+        assert stored is not None
+        assert (stored["timestamp"], stored["received_at"]) == (event["timestamp"], event["received_at"])
+    assert ids(store.query(tenant="acme").results) == ids([second, fraction, whole])
+    assert ids(store.query(tenant="acme", since=NOV + timedelta(microseconds=1)).results) == ids(
+        [second, fraction]
+    )
+
+
 def test_it_keeps_tenants_apart(store: EventStore) -> None:
     acme = make_event(tenant="acme")
     globex = make_event(tenant="globex", event_id=acme["event_id"], user_id="g-1")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ops.autoscale import concurrency_target
+from ops.autoscale import concurrency_target, default_pool_bounds
 
 
 @pytest.mark.parametrize(
@@ -56,3 +56,13 @@ def test_it_explains_each_decision() -> None:
 def test_it_refuses_a_negative_depth() -> None:
     with pytest.raises(ValueError, match="negative"):
         concurrency_target(depth=-1, current=None)
+
+
+@pytest.mark.parametrize(
+    ("cores", "bounds"),
+    [(1, (1, 1)), (2, (2, 2)), (8, (8, 2)), (64, (32, 2))],
+)
+def test_it_sizes_the_default_pool_by_the_machine_within_the_widest_tier(
+    cores: int, bounds: tuple[int, int]
+) -> None:
+    assert default_pool_bounds(cores=cores) == bounds

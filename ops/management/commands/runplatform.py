@@ -15,6 +15,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandParser
 
 from cloudscale_project.commands import ExampleCommand
+from ops.autoscale import default_pool_bounds
 from ops.embedded_redis import embedded_redis_command, wait_for_redis
 from ops.launcher import Supervisor
 from tenants.models import Tenant
@@ -51,10 +52,12 @@ manage.py runplatform --no-flower
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
         parser.add_argument("--flower-port", type=int, default=int(os.environ.get("FLOWER_PORT", "5555")))
         parser.add_argument("--api-workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")))
+        pool_max, pool_min = default_pool_bounds(cores=os.cpu_count() or 1)
         parser.add_argument(
             "--autoscale",
-            default=os.environ.get("CLOUDSCALE_WORKER_AUTOSCALE", "32,2"),
-            help="max,min worker processes",
+            default=os.environ.get("CLOUDSCALE_WORKER_AUTOSCALE") or f"{pool_max},{pool_min}",
+            help=f"max,min worker processes (default here: {pool_max},{pool_min}, one per core; the "
+            "queue-depth target lowers the max further)",
         )
         parser.add_argument("--no-flower", action="store_true", help="do not start Flower")
         parser.add_argument("--no-beat", action="store_true", help="do not start beat")

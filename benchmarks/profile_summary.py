@@ -40,7 +40,7 @@ STEPS: dict[str, list[tuple[str, str | None]]] = {
         ("      enrichment", "enrich_event (events/enrichment.py"),
         ("      dedup reserve (Redis)", "reserve_event_ids (events/dedup.py"),
         ("      publish (kombu, Redis LPUSH)", "publish_events (events/publishing.py"),
-        ("      dedup confirm (Redis)", "confirm_event_ids (events/dedup.py"),
+        ("      dedup confirm + ledger count (Redis)", "ledger_commit (events/ledger.py"),
         ("      ledger + metrics", "_count (events/ingestion.py"),
         ("    request body parse (orjson)", "parse_json_body (events/ingestion.py"),
         ("    response rendering (DRF JSONRenderer)", "render (rest_framework/renderers.py"),

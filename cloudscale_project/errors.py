@@ -85,6 +85,19 @@ class BrokerUnavailable(ApplicationError):
         )
 
 
+class SharedStateUnavailable(ApplicationError):
+    """A read could not be decided because the shared state (rate limits, ledger) is unreachable."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            "The shared state is unavailable; nothing was read. Retry later.",
+            [],
+            headers={"Retry-After": str(retry_after)},
+            status=503,
+            code="store_unavailable",
+        )
+
+
 class NotFound(ApplicationError):
     def __init__(self, message: str) -> None:
         super().__init__(message, [], status=404, code="not_found")

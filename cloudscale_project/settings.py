@@ -54,6 +54,10 @@ _SECURE_COOKIES = env_bool("DJANGO_SECURE_COOKIES", PRODUCTION)
 SESSION_COOKIE_SECURE = _SECURE_COOKIES
 CSRF_COOKIE_SECURE = _SECURE_COOKIES
 SESSION_COOKIE_HTTPONLY = True
+# Admin messages are kept in the (database) session, not in Django's default message cookie: that
+# cookie is signed, not encrypted, and the admin's "new API key, shown once" notice is a message.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
+SESSION_ENGINE = "django.contrib.sessions.backends.db"  # server-side: a cookie engine would undo the above
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 if env_bool("DJANGO_BEHIND_TLS_PROXY", False):

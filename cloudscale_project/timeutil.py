@@ -10,12 +10,18 @@ def utcnow() -> datetime:
 
 
 def isoformat_z(value: datetime) -> str:
-    """`2026-11-26T10:00:00.123456Z`: always UTC, always microseconds, so strings sort as times."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """`2026-11-26T10:00:00.123456Z`: always UTC, always microseconds, so strings sort as times.
+
+    Not strftime: glibc's `%Y` does not pad years before 1000 (`1-01-01T…`), which no ISO 8601
+    parser reads back; `isoformat` always writes four digits."""
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_iso(value: str) -> datetime:
-    """Parse ISO 8601; a naive value is taken as UTC."""
+    """Parse ISO 8601; a naive value is taken as UTC.
+
+    ValueError for text that is not ISO 8601; OverflowError for a valid time that falls outside
+    years 1..9999 once in UTC (`9999-12-31T23:59:59-01:00`)."""
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith(("Z", "z")) else value)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)

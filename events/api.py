@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -19,7 +19,7 @@ from cloudscale_project.errors import ErrorDetail, PayloadTooLarge, ValidationFa
 from cloudscale_project.timeutil import parse_iso, utcnow
 from events.enrichment import client_ip
 from events.ingestion import RequestContext, body_too_large, ingest_events, parse_json_body
-from events.ledger import MAX_RANGE, ledger_report
+from events.ledger import ledger_report, ledger_window
 from events.schemas import EVENT_TYPES
 from tenants.authentication import CanIngest, tenant_of
 from tenants.models import Tenant
@@ -205,15 +205,19 @@ class EventBatchView(APIView):
         )
 
 
-def _time_param(request: Request, name: str, default: datetime) -> datetime:
+def _time_param(request: Request, name: str) -> datetime | None:
     raw = request.query_params.get(name)
     if raw is None:
-        return default
+        return None
     try:
         return parse_iso(raw)
     except ValueError:
         raise ValidationFailed(
             f"`{name}` is not an ISO 8601 time", [ErrorDetail(name, "expected e.g. 2026-11-26T10:00:00Z")]
+        ) from None
+    except OverflowError:
+        raise ValidationFailed(
+            f"`{name}` is out of range", [ErrorDetail(name, "outside years 1..9999 once in UTC")]
         ) from None
 
 
@@ -232,8 +236,8 @@ class LedgerView(APIView):
         operation_id="ledger_retrieve",
         summary="The tenant's loss ledger",
         parameters=[
-            OpenApiParameter("since", OpenApiTypes.DATETIME, description="default: 24 h ago"),
-            OpenApiParameter("until", OpenApiTypes.DATETIME, description="default: now"),
+            OpenApiParameter("since", OpenApiTypes.DATETIME, description="default: 25 h ago; >= retention"),
+            OpenApiParameter("until", OpenApiTypes.DATETIME, description="default/latest: hour end"),
         ],
         responses={
             200: inline_serializer(
@@ -253,11 +257,7 @@ class LedgerView(APIView):
         },
     )
     def get(self, request: Request) -> Response:
-        until = _time_param(request, "until", utcnow() + timedelta(hours=1))
-        try:
-            since = _time_param(request, "since", until - timedelta(hours=25))
-            # An empty or reversed range is simply empty; a range past 31 days is cut to the last 31.
-            since = max(since, until - MAX_RANGE)
-        except OverflowError:  # `until` in year 1: nothing can be before it
-            since = until
+        since, until = ledger_window(
+            since=_time_param(request, "since"), until=_time_param(request, "until"), now=utcnow()
+        )
         return Response(ledger_report(tenant=tenant_of(request).slug, since=since, until=until))

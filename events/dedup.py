@@ -41,7 +41,7 @@ class Claim(enum.Enum):
 _client = state_redis  # one client (and connection pool) per process
 
 
-def _key(tenant: str, event_id: str) -> str:
+def seen_key(tenant: str, event_id: str) -> str:
     return f"seen:{tenant}:{event_id}"
 
 
@@ -53,7 +53,7 @@ def reserve_event_ids(*, tenant: str, event_ids: Sequence[str]) -> list[Claim]:
         return []
     pipe = _client().pipeline(transaction=False)
     for event_id in unique:
-        key = _key(tenant, event_id)
+        key = seen_key(tenant, event_id)
         pipe.set(key, _RESERVED, nx=True, ex=RESERVATION_SECONDS)
         pipe.get(key)
     results = pipe.execute()
@@ -75,11 +75,6 @@ def reserve_event_ids(*, tenant: str, event_ids: Sequence[str]) -> list[Claim]:
     return out
 
 
-def state_pipeline() -> redis.client.Pipeline:
-    """A MULTI pipeline on the shared state, for writes that must land together or not at all."""
-    return _client().pipeline(transaction=True)
-
-
 def confirm_event_ids(
     *, tenant: str, event_ids: Sequence[str], pipe: redis.client.Pipeline | None = None
 ) -> None:
@@ -87,11 +82,11 @@ def confirm_event_ids(
     own = pipe is None
     pipe = _client().pipeline(transaction=False) if pipe is None else pipe
     for event_id in event_ids:
-        pipe.set(_key(tenant, event_id), _PUBLISHED, ex=settings.DEDUP_WINDOW_SECONDS)
+        pipe.set(seen_key(tenant, event_id), _PUBLISHED, ex=settings.DEDUP_WINDOW_SECONDS)
     if own:
         pipe.execute()
 
 
 def release_event_ids(*, tenant: str, event_ids: Sequence[str]) -> None:
     if event_ids:
-        _client().delete(*[_key(tenant, event_id) for event_id in event_ids])
+        _client().delete(*[seen_key(tenant, event_id) for event_id in event_ids])

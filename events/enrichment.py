@@ -63,7 +63,8 @@ def enrich_event(
         "skew_corrected": skew_corrected,
         "timestamp_clamped": clamped,
         "ip": ip,
-        "user_agent": user_agent[:512],
+        # A NUL could never be stored on PostgreSQL; it is not part of any real user agent.
+        "user_agent": user_agent.replace("\x00", "")[:512],
         "correlation_id": correlation_id,
         "tenant": tenant,
     }

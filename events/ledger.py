@@ -2,29 +2,48 @@
 
 Per hour of `received_at`:
 - received, accepted, duplicate, rejected, rate_limited: counted by the API where it decides, in
-  Redis, `received` and the outcome in one MULTI so the two never disagree;
+  Redis, `received` and the outcome in one atomic write so the two never disagree;
 - stored: counted from the event store itself (idempotent by construction: a redelivered event is
   one row/item);
 - dead_lettered: counted from the dead-letter table (pending or discarded, not requeued);
 - pending = accepted - stored - dead_lettered: accepted events still in the broker or a retry.
+
+`accepted` is counted per event id, when its publish is confirmed (`ledger_commit`): a confirm
+that could not be written is kept and written late (`LateCommits`), and a confirm of an id that
+is already confirmed counts it as a duplicate, so every event that reaches the store was counted
+as accepted exactly once. The report never reaches before the retention window: older hours have
+lost their stored events to the purge, not to the pipeline.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import redis
+from django.conf import settings
 
-from cloudscale_project.state import state_redis
+from cloudscale_project.state import STATE_ERRORS, state_redis
 from cloudscale_project.timeutil import hour_floor, isoformat_z
+from events.dedup import seen_key
+from events.stores.base import StoreUnavailable
+
+logger = logging.getLogger(__name__)
 
 API_OUTCOMES = ("accepted", "duplicate", "rejected", "rate_limited")
 FIELDS = ("received", *API_OUTCOMES, "stored", "dead_lettered", "pending")
-# Kept a little longer than the events themselves, so the ledger outlives the retention window.
-_TTL_SECONDS = 40 * 24 * 3600
-MAX_RANGE = timedelta(days=31)
+# Ledger hours are kept this much longer than the events themselves: an hour whose API counts
+# expired while its stored events remain would show stored > accepted.
+_TTL_MARGIN = timedelta(days=2)
 _LAST_HOUR = datetime.max.replace(minute=0, second=0, microsecond=0, tzinfo=UTC)
+_ONE_HOUR = timedelta(hours=1)
+DEFAULT_RANGE = timedelta(hours=25)
+# Seconds a client is asked to wait when the shared state cannot be read.
+_READ_RETRY_AFTER_SECONDS = 5.0
 
 
 _client = state_redis  # one client (and connection pool) per process
@@ -32,6 +51,10 @@ _client = state_redis  # one client (and connection pool) per process
 
 def _key(tenant: str, hour: datetime) -> str:
     return f"ledger:{tenant}:{hour.strftime('%Y-%m-%dT%H')}"
+
+
+def _ttl_seconds() -> int:
+    return int((timedelta(days=settings.EVENT_RETENTION_DAYS) + _TTL_MARGIN).total_seconds())
 
 
 def ledger_record(
@@ -55,9 +78,130 @@ def ledger_record(
     for outcome, n in counts.items():
         if n:
             pipe.hincrby(key, outcome, n)
-    pipe.expire(key, _TTL_SECONDS)
+    pipe.expire(key, _ttl_seconds())
     if own:
         pipe.execute()
+
+
+# Confirms the published ids and counts the request, atomically. KEYS[1] is the ledger hour,
+# KEYS[2..] the ids' dedup keys. An id counts as accepted only if this call confirms it; one that
+# is already confirmed (a late commit and the client's retry both published it) counts as a
+# duplicate, so an event is accepted once however many requests carried it.
+_COMMIT_SCRIPT = """
+local accepted, repeated = 0, 0
+for i = 2, #KEYS do
+  if redis.call('GET', KEYS[i]) == '1' then repeated = repeated + 1 else accepted = accepted + 1 end
+  redis.call('SET', KEYS[i], '1', 'EX', ARGV[1])
+end
+local duplicate = repeated + tonumber(ARGV[3])
+local rejected = tonumber(ARGV[4])
+local received = accepted + duplicate + rejected
+if received > 0 then
+  redis.call('HINCRBY', KEYS[1], 'received', received)
+  if accepted > 0 then redis.call('HINCRBY', KEYS[1], 'accepted', accepted) end
+  if duplicate > 0 then redis.call('HINCRBY', KEYS[1], 'duplicate', duplicate) end
+  if rejected > 0 then redis.call('HINCRBY', KEYS[1], 'rejected', rejected) end
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return {accepted, repeated}
+"""
+
+
+@dataclass(frozen=True)
+class Commit:
+    """What one request must write after its publish: its published ids and its other outcomes."""
+
+    tenant: str
+    received_at: datetime
+    published_ids: tuple[str, ...]
+    duplicate: int
+    rejected: int
+
+
+def ledger_commit(commit: Commit) -> None:
+    """Confirm the published ids (dedup) and count the request in the ledger, in one atomic step."""
+    keys = [_key(commit.tenant, hour_floor(commit.received_at))]
+    keys += [seen_key(commit.tenant, event_id) for event_id in commit.published_ids]
+    _client().eval(
+        _COMMIT_SCRIPT,
+        len(keys),
+        *keys,
+        settings.DEDUP_WINDOW_SECONDS,
+        _ttl_seconds(),
+        commit.duplicate,
+        commit.rejected,
+    )
+
+
+class LateCommits:
+    """Commits of published events that could not be written when they were made.
+
+    The events are in the broker and will be stored, so their count must land, or the hour shows
+    stored > accepted. A daemon thread retries them until the shared state answers again; the
+    client was answered 503 and its retry is refused as in flight until then, after which it is a
+    duplicate. Kept in the API process: one that dies with commits still here loses them (logged).
+    """
+
+    # Retry every second, up to every 5 s while the shared state stays away.
+    RETRY_SECONDS = 1.0
+    MAX_RETRY_SECONDS = 5.0
+    # Beyond this many waiting requests the oldest is dropped (logged): memory stays bounded.
+    MAX_WAITING = 10_000
+
+    def __init__(self) -> None:
+        self._waiting: list[Commit] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, commit: Commit) -> None:
+        with self._lock:
+            if len(self._waiting) >= self.MAX_WAITING:
+                lost = self._waiting.pop(0)
+                logger.error(
+                    "late-commit queue full; dropped the commit of %d published event(s) of %s",
+                    len(lost.published_ids), lost.tenant,
+                )  # fmt: skip
+            self._waiting.append(commit)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="ledger-late-commits", daemon=True)
+                self._thread.start()
+
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._waiting)
+
+    def flush(self) -> int:
+        """Write every waiting commit that can be written now; return how many are still waiting."""
+        with self._lock:
+            batch, self._waiting = self._waiting, []
+        failed: list[Commit] = []
+        for commit in batch:
+            try:
+                ledger_commit(commit)
+            except STATE_ERRORS:
+                failed.append(commit)
+            else:
+                logger.info(
+                    "late commit of %d published event(s) of %s written",
+                    len(commit.published_ids), commit.tenant,
+                )  # fmt: skip
+        with self._lock:
+            self._waiting[:0] = failed
+            return len(self._waiting)
+
+    def _run(self) -> None:
+        delay = self.RETRY_SECONDS
+        while True:
+            time.sleep(delay)
+            if self.flush() == 0:
+                with self._lock:
+                    if not self._waiting:
+                        self._thread = None
+                        return
+            delay = min(delay * 2, self.MAX_RETRY_SECONDS)
+
+
+late_commits = LateCommits()  # one per process
 
 
 def _hours(since: datetime, until: datetime) -> Iterator[datetime]:
@@ -69,8 +213,34 @@ def _hours(since: datetime, until: datetime) -> Iterator[datetime]:
         hour += timedelta(hours=1)
 
 
+def retention_start(now: datetime) -> datetime:
+    """The first whole hour whose events the retention purge has not touched."""
+    oldest = now - timedelta(days=settings.EVENT_RETENTION_DAYS)
+    start = hour_floor(oldest)
+    return start if start == oldest else start + _ONE_HOUR
+
+
+def ledger_window(
+    *, since: datetime | None, until: datetime | None, now: datetime
+) -> tuple[datetime, datetime]:
+    """[since, until) of a report: by default the last 25 hours; never before the retention window
+    (the purge, not the pipeline, took those events) nor after the current hour (nothing is
+    received in the future), so at most the retention window's hours. Empty when reversed."""
+    end = hour_floor(now) + _ONE_HOUR
+    until = end if until is None else min(until, end)
+    if since is None:
+        try:
+            since = until - DEFAULT_RANGE
+        except OverflowError:  # `until` in year 1: nothing can be before it
+            since = until
+    return max(since, retention_start(now)), until
+
+
 def ledger_report(*, tenant: str, since: datetime, until: datetime) -> dict[str, object]:
-    """Hours with any activity in [since, until), and the totals over them."""
+    """Hours with any activity in [since, until), and the totals over them.
+
+    Raises StoreUnavailable when the shared state (the API's counts) cannot be read.
+    """
     from events.deadletters import dead_lettered_by_hour
     from events.stores import get_event_store
 
@@ -78,7 +248,11 @@ def ledger_report(*, tenant: str, since: datetime, until: datetime) -> dict[str,
     pipe = _client().pipeline(transaction=False)
     for hour in hours:
         pipe.hgetall(_key(tenant, hour))
-    api_counts = pipe.execute()
+    try:
+        api_counts = pipe.execute()
+    except STATE_ERRORS as exc:
+        logger.warning("ledger of %s: shared state unavailable: %s", tenant, exc)
+        raise StoreUnavailable("shared state unavailable", retry_after=_READ_RETRY_AFTER_SECONDS) from exc
     start = hour_floor(since)
     end = until if not hours or hours[-1] >= _LAST_HOUR else hours[-1] + timedelta(hours=1)
     stored = {hour_floor(h): n for h, n in get_event_store().count_stored_by_hour(

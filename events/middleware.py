@@ -17,7 +17,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from cloudscale_project.errors import BrokerUnavailable, RateLimited, error_body
+from cloudscale_project.errors import BrokerUnavailable, RateLimited, SharedStateUnavailable, error_body
 from cloudscale_project.metrics import RATE_LIMIT_REJECTIONS
 from cloudscale_project.state import STATE_ERRORS
 from cloudscale_project.timeutil import utcnow
@@ -47,7 +47,7 @@ def _events_in(request: HttpRequest) -> int:
     return len(events) if isinstance(events, list) and events else 1
 
 
-def _render(exc: RateLimited | BrokerUnavailable) -> JsonResponse:
+def _render(exc: RateLimited | BrokerUnavailable | SharedStateUnavailable) -> JsonResponse:
     response = JsonResponse(error_body(exc.code, exc.message), status=exc.status)
     for name, value in exc.headers.items():
         response[name] = value
@@ -84,6 +84,8 @@ def enforce_rate_limits(
         decision = check_rate_limits(ip=ip, tenant=active, events=cost, read=read)
     except STATE_ERRORS:
         logger.warning("rate-limit state unavailable", exc_info=True)
+        if read:  # nothing to publish: the read cannot reach the shared state
+            raise SharedStateUnavailable(retry_after=settings.BROKER_RETRY_AFTER_SECONDS) from None
         raise BrokerUnavailable(retry_after=settings.BROKER_RETRY_AFTER_SECONDS) from None
     if not decision.allowed:
         RATE_LIMIT_REJECTIONS.inc()
@@ -122,7 +124,7 @@ class RateLimitMiddleware:
                 quota=request.method == "POST",
                 read=request.method in _READ_METHODS,
             )
-        except (RateLimited, BrokerUnavailable) as exc:
+        except (RateLimited, BrokerUnavailable, SharedStateUnavailable) as exc:
             return _render(exc)
         response = self.get_response(request)
         for name, value in decision.headers().items():

@@ -11,11 +11,59 @@ from typing import Any
 
 from django.conf import settings
 
-from events.schemas import event_json_schema
+from events.schemas import MAX_PROPERTY_DEPTH, event_json_schema
 
 _NO_NUL = "^[^\\u0000]*$"
 _EVENT_ID_PATH = "^(?!batch$)[A-Za-z0-9][A-Za-z0-9._:-]*$"
 _PLACEHOLDERS = {"EventIn", "EventInRequest", "BatchEventIn", "BatchEventInRequest"}
+# Any JSON value without a NUL in a string or key and at most MAX_PROPERTY_DEPTH levels deep with
+# its `properties` object: what the API stores (events/schemas.py refuses the rest; PostgreSQL
+# cannot hold U+0000). One definition per remaining level, since a recursive one has no depth.
+_STORABLE_JSON = "StorableJsonDepth{}"
+
+
+def _storable_json_ref(levels: int) -> dict[str, str]:
+    return {"$ref": "#/components/schemas/" + _STORABLE_JSON.format(levels)}
+
+
+def _storable_json_schemas() -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+    for levels in range(MAX_PROPERTY_DEPTH):
+        options: list[dict[str, Any]] = [
+            {"type": "string", "pattern": _NO_NUL},
+            {"type": "number"},
+            {"type": "boolean"},
+            {"type": "null"},
+        ]
+        if levels:
+            options += [
+                {"type": "array", "items": _storable_json_ref(levels - 1)},
+                {
+                    "type": "object",
+                    "propertyNames": {"pattern": _NO_NUL},
+                    "additionalProperties": _storable_json_ref(levels - 1),
+                },
+            ]
+        schemas[_STORABLE_JSON.format(levels)] = {"anyOf": options}
+    return schemas
+
+
+def _document_storable_text(schema: Any) -> None:
+    """Say in the schema what validation refuses: NUL in free text and in free-form properties."""
+    if isinstance(schema, list):
+        for item in schema:
+            _document_storable_text(item)
+        return
+    if not isinstance(schema, dict):
+        return
+    if schema.get("type") == "string" and not {"pattern", "format", "enum", "const"} & set(schema):
+        schema["pattern"] = _NO_NUL
+    if schema.get("type") == "object" and schema.get("additionalProperties") is True:
+        # The free-form `properties` object is the first level; its values may nest 4 more.
+        schema["additionalProperties"] = _storable_json_ref(MAX_PROPERTY_DEPTH - 1)
+        schema["propertyNames"] = {"pattern": _NO_NUL}
+    for value in schema.values():
+        _document_storable_text(value)
 
 
 def use_pydantic_event_schema(
@@ -23,6 +71,8 @@ def use_pydantic_event_schema(
 ) -> dict[str, Any]:
     schemas = result.setdefault("components", {}).setdefault("schemas", {})
     event_schema, definitions = event_json_schema()
+    _document_storable_text([event_schema, definitions])
+    schemas.update(_storable_json_schemas())
     for name in _PLACEHOLDERS & set(schemas):
         schemas[name] = event_schema
     schemas.update(definitions)

@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 from cloudscale_project.errors import ErrorDetail, NotFound, ValidationFailed
 from cloudscale_project.timeutil import parse_iso
 from events.api import ErrorSchema
-from events.schemas import EVENT_TYPES
+from events.schemas import EVENT_TYPES, is_event_id
 from events.shape import FIELDS, EventField, Kind, max_length, public_view
 from events.stores import get_event_store
 from events.stores.base import InvalidCursor, decode_cursor
@@ -67,11 +67,15 @@ class EventFilterSerializer(serializers.Serializer[Any]):
     cursor = serializers.CharField(required=False, max_length=512, help_text="`next` of the previous page.")
 
     def validate_cursor(self, value: str) -> str:
+        # Every part is checked as the store will use it: a time out of range or an id that can
+        # never be stored (a NUL fails the query on PostgreSQL) is not a cursor this API returned.
         try:
-            timestamp, _event_id = decode_cursor(value)
+            timestamp, event_id = decode_cursor(value)
             parse_iso(timestamp)
-        except (InvalidCursor, ValueError):
+        except (InvalidCursor, ValueError, OverflowError):
             raise serializers.ValidationError("not a cursor this API returned") from None
+        if not is_event_id(event_id):
+            raise serializers.ValidationError("not a cursor this API returned")
         return value
 
 
@@ -133,7 +137,8 @@ class EventDetailView(APIView):
         },
     )
     def get(self, request: Request, event_id: str) -> Response:
-        event = get_event_store().get(tenant=tenant_of(request).slug, event_id=event_id)
+        tenant = tenant_of(request).slug
+        event = get_event_store().get(tenant=tenant, event_id=event_id) if is_event_id(event_id) else None
         if event is None:
             raise NotFound(f"Event {event_id!r} is not stored (yet).")
         return Response(public_view(event))

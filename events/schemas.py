@@ -6,6 +6,7 @@ pydantic validates a 500-event body in about a millisecond where DRF serializers
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -25,9 +26,17 @@ from cloudscale_project.timeutil import parse_iso
 
 MAX_PROPERTY_KEYS = 64
 MAX_PROPERTY_DEPTH = 5
+# PostgreSQL's text and jsonb cannot hold U+0000, so an event carrying it could never be stored:
+# it is refused here, with its field path, instead of failing every write of its batch.
+NUL = "\x00"
+_NUL_MESSAGE = "must not contain the NUL character (U+0000)"
+_NUL_SHOWN = "\\u0000"  # how a NUL inside a key is written in a field path
 
+EVENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+EVENT_ID_MAX_LENGTH = 64
+USER_ID_MAX_LENGTH = 128
 EventId = Annotated[
-    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+    str, StringConstraints(min_length=1, max_length=EVENT_ID_MAX_LENGTH, pattern=EVENT_ID_PATTERN)
 ]
 NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
@@ -89,7 +98,7 @@ class EventIn(BaseModel):
 
     event_id: EventId | None = Field(default=None, json_schema_extra={"not": {"const": "batch"}})
     event_type: str
-    user_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    user_id: Annotated[str, StringConstraints(min_length=1, max_length=USER_ID_MAX_LENGTH)]
     session_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
     timestamp: (
         Annotated[str, StringConstraints(max_length=64), Field(json_schema_extra={"format": "date-time"})]
@@ -118,6 +127,13 @@ class EventIn(BaseModel):
             raise ValueError("'batch' is reserved; choose another event_id")
         return value
 
+    @field_validator("user_id", "session_id")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        if value is not None and NUL in value:
+            raise ValueError(_NUL_MESSAGE)
+        return value
+
     @field_validator("timestamp", "sent_at")
     @classmethod
     def _iso_8601(cls, value: str | None) -> str | None:
@@ -135,7 +151,7 @@ class EventIn(BaseModel):
     def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
         if len(value) > MAX_PROPERTY_KEYS:
             raise ValueError(f"at most {MAX_PROPERTY_KEYS} keys, got {len(value)}")
-        if _depth(value) > MAX_PROPERTY_DEPTH:
+        if _deeper_than(value, MAX_PROPERTY_DEPTH):
             raise ValueError(f"nesting deeper than {MAX_PROPERTY_DEPTH} levels")
         return value
 
@@ -178,12 +194,42 @@ class CustomEventIn(EventIn):
         return value
 
 
-def _depth(value: Any) -> int:
-    if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether objects/arrays nest more than `limit` levels. Iterative and stops at `limit + 1`:
+    a recursive walk of a body nested a few hundred levels deep (1 KB of brackets) overflows
+    Python's stack."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, above = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if above + 1 > limit:
+            return True
+        stack.extend((child, above + 1) for child in children)
+    return False
+
+
+def _nul_path(value: Any, path: str) -> str | None:
+    """The path of the first key or string holding NUL, if any (`value` is at most 5 levels deep)."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, str):
+            if NUL in node:
+                return where
+        elif isinstance(node, dict):
+            for key, child in node.items():
+                child_path = f"{where}.{key.replace(NUL, _NUL_SHOWN)}"
+                if NUL in key:
+                    return child_path
+                stack.append((child, child_path))
+        elif isinstance(node, list):
+            stack.extend((child, f"{where}[{index}]") for index, child in enumerate(node))
+    return None
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -204,6 +250,18 @@ def _details(error: ValidationError, prefix: tuple[str, ...] = ()) -> list[Error
     return details
 
 
+def is_event_id(value: str) -> bool:
+    """Whether `value` could be a stored event's id (one the API accepts or makes). Reads check it
+    first: an id that can never be stored is simply not found, whatever the store does with it
+    (PostgreSQL refuses a NUL in any query parameter)."""
+    return len(value) <= EVENT_ID_MAX_LENGTH and re.fullmatch(EVENT_ID_PATTERN, value) is not None
+
+
+def is_user_id(value: str) -> bool:
+    """Whether `value` could be a stored event's user id (see `is_event_id`)."""
+    return 1 <= len(value) <= USER_ID_MAX_LENGTH and NUL not in value
+
+
 def validate_event(raw: Any) -> tuple[EventIn | None, list[ErrorDetail]]:
     """(event, []) when valid, (None, errors with field paths) otherwise."""
     if not isinstance(raw, dict):
@@ -212,6 +270,9 @@ def validate_event(raw: Any) -> tuple[EventIn | None, list[ErrorDetail]]:
         event = EventIn.model_validate(raw)
     except ValidationError as exc:
         return None, _details(exc)
+    nul_at = _nul_path(event.properties, "properties")
+    if nul_at is not None:
+        return None, [ErrorDetail(nul_at, _NUL_MESSAGE)]
     model = PROPERTY_MODELS[event.event_type]
     if model is not None:
         try:

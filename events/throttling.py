@@ -152,12 +152,10 @@ class RateDecision:
         }
 
 
-_client = state_redis  # one client (and connection pool) per process
-
-
 @cache
 def _script() -> redis.commands.core.Script:
-    return _client().register_script(_SCRIPT)
+    # Registered once; run on the process's current shared-state client (state_redis is cached).
+    return state_redis().register_script(_SCRIPT)
 
 
 def rate_limit_subject(ip: str) -> str:
@@ -212,6 +210,7 @@ def check_rate_limits(*, ip: str, tenant: str = "", events: int = 1, read: bool 
             max(1, settings.RATE_LIMIT_TENANT_READ_BURST),
             window_scope,
         ],
+        client=state_redis(),
     )
     return RateDecision(
         allowed=bool(allowed),

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from cloudscale_project.errors import NotFound
 from cloudscale_project.timeutil import utcnow
+from events.schemas import is_user_id
 from scoring.models import UserScore
 from scoring.weights import score_at, segment_for
 
@@ -24,7 +25,8 @@ class ScoreView:
 
 def user_score_get(*, tenant: str, user_id: str, now: datetime | None = None) -> ScoreView:
     """The user's score decayed to `now` (default: the wall clock); NotFound for an unknown user."""
-    row = UserScore.objects.filter(tenant=tenant, user_id=user_id).first()
+    # A user id the API could never accept (a NUL fails the query itself on PostgreSQL) has no score.
+    row = UserScore.objects.filter(tenant=tenant, user_id=user_id).first() if is_user_id(user_id) else None
     if row is None:
         raise NotFound(f"No score for user {user_id!r}.")
     score = score_at(score_at_epoch=row.score_at_epoch, now=now or utcnow())

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 import pytest
@@ -110,6 +110,18 @@ def _variant_services(embedded_redis: str, django_db_blocker: object) -> None:
 @pytest.fixture
 def state_redis() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL)
+
+
+@pytest.fixture
+def shared_state_down(settings: Any) -> Iterator[str]:
+    """The shared-state Redis is unreachable: nothing listens at the address it is configured at."""
+    from cloudscale_project.state import state_redis
+    from tests.netutil import free_port
+
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/1"
+    state_redis.cache_clear()
+    yield settings.REDIS_URL
+    state_redis.cache_clear()
 
 
 @pytest.fixture(autouse=True)

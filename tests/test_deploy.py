@@ -18,6 +18,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_SERVICES = ("api", "worker", "beat", "flower")
+SECRETS = {
+    "DJANGO_SECRET_KEY": "s3cret",
+    "FLOWER_BASIC_AUTH": "admin:pw",
+    "POSTGRES_PASSWORD": "pg-pw",
+    "REDIS_PASSWORD": "redis-pw",
+}
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?:(?P<op>:?[-?])(?P<arg>(?:[^{}]|\{[^{}]*\})*))?\}")
 
 
@@ -47,7 +53,7 @@ def services(compose: dict[str, Any]) -> dict[str, Any]:
 
 
 def _env(service: dict[str, Any], given: dict[str, str] | None = None) -> dict[str, str]:
-    given = {"DJANGO_SECRET_KEY": "s3cret", "FLOWER_BASIC_AUTH": "admin:pw", **(given or {})}
+    given = {**SECRETS, **(given or {})}
     return {key: interpolate(str(value), given) for key, value in service.get("environment", {}).items()}
 
 
@@ -91,9 +97,9 @@ def test_it_runs_production_settings(services: dict[str, Any]) -> None:
         assert env["CLOUDSCALE_ENV"] == "production", name
         assert env["DJANGO_SECRET_KEY"] == "s3cret", name
         assert env["DJANGO_ALLOWED_HOSTS"], name
-        assert env["DATABASE_URL"].startswith("postgres://"), name
-        assert env["CLOUDSCALE_BROKER_URL"] == "redis://redis:6379/0", name
-        assert env["CLOUDSCALE_REDIS_URL"] == "redis://redis:6379/1", name
+        assert env["DATABASE_URL"] == "postgres://cloudscale:pg-pw@postgres:5432/cloudscale", name
+        assert env["CLOUDSCALE_BROKER_URL"] == "redis://:redis-pw@redis:6379/0", name
+        assert env["CLOUDSCALE_REDIS_URL"] == "redis://:redis-pw@redis:6379/1", name
 
 
 def test_it_refuses_to_start_without_a_secret_key(services: dict[str, Any]) -> None:
@@ -133,9 +139,7 @@ def test_it_checks_health_and_starts_in_order(services: dict[str, Any]) -> None:
 
 def test_it_keeps_flower_and_the_api_off_the_public_ports(services: dict[str, Any]) -> None:
     assert services["flower"]["ports"] == ["127.0.0.1:${FLOWER_PORT:-5555}:5555"]
-    assert "--basic-auth=admin:pw" in [
-        interpolate(part, {"FLOWER_BASIC_AUTH": "admin:pw"}) for part in _command(services["flower"])
-    ]
+    assert _env(services["flower"])["FLOWER_BASIC_AUTH"] == "admin:pw"
     assert "ports" not in services["api"]
     assert services["nginx"]["ports"] == ["${CLOUDSCALE_HTTP_PORT:-8000}:80"]
     assert services["nginx"]["volumes"] == ["./deploy/nginx.conf:/etc/nginx/nginx.conf:ro"]
@@ -211,3 +215,62 @@ def test_it_passes_the_client_address_and_fails_over_in_nginx() -> None:
     assert re.search(r"server api:8000 [^;]*max_fails=\d+ [^;]*fail_timeout=\d+s", conf)
     assert "proxy_next_upstream error timeout" in conf
     assert "non_idempotent" not in conf  # a POST that reached a replica is never sent twice
+
+
+# --- secrets ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("secret", sorted(SECRETS))
+def test_it_refuses_to_start_without_each_secret(services: dict[str, Any], secret: str) -> None:
+    """No default password: compose stops with the variable's name if one is not set."""
+    given = {name: value for name, value in SECRETS.items() if name != secret}
+    refused = []
+    for name, service in services.items():
+        values = [str(value) for value in service.get("environment", {}).values()]
+        values += _command(service) if "command" in service else []
+        try:
+            for value in values:
+                interpolate(value, given)
+        except KeyError as exc:
+            assert secret in str(exc)
+            refused.append(name)
+    assert refused, f"{secret} has a default somewhere"
+
+
+def test_no_secret_is_on_a_command_line(services: dict[str, Any]) -> None:
+    """Host `ps` shows every container's command line: secrets go in the environment or files."""
+    for name, service in services.items():
+        if "command" not in service:
+            continue
+        command = " ".join(interpolate(part, SECRETS) for part in _command(service))
+        for value in SECRETS.values():
+            assert value not in command, (name, command)
+
+
+def test_redis_requires_its_password(services: dict[str, Any]) -> None:
+    redis_service = services["redis"]
+    env = _env(redis_service)
+    assert env["REDIS_PASSWORD"] == "redis-pw"
+    assert env["REDISCLI_AUTH"] == "redis-pw"  # the health check's redis-cli authenticates with it
+    script = _command(redis_service)[-1]
+    assert "requirepass" in script and "$$REDIS_PASSWORD" in script
+    assert "exec redis-server /tmp/redis-auth.conf" in script
+    assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert "ports" not in redis_service and "ports" not in services["postgres"]
+
+
+def test_metrics_through_nginx_only_from_loopback_and_the_compose_containers(
+    compose: dict[str, Any],
+) -> None:
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    location = re.search(r"location = /metrics \{(?P<body>[^}]*)\}", conf)
+    assert location
+    rules = [line.strip().rstrip(";").split() for line in location["body"].splitlines()]
+    allowed = [ipaddress.ip_network(rule[1]) for rule in rules if rule and rule[0] == "allow"]
+    assert [rule for rule in rules if rule and rule[0] == "deny"] == [["deny", "all"]]
+    (pool,) = compose["networks"]["backend"]["ipam"]["config"]
+    containers, subnet = ipaddress.ip_network(pool["ip_range"]), ipaddress.ip_network(pool["subnet"])
+    gateway = next(subnet.hosts())  # where Docker's published ports deliver outside clients from
+    for network in allowed:
+        assert network.subnet_of(containers) or network == ipaddress.ip_network("127.0.0.1/32"), network  # type: ignore[arg-type]
+        assert gateway not in network

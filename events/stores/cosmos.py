@@ -74,7 +74,6 @@ T = TypeVar("T")
 
 PARTITION_KEY_PATH = "/pk"
 _MONTH_INDEX = "months"  # "<tenant>:months" can never be a month partition: those end in digits
-_MONTH_FORMAT = "%Y-%m"
 _ONE_HOUR = timedelta(hours=1)
 _RETRY_AFTER_HEADER = "x-ms-retry-after-ms"
 # Worth retrying here: throttled (429), "retry with" (449), timeouts and server-side failures.
@@ -127,7 +126,9 @@ class PartialWrite(StoreUnavailable):
 
 
 def month_of(value: datetime) -> str:
-    return value.astimezone(UTC).strftime(_MONTH_FORMAT)
+    # Four-digit years always (strftime's %Y does not pad before 1000), so months sort as text.
+    utc = value.astimezone(UTC)
+    return f"{utc.year:04d}-{utc.month:02d}"
 
 
 def partition_key(tenant: str, timestamp: datetime) -> str:

@@ -225,8 +225,7 @@ def test_it_is_the_store_and_the_readiness_check_when_configured(cosmos_settings
 
     cosmos_settings.COSMOS_ENDPOINT = f"https://127.0.0.1:{free_port()}"  # nothing listens there
     get_event_store.cache_clear()
-    report = readiness()["event_store"]
-    assert report.startswith("unavailable: StoreUnavailable: cosmos:"), report
+    assert readiness()["event_store"] == "unavailable"  # why goes to the log, not to the public probe
 
 
 def test_it_reports_a_missing_container_as_unavailable(cosmos_server: CosmosServer) -> None:

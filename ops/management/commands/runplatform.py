@@ -22,6 +22,7 @@ from tenants.models import Tenant
 from tenants.services import DEMO_TENANT, tenant_create, tenant_rotate_key
 
 ADMIN_USER = "admin"
+FLOWER_AUTH_VARIABLE = "FLOWER_BASIC_AUTH"  # Flower reads any option from FLOWER_<NAME>
 _SAMPLE_EVENT = '{"event_type":"page_view","user_id":"u-1","properties":{"url":"https://shop.example/"}}'
 
 
@@ -162,12 +163,13 @@ manage.py runplatform --no-flower
                 log_path=logs / "beat.log",
             )  # fmt: skip
         if not options["no_flower"]:
+            # The password goes in Flower's own environment variable, not its command line: every
+            # user of the machine can read any process's arguments (`ps`), not its environment.
             supervisor.add(
                 "flower",
                 [python, "-m", "celery", "-A", "cloudscale_project", "flower",
-                 "--address=127.0.0.1", f"--port={options['flower_port']}",
-                 f"--basic-auth={ADMIN_USER}:{flower_password}", "--purge_offline_workers=60"],
-                env=env,
+                 "--address=127.0.0.1", f"--port={options['flower_port']}", "--purge_offline_workers=60"],
+                env={**env, FLOWER_AUTH_VARIABLE: f"{ADMIN_USER}:{flower_password}"},
                 log_path=logs / "flower.log",
             )  # fmt: skip
 

@@ -1,0 +1,180 @@
+"""The loss ledger reconciles: pending = accepted - stored - dead_lettered is never below 0, even when
+the shared state fails between a publish and its confirmation, and the report stays inside retention."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.test import Client
+from pytest_django.fixtures import Settings as SettingsWrapper
+
+import events.ingestion
+from cloudscale_project.state import state_redis
+from cloudscale_project.timeutil import hour_floor, isoformat_z, utcnow
+from events.ledger import late_commits, ledger_record, ledger_window, retention_start
+from events.publishing import publish_events
+from events.tasks import process_batch
+from ops.embedded_redis import start_embedded_redis
+from tests.conftest import Actor, wait_until
+from tests.events.pipeline_support import take_one_message
+from tests.netutil import free_port
+
+pytestmark = [pytest.mark.django_db, pytest.mark.core]
+
+LOGIN = {"event_type": "login", "user_id": "u-7"}
+
+
+class StateServer:
+    """A Redis server of this test's own as the shared state, so it can fail while the broker lives."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.process: subprocess.Popen[bytes] | None = None
+        self.password = "state-test-password"
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/1"
+
+    def start(self) -> None:
+        self.process = start_embedded_redis(
+            port=self.port, data_dir=self.data_dir, password=self.password, fsync="always"
+        )
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def state_server(settings: SettingsWrapper, tmp_path: Path) -> Iterator[StateServer]:
+    server = StateServer(tmp_path / "state-redis")
+    server.start()
+    settings.REDIS_URL = server.url
+    state_redis.cache_clear()
+    yield server
+    server.stop()
+    state_redis.cache_clear()
+
+
+def post(client: Client, actor: Actor, body: Any) -> Any:
+    return client.post("/api/events", data=json.dumps(body), content_type="application/json", **actor.headers)
+
+
+def run_the_worker_on_the_queued_message() -> None:
+    message = take_one_message()
+    args, kwargs, _embed = message.payload
+    process_batch(*args, **kwargs)  # the real task body, default pipeline and store
+
+
+def totals(client: Client, actor: Actor) -> dict[str, int]:
+    response = client.get("/api/ledger", **actor.headers)
+    assert response.status_code == 200, response.content
+    body = response.json()
+    for row in [*body["results"], body["totals"]]:
+        assert row["pending"] >= 0, body
+        assert row["received"] == row["accepted"] + row["duplicate"] + row["rejected"] + row["rate_limited"]
+    result: dict[str, int] = body["totals"]
+    return result
+
+
+def test_an_event_published_just_before_the_shared_state_fails_is_still_counted_as_accepted(
+    client: Client, acme: Actor, state_server: StateServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def publish_then_lose_the_state(**kwargs: Any) -> None:
+        publish_events(**kwargs)  # the real publish: the event is in the broker
+        state_server.stop()  # ... and the shared state goes away before the confirmation
+
+    monkeypatch.setattr(events.ingestion, "publish_events", publish_then_lose_the_state)
+    event = {**LOGIN, "event_id": str(uuid.uuid4())}
+    response = post(client, acme, event)
+    assert response.status_code == 503 and response.json()["error"]["code"] == "broker_unavailable"
+    monkeypatch.undo()
+    assert late_commits.waiting() == 1
+
+    state_server.start()  # same port, same append-only file
+    wait_until(lambda: late_commits.waiting() == 0, timeout=20, message="the late commit to land")
+    run_the_worker_on_the_queued_message()
+
+    # The client gives up here: the hour must still balance, with the event accepted and stored.
+    counts = totals(client, acme)
+    assert (counts["accepted"], counts["stored"], counts["pending"]) == (1, 1, 0)
+
+    # Its retry is a duplicate (the event is in the broker), not a second acceptance.
+    retry = post(client, acme, event)
+    assert retry.status_code == 202 and retry.json()["status"] == "duplicate"
+    counts = totals(client, acme)
+    assert (counts["received"], counts["accepted"], counts["duplicate"], counts["pending"]) == (2, 1, 1, 0)
+
+
+def test_an_id_already_confirmed_by_another_request_is_counted_once(
+    client: Client, acme: Actor, state_redis: redis.Redis
+) -> None:
+    """A late commit and the client's retry may both publish an event: it is accepted once."""
+    from events.ledger import Commit, ledger_commit
+
+    event_id = str(uuid.uuid4())
+    commit = Commit(tenant="acme", received_at=utcnow(), published_ids=(event_id,), duplicate=0, rejected=0)
+    ledger_commit(commit)
+    ledger_commit(commit)
+    counts = totals(client, acme)
+    assert (counts["received"], counts["accepted"], counts["duplicate"]) == (2, 1, 1)
+    assert state_redis.get(f"seen:acme:{event_id}") == b"1"
+
+
+def test_the_report_never_reaches_before_the_retention_window(
+    client: Client, acme: Actor, settings: SettingsWrapper
+) -> None:
+    now = utcnow()
+    purged_hour = hour_floor(now - timedelta(days=settings.EVENT_RETENTION_DAYS, hours=6))
+    kept_hour = hour_floor(now - timedelta(days=settings.EVENT_RETENTION_DAYS - 1))
+    # Accepted, then stored, then purged by retention: only the API's count is left.
+    ledger_record(tenant="acme", received_at=purged_hour, counts={"accepted": 3})
+    ledger_record(tenant="acme", received_at=kept_hour, counts={"rejected": 1})
+
+    response = client.get(
+        "/api/ledger",
+        {"since": isoformat_z(now - timedelta(days=settings.EVENT_RETENTION_DAYS + 1))},
+        **acme.headers,
+    )
+    body = response.json()
+    assert [row["hour"][:13] for row in body["results"]] == [isoformat_z(kept_hour)[:13]]
+    assert body["totals"]["pending"] == 0
+
+
+def test_the_window_starts_at_the_first_whole_hour_inside_retention(settings: SettingsWrapper) -> None:
+    settings.EVENT_RETENTION_DAYS = 30
+    now = utcnow().replace(minute=20)
+    start = retention_start(now)
+    assert start == hour_floor(now - timedelta(days=30)) + timedelta(hours=1)
+    since, until = ledger_window(since=now - timedelta(days=400), until=None, now=now)
+    assert (since, until) == (start, hour_floor(now) + timedelta(hours=1))
+
+
+def test_ledger_hours_outlive_a_retention_longer_than_40_days(
+    settings: SettingsWrapper, state_redis: redis.Redis
+) -> None:
+    settings.EVENT_RETENTION_DAYS = 90
+    now = utcnow()
+    ledger_record(tenant="acme", received_at=now, counts={"accepted": 1})
+    ttl = state_redis.ttl(f"ledger:acme:{hour_floor(now).strftime('%Y-%m-%dT%H')}")
+    assert ttl > 90 * 24 * 3600
+
+
+def test_the_ledger_is_a_503_not_a_500_while_the_shared_state_is_down(
+    client: Client, acme: Actor, shared_state_down: str
+) -> None:
+    response = client.get("/api/ledger", **acme.headers)
+    assert response.status_code == 503, response.content
+    assert response.json()["error"]["code"] == "store_unavailable"
+    assert int(response["Retry-After"]) >= 1

@@ -705,7 +705,8 @@ def run_open_loop(stack: Platform, config: BenchConfig, *, path: str | None, see
     """Single-event requests on a fixed schedule (`open_rate` per second): each one's latency runs
     from the time it was due, so a server that falls behind shows it (no coordinated omission)."""
     import httpx
-    from events.loadgen import USER_AGENT, LoadConfig, TrafficGenerator, send_request
+
+    from benchmarks.loadgen import USER_AGENT, LoadConfig, TrafficGenerator, send_request
 
     traffic = TrafficGenerator(seed=seed).take(config.open_requests)
     load = LoadConfig(

@@ -192,7 +192,9 @@ def _on_django_response(span: Span, request: Any, response: Any) -> None:
     correlation_id = response.get("X-Correlation-ID") if hasattr(response, "get") else None
     if correlation_id:
         span.set_attribute(ATTR_CORRELATION_ID, correlation_id)
-    tenant = getattr(getattr(request, "auth", None), "slug", None)
+    # request.auth is the authenticated API key (tenants.authentication), which names its tenant.
+    credential = getattr(request, "auth", None)
+    tenant = getattr(getattr(credential, "tenant", credential), "slug", None)
     if tenant:
         span.set_attribute(ATTR_TENANT, tenant)
 

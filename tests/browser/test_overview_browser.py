@@ -26,6 +26,7 @@ from tests.browser.test_admin_browser import Admin
 from tests.conftest import child_env, start_worker, wait_until
 from tests.events.pipeline_support import batch_kwargs, enriched_event
 from tests.faults.harness import ApiServer
+from tests.faults.steps import store_fault_env
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -79,7 +80,7 @@ def test_it_charts_the_platform_after_real_traffic(admin: Admin, server: ApiServ
     # The worker's store fails while the switch file exists (one attempt, then a dead letter).
     switch = tmp_path / "store-down"
     env = child_env(
-        CLOUDSCALE_STORE_FAULT_FILE=str(switch),
+        **store_fault_env(switch),
         CLOUDSCALE_PROCESS_MAX_ATTEMPTS="1",
         CLOUDSCALE_WORKER_HEARTBEAT_SECONDS="1",
     )

@@ -95,6 +95,20 @@ def test_the_dead_letter_endpoint_counts_by_reason(admin_client: Client) -> None
     assert data["pending_by_reason"] == {"UnknownEventType": 2}
 
 
-def test_warnings_are_an_empty_panel_without_the_compat_app(admin_client: Client) -> None:
-    assert dashboard_warnings(tenant=None) == {"available": False, "columns": [], "results": []}
-    assert admin_client.get("/admin/overview/warnings.json").json()["available"] is False
+def test_it_shows_the_newest_ingestion_warnings_of_the_tenant(admin_client: Client) -> None:
+    from compat.models import IngestionWarning
+
+    assert dashboard_warnings(tenant=None) == {
+        "available": True,
+        "columns": dashboard_warnings(tenant=None)["columns"],
+        "results": [],
+    }
+    for tenant, name in (("acme", "older"), ("globex", "other"), ("acme", "newer")):
+        IngestionWarning.objects.create(
+            tenant=tenant, time=timezone.now(), protocol="segment", event_name=name, code="missing_user_id",
+            message="neither userId nor anonymousId",
+        )  # fmt: skip
+    data = admin_client.get("/admin/overview/warnings.json", {"tenant": "acme"}).json()
+    assert data["available"] is True
+    assert [row["event_name"] for row in data["results"]] == ["newer", "older"]
+    assert "code" in data["columns"] and "message" in data["columns"]

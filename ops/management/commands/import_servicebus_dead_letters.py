@@ -8,17 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from tqdm import tqdm
 
+from cloudscale_project.commands import ExampleCommand
 from ops.servicebus import ServiceBusNotConfigured, servicebus_import_queue_dead_letters
 
 
-class Command(BaseCommand):
-    help = (
-        "Move Service Bus's own dead-letter sub-queue of the ingestion queue into the dead-letter table.\n"
-        "Example: python manage.py import_servicebus_dead_letters --max 1000"
-    )
+class Command(ExampleCommand):
+    examples = """
+manage.py import_servicebus_dead_letters              # everything the sub-queue holds now
+manage.py import_servicebus_dead_letters --max 1000   # at most 1,000 broker messages
+"""
+    help = "Move Service Bus's own dead-letter sub-queue of the ingestion queue into the dead-letter table."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--max", type=int, default=None, help="stop after this many broker messages")

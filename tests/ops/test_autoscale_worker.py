@@ -142,7 +142,7 @@ def test_it_samples_on_beats_schedule_on_a_worker_of_both_queues(
     try:
         wait_until(lambda: concurrency_target_get() == 32, timeout=20, message="a sampled target")
         # The target is in shared state before the change row: the sampler broadcasts in between.
-        wait_until(lambda: ConcurrencyChange.objects.exists(), timeout=20, message="the recorded change")
+        wait_until(ConcurrencyChange.objects.exists, timeout=20, message="the recorded change")
         assert ConcurrencyChange.objects.get().new_target == 32
     finally:
         beat.stop()

@@ -191,6 +191,7 @@ def test_it_loses_and_duplicates_nothing_when_the_broker_is_sigkilled_30_times_u
             api_url=platform.api.url,
             key=platform.key,
             started=started,
+            known_ledger_undercount=True,
             settle_timeout=150,
         )
         assert kills == BROKER_KILLS

@@ -166,15 +166,25 @@ class GroupCommitter:
             group.done.set()
 
 
+def _event_size(event: dict[str, Any]) -> int:
+    """An event's share of a message body: its JSON and a separator."""
+    return len(orjson.dumps(event)) + 2
+
+
 def _size(events: Sequence[dict[str, Any]]) -> int:
-    return sum(len(orjson.dumps(event)) + 2 for event in events)
+    return sum(_event_size(event) for event in events)
+
+
+def _budget_for(max_message_bytes: int) -> float:
+    """Bytes of events a message of `max_message_bytes` may carry, after envelope and encoding."""
+    return max_message_bytes / _ENCODING_FACTOR - _ENVELOPE_BYTES
 
 
 def _budget() -> float:
     """Bytes of events one message may carry on this broker (0: no limit)."""
     if settings.BROKER_MAX_MESSAGE_BYTES <= 0:
         return 0
-    return settings.BROKER_MAX_MESSAGE_BYTES / _ENCODING_FACTOR - _ENVELOPE_BYTES
+    return _budget_for(settings.BROKER_MAX_MESSAGE_BYTES)
 
 
 def split_for_broker(events: Sequence[dict[str, Any]], max_message_bytes: int) -> list[list[dict[str, Any]]]:
@@ -186,11 +196,11 @@ def split_for_broker(events: Sequence[dict[str, Any]], max_message_bytes: int) -
         return []
     if max_message_bytes <= 0:
         return [list(events)]
-    budget = max_message_bytes / _ENCODING_FACTOR - _ENVELOPE_BYTES  # as _budget(), for this limit
+    budget = _budget_for(max_message_bytes)
     chunks: list[list[dict[str, Any]]] = [[]]
     used = 0.0
     for event in events:
-        size = len(orjson.dumps(event)) + 2
+        size = _event_size(event)
         if chunks[-1] and used + size > budget:
             chunks.append([])
             used = 0.0

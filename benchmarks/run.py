@@ -16,7 +16,7 @@ free ports, no Flower, no beat, task events off), then measures, one after the o
 4. the same two at a steady rate (open loop: requests leave on a fixed schedule whether or not
    earlier ones were answered, and latency counts from the scheduled time);
 5. the batched run again with every event from one client address (one hot fraud subject);
-6. peak memory of the API (gunicorn) and worker (Celery) process trees, sampled throughout.
+6. peak memory of the API (gunicorn) and worker (Celery) process trees, sampled throughout;
 
 Prints a table, then a profile section, and as its last line
 `RESULT e2e_events_per_s=<n> ratio_vs_naive=<x> p99_ms=<y> cpu_s_per_1k=<c> single_vs_floor=<r>
@@ -47,6 +47,19 @@ Sizes and tuning come from the environment (defaults in brackets):
   CLOUDSCALE_BENCH_ONE_ADDRESS [unset]     1: every event from the bench's own address (no X-Forwarded-For)
   CLOUDSCALE_BENCH_PROFILE [unset]         a folder: py-spy records API and worker during the batched run
   CLOUDSCALE_BENCH_TIMEOUT [240]           seconds a run may take to drain before the bench fails
+  CLOUDSCALE_BENCH_MAKE_RUN_EVENTS [30000] events of the `make run` run (0: skip it)
+  CLOUDSCALE_BENCH_PHASES [all]            a comma-separated subset of batched,sdk,hot,naive,latency,open
+                                           (no RESULT line unless all run; FIGURES always)
+  CLOUDSCALE_BENCH_AS_USERS [unset]        1: start the platform as `make run` does (beat, Flower, task
+                                           events, the default pool) instead of the bench's tuning
+  CLOUDSCALE_BENCH_TREE [this checkout]    run the platform from another checkout (A/B of code levers:
+                                           benchmarks/ab.py)
+  CLOUDSCALE_BENCH_PLATFORM_ENV [unset]    KEY=VALUE,... set in the platform's environment (A/B of settings)
+
+7. `make run` as users start it (beat, Flower, task events, the default pool), in a second platform
+   after the first has stopped: batched traffic from outside, its CPU per event beside run 1's.
+
+Besides the RESULT line it prints `FIGURES {json}`: every figure of the run, for benchmarks/ab.py.
 """
 
 from __future__ import annotations
@@ -104,6 +117,27 @@ LIFTED_LIMITS = {
 }
 
 
+PHASES = frozenset({"batched", "sdk", "hot", "naive", "latency", "open"})
+
+
+def _phases(text: str) -> frozenset[str]:
+    chosen = frozenset(part.strip() for part in text.split(",") if part.strip()) or PHASES
+    unknown = chosen - PHASES
+    if unknown:
+        raise ValueError(f"CLOUDSCALE_BENCH_PHASES: unknown {sorted(unknown)}; known: {sorted(PHASES)}")
+    return chosen
+
+
+def _pairs(text: str) -> dict[str, str]:
+    pairs = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"CLOUDSCALE_BENCH_PLATFORM_ENV: {part!r} is not KEY=VALUE")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     events: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_EVENTS", 50_000))
@@ -121,9 +155,30 @@ class BenchConfig:
     profile_dir: str = field(default_factory=lambda: os.environ.get("CLOUDSCALE_BENCH_PROFILE", ""))
     one_address: bool = field(default_factory=lambda: os.environ.get("CLOUDSCALE_BENCH_ONE_ADDRESS") == "1")
     timeout: float = field(default_factory=lambda: float(env_int("CLOUDSCALE_BENCH_TIMEOUT", 240)))
+    make_run_events: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_MAKE_RUN_EVENTS", 30_000))
+    phases: frozenset[str] = field(
+        default_factory=lambda: _phases(os.environ.get("CLOUDSCALE_BENCH_PHASES", ""))
+    )
+    as_users: bool = field(default_factory=lambda: os.environ.get("CLOUDSCALE_BENCH_AS_USERS") == "1")
+    tree: Path = field(
+        default_factory=lambda: Path(os.environ.get("CLOUDSCALE_BENCH_TREE") or ROOT).resolve()
+    )
+    platform_env: dict[str, str] = field(
+        default_factory=lambda: _pairs(os.environ.get("CLOUDSCALE_BENCH_PLATFORM_ENV", ""))
+    )
+
+    @property
+    def complete(self) -> bool:
+        return self.phases == PHASES
 
 
-_ROLE_MARKERS = {"api": "gunicorn", "worker": " worker ", "redis": "valkey-server"}
+_ROLE_MARKERS = {
+    "api": "gunicorn",
+    "worker": " worker ",
+    "redis": "valkey-server",
+    "beat": " beat ",
+    "flower": " flower ",
+}
 # Services of the postgres stack that are not our children, found by process name. They are the
 # machine's, so their CPU includes whatever other users of the same servers did meanwhile.
 _SERVICE_NAMES = {"postgres": ("postgres",), "rabbitmq": ("beam.smp", "erl_child_setup", "epmd")}
@@ -176,10 +231,16 @@ class Platform:
             CLOUDSCALE_EMBEDDED_REDIS_PORT=str(free_port()),
             CLOUDSCALE_ADMIN_PASSWORD=secrets.token_urlsafe(12),
             CLOUDSCALE_TRUSTED_PROXIES=TRUSTED_PROXY,
-            CLOUDSCALE_TASK_EVENTS="false",  # no Flower in this run: task events would only cost CPU
             DJANGO_SETTINGS_MODULE="benchmarks.settings",  # the naive task and the floor view
             PYTHONUNBUFFERED="1",
         )
+        self.as_users = config.as_users
+        if not self.as_users:
+            self.env["CLOUDSCALE_TASK_EVENTS"] = "false"  # no Flower in this run: events would only cost CPU
+        self.env.update(config.platform_env)
+        self.env_overrides = dict(config.platform_env)
+        self.checkout = config.tree
+        self.roles = ("api", "worker", "redis", *(("beat", "flower") if self.as_users else ()))
         self.stack = config.stack
         self.database = ""
         autoscale = config.autoscale
@@ -196,9 +257,13 @@ class Platform:
         elif config.stack != "embedded":
             raise ValueError(f"CLOUDSCALE_BENCH_STACK must be embedded or postgres, not {config.stack!r}")
         self.argv = [
-            sys.executable, "manage.py", "runplatform", "--port", str(self.port), "--no-flower", "--no-beat",
-            "--api-workers", str(config.api_workers),
+            sys.executable, "manage.py", "runplatform", "--port", str(self.port),
+            "--flower-port", str(free_port()), "--api-workers", str(config.api_workers),
         ]  # fmt: skip
+        if self.as_users:  # as `make run` starts it: beat, Flower and the default pool
+            autoscale = ""
+        else:
+            self.argv += ["--no-flower", "--no-beat"]
         if autoscale:
             self.argv += ["--autoscale", autoscale]
         self.autoscale = autoscale or "{},{}".format(*_default_pool_bounds())
@@ -207,8 +272,14 @@ class Platform:
 
     def describe(self) -> str:
         if self.stack == "postgres":
-            return "PostgreSQL 127.0.0.1:5432 + RabbitMQ 127.0.0.1:5672; shared state: embedded Redis"
-        return "embedded: SQLite + Redis (appendfsync always)"
+            described = "PostgreSQL 127.0.0.1:5432 + RabbitMQ 127.0.0.1:5672; shared state: embedded Redis"
+        else:
+            described = "embedded: SQLite + Redis (appendfsync always)"
+        if self.checkout != ROOT:
+            described += f"; platform from {self.checkout}"
+        if self.env_overrides:
+            described += "; " + ", ".join(f"{k}={v}" for k, v in self.env_overrides.items())
+        return described
 
     def _postgres(self, statement: str) -> None:
         import psycopg
@@ -222,7 +293,7 @@ class Platform:
         with self._log.open("wb") as log:
             self.process = subprocess.Popen(
                 self.argv,
-                cwd=ROOT,
+                cwd=self.checkout,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -314,13 +385,13 @@ class CpuMeter:
     generator) while the block runs, and how busy the rest of the machine was meanwhile (the
     machine is shared: other processes' CPU is capacity this run did not have)."""
 
-    ROLES = ("api", "worker", "redis")
     SERVICES = ("postgres", "rabbitmq")
 
     def __init__(self, stack: Platform) -> None:
         self._stack = stack
+        self.roles = stack.roles
         self.services = self.SERVICES if stack.stack == "postgres" else ()
-        self.ours = (*self.ROLES, *self.services, "client")
+        self.ours = (*self.roles, *self.services, "client")
         self.seconds: dict[str, float] = {}
         self.others_cores = 0.0  # average CPU cores used by processes outside this run
         self._start: dict[str, float] = {}
@@ -343,7 +414,7 @@ class CpuMeter:
         import psutil
 
         totals = {}
-        for role in self.ROLES:
+        for role in self.roles:
             total = 0.0
             for process in self._stack.tree(role):
                 with contextlib.suppress(psutil.Error):
@@ -662,8 +733,11 @@ def run_latency(
         forwarded_for=not config.one_address,
         path=path,
     )
+    before = _stored_mark()
     with profiled(stack, profile, "single"), CpuMeter(stack) as cpu:
         summary = run_load(load, requests=plan_requests(traffic, total=len(traffic), batch=1), progress=False)
+        if path is None:  # the worker's share of these requests counts, not the next run's
+            _wait_stored(after=before, events=summary.accepted, timeout=config.timeout, what="latency run")
     ok = summary.statuses.get("202", 0)
     return LatencyResult(
         p50_ms=summary.latency_ms(50) or 0.0,
@@ -752,6 +826,7 @@ def run_open_loop(stack: Platform, config: BenchConfig, *, path: str | None, see
         httpx.Client(base_url=stack.url, headers=headers, timeout=30, limits=limits)
         for _ in range(OPEN_LOOP_SENDERS)
     ]
+    before = _stored_mark()
     try:
         with CpuMeter(stack) as cpu:
             start = time.perf_counter() + 0.1
@@ -763,6 +838,9 @@ def run_open_loop(stack: Platform, config: BenchConfig, *, path: str | None, see
                 thread.start()
             for thread in threads:
                 thread.join()
+            if path is None:  # the worker's share of these requests counts, not the next run's
+                accepted = len(latencies) - counts["failures"]
+                _wait_stored(after=before, events=accepted, timeout=config.timeout, what="open-loop run")
     finally:
         for client in clients:
             client.close()
@@ -843,49 +921,232 @@ def _setup_django(stack: Platform) -> None:
 
 @dataclass
 class Measured:
-    batched: E2EResult
-    sdk: E2EResult
-    hot: E2EResult
-    naive: E2EResult
-    floor: LatencyResult
-    api: LatencyResult
-    open_floor: OpenLoopResult
-    open_api: OpenLoopResult
+    """The runs of one bench; a phase left out by CLOUDSCALE_BENCH_PHASES is None."""
+
+    batched: E2EResult | None = None
+    sdk: E2EResult | None = None
+    hot: E2EResult | None = None
+    naive: E2EResult | None = None
+    floor: LatencyResult | None = None
+    api: LatencyResult | None = None
+    open_floor: OpenLoopResult | None = None
+    open_api: OpenLoopResult | None = None
 
 
 def measure(stack: Platform, config: BenchConfig) -> Measured:
-    """Every run of the bench, one after the other, after a warm-up."""
+    """Every chosen run of the bench, one after the other, after a warm-up."""
+    phases, m = config.phases, Measured()
     _step("warm-up (forks, imports, first connections)")
     run_batched(stack, config, events=min(WARMUP_BATCHES * config.batch, config.events))
-    # The SDK endpoint's warm-up on the demo tenant, whose windows the warm-up already filled.
-    run_sdk(stack, config, events=min(WARMUP_BATCHES * config.batch, config.events), tenant=TENANT)
-    run_naive(stack, config, events=min(WARMUP_NAIVE_EVENTS, config.naive_events))
-    warm = replace(config, latency_requests=min(WARMUP_REQUESTS, config.latency_requests))
-    run_latency(stack, warm, path="/bench/noop", seed=1)
-    before = _stored_mark()
-    warm_api = run_latency(stack, warm, path=None, seed=2)
-    _wait_stored(after=before, events=warm_api.accepted, timeout=config.timeout, what="warm-up")
+    if "sdk" in phases:  # on the demo tenant, whose windows the warm-up already filled
+        run_sdk(stack, config, events=min(WARMUP_BATCHES * config.batch, config.events), tenant=TENANT)
+    if "naive" in phases:
+        run_naive(stack, config, events=min(WARMUP_NAIVE_EVENTS, config.naive_events))
+    if phases & {"latency", "open"}:
+        warm = replace(config, latency_requests=min(WARMUP_REQUESTS, config.latency_requests))
+        run_latency(stack, warm, path="/bench/noop", seed=1)
+        run_latency(stack, warm, path=None, seed=2)
 
-    _step(f"batched: {config.events:,} events in batches of {config.batch}, {config.clients} clients")
-    batched = run_batched(stack, config, events=config.events, profile=config.profile_dir)
-    _step(f"  {batched.per_second:,.0f} events/s; {batched.cpu.per_thousand(batched.events)}")
-    _step(f"SDK: the same through /v1/batch (Segment format, gzip), {config.clients} clients")
-    sdk = run_sdk(stack, config, events=config.events, tenant=SDK_TENANT)
-    _step(f"  {sdk.per_second:,.0f} events/s; {sdk.cpu.per_thousand(sdk.events)}")
-    hot_events = config.hot_events or config.events
-    _step(f"batched, every event from one address: {hot_events:,} events")
-    hot = run_batched(stack, config, events=hot_events, one_address=True)
-    _step(f"  {hot.per_second:,.0f} events/s; {hot.cpu.per_thousand(hot.events)}")
-    _step(f"naive: {config.naive_events:,} events, one task and one store write each")
-    naive = run_naive(stack, config, events=config.naive_events)
-    _step(f"  {naive.per_second:,.0f} events/s; {naive.cpu.per_thousand(naive.events)}")
-    _step(f"latency: {config.latency_requests:,} requests from {config.latency_clients} clients, each")
-    floor = run_latency(stack, config, path="/bench/noop", seed=3)
-    api = run_latency(stack, config, path=None, seed=4, profile=config.profile_dir)
-    _step(f"open loop: {config.open_requests:,} requests at {config.open_rate:,.0f}/s, each")
-    open_floor = run_open_loop(stack, config, path="/bench/noop", seed=5)
-    open_api = run_open_loop(stack, config, path=None, seed=6)
-    return Measured(batched, sdk, hot, naive, floor, api, open_floor, open_api)
+    if "batched" in phases:
+        _step(f"batched: {config.events:,} events in batches of {config.batch}, {config.clients} clients")
+        m.batched = run_batched(stack, config, events=config.events, profile=config.profile_dir)
+        _step(f"  {m.batched.per_second:,.0f} events/s; {m.batched.cpu.per_thousand(m.batched.events)}")
+    if "sdk" in phases:
+        _step(f"SDK: the same through /v1/batch (Segment format, gzip), {config.clients} clients")
+        m.sdk = run_sdk(stack, config, events=config.events, tenant=SDK_TENANT)
+        _step(f"  {m.sdk.per_second:,.0f} events/s; {m.sdk.cpu.per_thousand(m.sdk.events)}")
+    if "hot" in phases:
+        hot_events = config.hot_events or config.events
+        _step(f"batched, every event from one address: {hot_events:,} events")
+        m.hot = run_batched(stack, config, events=hot_events, one_address=True)
+        _step(f"  {m.hot.per_second:,.0f} events/s; {m.hot.cpu.per_thousand(m.hot.events)}")
+    if "naive" in phases:
+        _step(f"naive: {config.naive_events:,} events, one task and one store write each")
+        m.naive = run_naive(stack, config, events=config.naive_events)
+        _step(f"  {m.naive.per_second:,.0f} events/s; {m.naive.cpu.per_thousand(m.naive.events)}")
+    if "latency" in phases:
+        _step(f"latency: {config.latency_requests:,} requests from {config.latency_clients} clients, each")
+        m.floor = run_latency(stack, config, path="/bench/noop", seed=3)
+        m.api = run_latency(stack, config, path=None, seed=4, profile=config.profile_dir)
+    if "open" in phases:
+        _step(f"open loop: {config.open_requests:,} requests at {config.open_rate:,.0f}/s, each")
+        m.open_floor = run_open_loop(stack, config, path="/bench/noop", seed=5)
+        m.open_api = run_open_loop(stack, config, path=None, seed=6)
+    return m
+
+
+@dataclass
+class MakeRunResult:
+    """Run 7: `make run` as users start it, from a bench of its own (a second platform)."""
+
+    events_per_s: float
+    cpu_s_per_1k: float
+    cpu_line: str
+    pool_peak: int
+
+
+def run_as_users(config: BenchConfig) -> MakeRunResult | None:
+    """The batched traffic against a platform started as `make run` does, in a child bench (this
+    process's Django already points at the first platform's database)."""
+    if config.make_run_events <= 0 or not config.complete or config.as_users:
+        return None
+    _step(f"make run as users start it: {config.make_run_events:,} events in batches of {config.batch}")
+    env = {
+        **os.environ,
+        "CLOUDSCALE_BENCH_AS_USERS": "1",
+        "CLOUDSCALE_BENCH_PHASES": "batched",
+        "CLOUDSCALE_BENCH_EVENTS": str(config.make_run_events),
+        "CLOUDSCALE_BENCH_PROFILE": "",
+    }
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve())], env=env, capture_output=True, text=True, check=False
+    )
+    figures = next((line for line in done.stdout.splitlines() if line.startswith("FIGURES ")), "")
+    if done.returncode != 0 or not figures:
+        raise RuntimeError(f"the make-run bench failed:\n{done.stderr[-3000:]}")
+    import json
+
+    values = json.loads(figures.removeprefix("FIGURES "))
+    return MakeRunResult(
+        events_per_s=values["e2e_events_per_s"],
+        cpu_s_per_1k=values["cpu_s_per_1k"],
+        cpu_line=values["cpu_line"],
+        pool_peak=values["worker_processes_peak"],
+    )
+
+
+def _rows(config: BenchConfig, stack: Platform, m: Measured, memory: MemorySampler) -> list[tuple[str, str]]:
+    """The table, one section per run that ran."""
+    cores = os.cpu_count() or 1
+    threads = os.environ.get("GUNICORN_THREADS", "8")
+    clients = config.latency_clients
+    addresses = "all 127.0.0.1" if config.one_address else "one per session (X-Forwarded-For)"
+    events_off = "task events on, beat and Flower running" if stack.as_users else "task events off"
+    rows = [
+        ("machine", _machine()),
+        ("stack", stack.describe()),
+        ("", f"client addresses: {addresses}"),
+        ("", f"gunicorn {config.api_workers} workers x {threads} threads"),
+        ("", f"Celery prefork --autoscale {stack.autoscale}, prefetch x2, {events_off}, orjson messages"),
+        ("", ""),
+    ]
+    batched = m.batched
+    if batched is not None:
+        rows += [
+            ("batched e2e (POST /api/events/batch)", f"{batched.per_second:,.0f} events/s"),
+            ("", f"{batched.events:,} events, batches of {config.batch}, {config.clients} clients"),
+            ("", f"all stored after {batched.seconds:.1f} s, accepted after {batched.ingest_seconds:.1f} s"),
+            ("", batched.cpu.per_thousand(batched.events)),
+            ("", batched.cpu.others()),
+            ("", f"at that CPU cost {cores} idle cores would carry "
+                 f"{batched.cpu.ceiling(batched.events, cores):,.0f} events/s"),
+        ]  # fmt: skip
+    if m.sdk is not None:
+        rows += [
+            ("SDK e2e (POST /v1/batch, gzip)", f"{m.sdk.per_second:,.0f} events/s"),
+            ("", f"{m.sdk.events:,} events, Segment batches of {config.batch}, {config.clients} clients"),
+            ("", m.sdk.cpu.per_thousand(m.sdk.events)),
+            ("", m.sdk.cpu.others()),
+        ]
+        if batched is not None:
+            # The client's CPU is left out: the bench's own sender (gzip, message shape) is not the server's.
+            server = ("api", "worker", "redis")
+            sdk_cost_ratio = (sum(m.sdk.cpu.seconds[r] for r in server) / m.sdk.events) / (
+                sum(batched.cpu.seconds[r] for r in server) / batched.events
+            )
+            rows.append(
+                ("SDK / batched, server CPU per event", f"{sdk_cost_ratio:.2f}x (API + worker + Redis)")
+            )
+    if m.hot is not None:
+        rows += [
+            (
+                "batched e2e, one client address",
+                f"{m.hot.per_second:,.0f} events/s (every event from 127.0.0.1)",
+            ),
+            ("", f"{m.hot.events:,} events: all stored after {m.hot.seconds:.1f} s"),
+            ("", m.hot.cpu.per_thousand(m.hot.events)),
+            ("", m.hot.cpu.others()),
+        ]
+        if batched is not None:
+            rows.append(("ratio per-session / one address", f"{batched.per_second / m.hot.per_second:.2f}x"))
+    if m.naive is not None:
+        naive = m.naive
+        rows += [
+            ("naive e2e (a task per event)", f"{naive.per_second:,.0f} events/s"),
+            ("", f"{naive.events:,} events: all stored after {naive.seconds:.1f} s (published after "
+                 f"{naive.ingest_seconds:.1f} s)"),
+            ("", naive.cpu.per_thousand(naive.events)),
+            ("", naive.cpu.others()),
+        ]  # fmt: skip
+        if batched is not None:
+            rows.append(("ratio batched / naive", f"{batched.per_second / naive.per_second:.1f}x"))
+    rows.append(("", ""))
+    if m.api is not None and m.floor is not None:
+        rows += [
+            (f"POST /api/events, {clients} clients", m.api.line()),
+            ("", m.api.cpu.per_thousand(m.api.requests, "requests")),
+            ("", m.api.cpu.others()),
+            (f"floor: trivial view, {clients} clients", m.floor.line()),
+            ("", m.floor.cpu.per_thousand(m.floor.requests, "requests")),
+            ("", m.floor.cpu.others()),
+            ("ratio single / floor (req/s)", f"{_single_vs_floor(m):.2f}"),
+            ("ratio single / floor (p99)", f"{m.api.p99_ms / m.floor.p99_ms:.2f}"),
+        ]
+    if m.open_api is not None and m.open_floor is not None:
+        rows += [
+            ("POST /api/events, open loop", m.open_api.line()),
+            ("", m.open_api.cpu.per_thousand(m.open_api.requests, "requests")),
+            ("", m.open_api.cpu.others()),
+            ("floor: trivial view, open loop", m.open_floor.line()),
+            ("", m.open_floor.cpu.per_thousand(m.open_floor.requests, "requests")),
+        ]
+    rows += [
+        ("", ""),
+        ("peak memory, API (gunicorn)", memory.line("api")),
+        ("peak memory, worker (Celery)", memory.line("worker")),
+    ]
+    return rows
+
+
+def _single_vs_floor(m: Measured) -> float:
+    assert m.api is not None and m.floor is not None
+    return (m.api.requests / m.api.seconds) / (m.floor.requests / m.floor.seconds)
+
+
+def _figures(m: Measured, memory: MemorySampler) -> dict[str, Any]:
+    """Every figure of the run by name (the RESULT line's names where it has them)."""
+    figures: dict[str, Any] = {}
+    if m.batched is not None:
+        figures |= {
+            "e2e_events_per_s": round(m.batched.per_second),
+            "cpu_s_per_1k": round(m.batched.cpu.per_thousand_total(m.batched.events), 3),
+            "cpu_line": m.batched.cpu.per_thousand(m.batched.events),
+        }
+    if m.sdk is not None:
+        figures["sdk_cpu_s_per_1k"] = round(m.sdk.cpu.per_thousand_total(m.sdk.events), 3)
+    if m.hot is not None:
+        figures["hot_events_per_s"] = round(m.hot.per_second)
+        figures["hot_cpu_s_per_1k"] = round(m.hot.cpu.per_thousand_total(m.hot.events), 3)
+        if m.batched is not None:
+            figures["hot_ratio"] = round(m.batched.per_second / m.hot.per_second, 2)
+    if m.naive is not None and m.batched is not None:
+        figures["ratio_vs_naive"] = round(m.batched.per_second / m.naive.per_second, 1)
+    if m.api is not None and m.floor is not None:
+        figures |= {
+            "p99_ms": round(m.api.p99_ms, 1),
+            "floor_p99_ms": round(m.floor.p99_ms, 1),
+            "single_req_per_s": round(m.api.requests / m.api.seconds),
+            "single_cpu_ms": round(m.api.cpu.per_thousand_total(m.api.requests), 2),
+            "single_vs_floor": round(_single_vs_floor(m), 2),
+        }
+    if m.open_api is not None and m.open_floor is not None:
+        figures |= {
+            "open_p99_ms": round(m.open_api.p99_ms, 1),
+            "open_floor_p99_ms": round(m.open_floor.p99_ms, 1),
+            "open_cpu_ms": round(m.open_api.cpu.per_thousand_total(m.open_api.requests), 2),
+        }
+    figures["worker_processes_peak"] = memory.peak_processes["worker"]
+    return figures
 
 
 def main() -> int:
@@ -905,87 +1166,60 @@ def main() -> int:
         raise
     _step("stopping the platform")
     stack.stop()
+    make_run = run_as_users(config)
 
-    batched, sdk, hot, naive, floor, api = m.batched, m.sdk, m.hot, m.naive, m.floor, m.api
-    ratio = batched.per_second / naive.per_second
-    # The client's CPU is left out: the bench's own sender (gzip, message shape) is not the server's.
-    server = ("api", "worker", "redis")
-    sdk_cost_ratio = (sum(sdk.cpu.seconds[r] for r in server) / sdk.events) / (
-        sum(batched.cpu.seconds[r] for r in server) / batched.events
-    )
-    cores = os.cpu_count() or 1
-    phases = [
-        ("batched", batched.cpu, batched.events, "events"),
-        ("batched, one address", hot.cpu, hot.events, "events"),
-        ("naive", naive.cpu, naive.events, "events"),
-        ("single-event POST, closed loop", api.cpu, api.requests, "requests"),
-        ("single-event POST, open loop", m.open_api.cpu, m.open_api.requests, "requests"),
-    ]
-    threads = os.environ.get("GUNICORN_THREADS", "8")
-    clients = config.latency_clients
-    ceiling = batched.cpu.ceiling(batched.events, cores)
-    addresses = "all 127.0.0.1" if config.one_address else "one per session (X-Forwarded-For)"
-    hot_ratio = batched.per_second / hot.per_second
-    single_vs_floor = (api.requests / api.seconds) / (floor.requests / floor.seconds)
-    rows = [
-        ("machine", _machine()),
-        ("stack", stack.describe()),
-        ("", f"client addresses: {addresses}"),
-        ("", f"gunicorn {config.api_workers} workers x {threads} threads"),
-        ("", f"Celery prefork --autoscale {stack.autoscale}, prefetch x2, task events off, orjson messages"),
-        ("", ""),
-        ("batched e2e (POST /api/events/batch)", f"{batched.per_second:,.0f} events/s"),
-        ("", f"{batched.events:,} events, batches of {config.batch}, {config.clients} clients"),
-        ("", f"all stored after {batched.seconds:.1f} s, accepted after {batched.ingest_seconds:.1f} s"),
-        ("", batched.cpu.per_thousand(batched.events)),
-        ("", batched.cpu.others()),
-        ("", f"at that CPU cost {cores} idle cores would carry {ceiling:,.0f} events/s"),
-        ("SDK e2e (POST /v1/batch, gzip)", f"{sdk.per_second:,.0f} events/s"),
-        ("", f"{sdk.events:,} events, Segment batches of {config.batch}, {config.clients} clients"),
-        ("", sdk.cpu.per_thousand(sdk.events)),
-        ("", sdk.cpu.others()),
-        ("SDK / batched, server CPU per event", f"{sdk_cost_ratio:.2f}x (API + worker + Redis)"),
-        ("batched e2e, one client address", f"{hot.per_second:,.0f} events/s (every event from 127.0.0.1)"),
-        ("", f"{hot.events:,} events: all stored after {hot.seconds:.1f} s"),
-        ("", hot.cpu.per_thousand(hot.events)),
-        ("", hot.cpu.others()),
-        ("ratio per-session / one address", f"{hot_ratio:.2f}x"),
-        ("naive e2e (a task per event)", f"{naive.per_second:,.0f} events/s"),
-        ("", f"{naive.events:,} events: all stored after {naive.seconds:.1f} s (published after "
-             f"{naive.ingest_seconds:.1f} s)"),
-        ("", naive.cpu.per_thousand(naive.events)),
-        ("", naive.cpu.others()),
-        ("ratio batched / naive", f"{ratio:.1f}x"),
-        ("", ""),
-        (f"POST /api/events, {clients} clients", api.line()),
-        ("", api.cpu.per_thousand(api.requests, "requests")),
-        ("", api.cpu.others()),
-        (f"floor: trivial view, {clients} clients", floor.line()),
-        ("", floor.cpu.per_thousand(floor.requests, "requests")),
-        ("", floor.cpu.others()),
-        ("ratio single / floor (req/s)", f"{single_vs_floor:.2f}"),
-        ("POST /api/events, open loop", m.open_api.line()),
-        ("", m.open_api.cpu.per_thousand(m.open_api.requests, "requests")),
-        ("", m.open_api.cpu.others()),
-        ("floor: trivial view, open loop", m.open_floor.line()),
-        ("", m.open_floor.cpu.per_thousand(m.open_floor.requests, "requests")),
-        ("", ""),
-        ("peak memory, API (gunicorn)", memory.line("api")),
-        ("peak memory, worker (Celery)", memory.line("worker")),
+    rows = _rows(config, stack, m, memory)
+    if make_run is not None and m.batched is not None:
+        bench_cost = m.batched.cpu.per_thousand_total(m.batched.events)
+        rows += [
+            ("", ""),
+            ("make run as users start it", f"{make_run.events_per_s:,.0f} events/s, the worker at up to "
+                                           f"{make_run.pool_peak} processes (main + pool)"),
+            ("", f"{config.make_run_events:,} events, batches of {config.batch}, {config.clients} clients"),
+            ("", make_run.cpu_line),
+            ("CPU per event, make run / bench", f"{make_run.cpu_s_per_1k / bench_cost:.2f}x"),
+        ]  # fmt: skip
+    rows += [
         ("", ""),
         ("bench wall time", f"{time.monotonic() - started:.0f} s"),
         ("load average (1 min)", f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (ours included)"),
-    ]  # fmt: skip
+    ]
     print("CloudScale benchmark")
     print(_table(rows))
     print()
+    phases = [
+        (name, result.cpu, n, unit)
+        for name, result, n, unit in [
+            ("batched", m.batched, m.batched.events if m.batched else 0, "events"),
+            ("batched, one address", m.hot, m.hot.events if m.hot else 0, "events"),
+            ("naive", m.naive, m.naive.events if m.naive else 0, "events"),
+            ("single-event POST, closed loop", m.api, m.api.requests if m.api else 0, "requests"),
+            (
+                "single-event POST, open loop",
+                m.open_api,
+                m.open_api.requests if m.open_api else 0,
+                "requests",
+            ),
+        ]
+        if result is not None
+    ]
     print(_profile_section(config, phases))
-    result = (
-        f"e2e_events_per_s={batched.per_second:.0f} ratio_vs_naive={ratio:.1f} p99_ms={api.p99_ms:.1f} "
-        f"cpu_s_per_1k={batched.cpu.per_thousand_total(batched.events):.3f} "
-        f"single_vs_floor={single_vs_floor:.2f} open_p99_ms={m.open_api.p99_ms:.1f} hot_ratio={hot_ratio:.2f}"
-    )
-    print(f"RESULT {result}", flush=True)
+    figures = _figures(m, memory)
+    if make_run is not None:
+        figures["make_run_cpu_s_per_1k"] = make_run.cpu_s_per_1k
+        figures["make_run_events_per_s"] = make_run.events_per_s
+    import json
+
+    print("FIGURES " + json.dumps(figures), flush=True)
+    if config.complete:
+        f = figures
+        print(
+            f"RESULT e2e_events_per_s={f['e2e_events_per_s']} ratio_vs_naive={f['ratio_vs_naive']} "
+            f"p99_ms={f['p99_ms']} cpu_s_per_1k={f['cpu_s_per_1k']:.3f} "
+            f"single_vs_floor={f['single_vs_floor']:.2f} open_p99_ms={f['open_p99_ms']} "
+            f"hot_ratio={f['hot_ratio']:.2f}",
+            flush=True,
+        )
     return 0
 
 

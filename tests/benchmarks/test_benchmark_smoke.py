@@ -27,6 +27,7 @@ TINY = {
     "CLOUDSCALE_BENCH_LATENCY_REQUESTS": "100",
     "CLOUDSCALE_BENCH_OPEN_REQUESTS": "100",
     "CLOUDSCALE_BENCH_TIMEOUT": "120",
+    "CLOUDSCALE_BENCH_MAKE_RUN_EVENTS": "500",
 }
 
 
@@ -66,9 +67,14 @@ def test_it_prints_the_table_and_ends_with_the_result_line() -> None:
         "POST /api/events, open loop",
         "floor: trivial view, open loop",
         "profile: CPU seconds per 1,000 events or requests, by process group",
+        "make run as users start it",
+        "CPU per event, make run / bench",
     ):
         assert label in table
     assert "1,000 events, batches of 250, 2 clients" in table
+    assert "500 events, batches of 250, 2 clients" in table  # the make-run platform's run
+    figures = next(line for line in lines if line.startswith("FIGURES "))
+    assert '"make_run_cpu_s_per_1k"' in figures
     leftovers = [
         p for p in psutil.process_iter(["pid", "cmdline"])
         if p.pid not in before and "cloudscale-bench-" in " ".join(p.info["cmdline"] or [])

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.validators import MinValueValidator
 from django.db import models
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
 
+from fraud.rulecache import rule_settings_changed
 from fraud.rules import RULES, Rule
 from tenants.models import Tenant
 
 RULE_CHOICES = [(rule.value, f"{rule.value}: more than N {spec.description}") for rule, spec in RULES.items()]
+
+
+class FraudRuleSettingQuerySet(models.QuerySet["FraudRuleSetting"]):
+    """`update()` sends no save signal, so it drops the workers' cached settings itself.
+
+    `bulk_create`, `bulk_update` and raw SQL do not: nothing writes settings that way, and whatever
+    does must call `fraud.rulecache.rule_settings_changed()`.
+    """
+
+    def update(self, **kwargs: Any) -> int:
+        rows = super().update(**kwargs)
+        rule_settings_changed()
+        return rows
 
 
 class FraudRuleSetting(models.Model):
@@ -25,12 +43,21 @@ class FraudRuleSetting(models.Model):
     enabled = models.BooleanField(default=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = FraudRuleSettingQuerySet.as_manager()
+
     class Meta:
         constraints = [models.UniqueConstraint(fields=["tenant", "rule"], name="fraud_rule_setting_once")]
         ordering = ["tenant__slug", "rule"]
 
     def __str__(self) -> str:
         return f"{self.tenant.slug}/{self.rule}"
+
+
+@receiver(post_save, sender=FraudRuleSetting, dispatch_uid="fraud_rule_setting_saved")
+@receiver(post_delete, sender=FraudRuleSetting, dispatch_uid="fraud_rule_setting_deleted")
+def _rule_setting_written(**kwargs: Any) -> None:
+    """Admin saves, list edits and deletes (one by one or the bulk action): every worker's next batch."""
+    rule_settings_changed()
 
 
 class FraudAlert(models.Model):

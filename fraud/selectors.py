@@ -7,11 +7,20 @@ from datetime import datetime
 from django.db.models import QuerySet
 
 from fraud.models import FraudAlert, FraudRuleSetting
+from fraud.rulecache import rule_configs_cache
 from fraud.rules import Rule, RuleConfig, default_configs
 
 
 def fraud_rule_configs(*, tenant: str) -> dict[Rule, RuleConfig]:
-    """Every rule as this tenant runs it: the defaults (docs/api.md, "Fraud rules") with its admin edits."""
+    """Every rule as this tenant runs it: the defaults (docs/api.md, "Fraud rules") with its admin edits.
+
+    The fraud step asks for every batch, so the answer is cached per process until any setting
+    changes (fraud/rulecache.py); the caller gets its own copy of the dict.
+    """
+    return dict(rule_configs_cache.get(tenant, lambda: _rule_configs_load(tenant)))
+
+
+def _rule_configs_load(tenant: str) -> dict[Rule, RuleConfig]:
     configs = default_configs()
     for setting in FraudRuleSetting.objects.filter(tenant__slug=tenant):
         rule = Rule(setting.rule)

@@ -1,10 +1,11 @@
 """Fraud step of the pipeline: the velocity rules over event time, batch-wise and idempotent.
 
-Per batch: one database read (the tenant's rule settings), one Redis call (a server-side script that
-records the batch in every window it touches and evaluates the rules there, see fraud/windows.py)
-and, only when a rule hits, the alert writes. Redelivery of a batch adds the same
-members to the windows (no double count) and finds the same (rule, subject, bucket) keys, which the
-unique constraint on FraudAlert turns away; the metric counts only alerts this call created.
+Per batch: the tenant's rule settings (one Redis GET while they are cached, fraud/rulecache.py),
+one Redis call (a server-side script that records the batch in every window it touches and
+evaluates the rules there, see fraud/windows.py) and, only when a rule hits, the alert writes.
+Redelivery of a batch adds the same members to the windows (no double count) and finds the same
+(rule, subject, bucket) keys, which the unique constraint on FraudAlert turns away; the metric
+counts only alerts this call created.
 """
 
 from __future__ import annotations

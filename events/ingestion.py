@@ -28,7 +28,7 @@ from cloudscale_project.state import STATE_ERRORS
 from events.dedup import RESERVATION_SECONDS, Claim, release_event_ids, reserve_event_ids
 from events.enrichment import enrich_event
 from events.ledger import Commit, late_commits, ledger_commit, ledger_record
-from events.publishing import publish_events, split_for_broker
+from events.publishing import expecting_publish, publish_events, split_for_broker
 from events.schemas import metric_event_type, validate_event
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,11 @@ def _oversized(raw: Any) -> bool:
 
 def ingest_events(*, raw_events: list[Any], context: RequestContext, body_bytes: int) -> Receipts:
     """Validate, enrich, dedup and publish a request's events; raise BrokerUnavailable on a failed publish."""
+    with expecting_publish(tenant=context.tenant, events=len(raw_events)):
+        return _ingest_events(raw_events=raw_events, context=context, body_bytes=body_bytes)
+
+
+def _ingest_events(*, raw_events: list[Any], context: RequestContext, body_bytes: int) -> Receipts:
     receipts = Receipts()
     enriched: list[tuple[int, dict[str, Any]]] = []
     # A body under 32 KiB cannot hold an oversized event: skip re-serialising on the common path.
@@ -114,7 +119,7 @@ def ingest_events(*, raw_events: list[Any], context: RequestContext, body_bytes:
             )
         )
 
-    return ingest_enriched(enriched=enriched, receipts=receipts, context=context, total=len(raw_events))
+    return _ingest_enriched(enriched=enriched, receipts=receipts, context=context, total=len(raw_events))
 
 
 def ingest_enriched(
@@ -126,6 +131,13 @@ def ingest_enriched(
     carried. The native endpoints and the SDK-compatible ones (compat/) share this path, so both give
     the same receipts, ledger counts and 503s.
     """
+    with expecting_publish(tenant=context.tenant, events=len(enriched)):
+        return _ingest_enriched(enriched=enriched, receipts=receipts, context=context, total=total)
+
+
+def _ingest_enriched(
+    *, enriched: list[tuple[int, dict[str, Any]]], receipts: Receipts, context: RequestContext, total: int
+) -> Receipts:
     try:
         claims = reserve_event_ids(tenant=context.tenant, event_ids=[e["event_id"] for _, e in enriched])
     except STATE_ERRORS as exc:

@@ -7,9 +7,13 @@ broker errors get a short bounded retry; then the caller answers 503.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import orjson
@@ -59,19 +63,36 @@ _ENCODING_FACTOR = 4 / 3
 def publish_events(*, tenant: str, events: Sequence[dict[str, Any]], correlation_id: str) -> None:
     """Durably publish the events in an `events.process_batch` message; BrokerUnavailable if not.
 
-    Small publishes (single-event requests) that arrive within `GROUP_COMMIT_LINGER_SECONDS` of each
-    other in this process, for the same tenant, share one message: a group commit. Each caller still
-    returns only once that message is in the broker, and each gets the broker's error if it is not,
-    so every 202 stays true; the events keep their own ids, receipts and dedup reservations.
+    Small publishes (single-event requests) of one tenant that are concurrent in this process share
+    one message: a group commit (`GroupCommitter`). Each caller still returns only once that message
+    is in the broker, and each gets the broker's error if it is not, so every 202 stays true; the
+    events keep their own ids, receipts and dedup reservations.
     """
-    if (
-        settings.GROUP_COMMIT_LINGER_SECONDS <= 0
-        or len(events) > settings.GROUP_COMMIT_MAX_EVENTS // 4
-        or (settings.BROKER_MAX_MESSAGE_BYTES and _size(events) > _budget() / 4)
-    ):
+    if not _groupable(events):
         _publish_message(tenant=tenant, events=events, correlation_id=correlation_id)
         return
     _group_committer.publish(tenant=tenant, events=events, correlation_id=correlation_id)
+
+
+def _groupable(events: Sequence[Any]) -> bool:
+    """Small enough to share a message (large requests are a message of their own already)."""
+    return (
+        settings.GROUP_COMMIT_LINGER_SECONDS > 0
+        and len(events) <= settings.GROUP_COMMIT_MAX_EVENTS // 4
+        and not (settings.BROKER_MAX_MESSAGE_BYTES and _size(events) > _budget() / 4)
+    )
+
+
+def expecting_publish(*, tenant: str, events: int) -> contextlib.AbstractContextManager[None]:
+    """Wrap a request's path to its publish: a group leader publishing meanwhile waits for it.
+
+    A request of more events than a group takes announces nothing (it will be a message of its
+    own); one that ends without publishing (rejected, duplicates, errors) stops being waited for
+    when the block ends. Not reentrant: one announcement per request.
+    """
+    if settings.GROUP_COMMIT_LINGER_SECONDS <= 0 or events > settings.GROUP_COMMIT_MAX_EVENTS // 4:
+        return nullcontext()
+    return _group_committer.expecting(tenant)
 
 
 def _publish_message(*, tenant: str, events: Sequence[dict[str, Any]], correlation_id: str) -> None:
@@ -106,7 +127,7 @@ class _Group:
         self.correlation_id = correlation_id  # the first member's: the message's own
         self.events: list[dict[str, Any]] = []
         self.bytes = 0
-        self.full = threading.Event()  # wakes the leader before the linger ends
+        self.full = False
         self.done = threading.Event()
         self.error: BaseException | None = None
 
@@ -114,9 +135,14 @@ class _Group:
 class GroupCommitter:
     """Coalesces concurrent small publishes of one process (gunicorn's threads) per tenant.
 
-    The first caller of a group leads: it waits up to the linger (less if the group fills up),
-    closes the group and publishes it; the others wait for that outcome. A message never holds more
-    than `GROUP_COMMIT_MAX_EVENTS` events or the broker's size budget.
+    The first caller of a group leads; the others join it and wait for its outcome. The leader
+    publishes as soon as nothing more is coming: while requests of its tenant that announced a
+    publish (`expecting`) have not reached it yet, or while the tenant's previous message is still
+    being published, it waits for them, never longer than `GROUP_COMMIT_LINGER_SECONDS` and never
+    past a full group. So a lone request is published at once (no added latency when the API is
+    quiet) and a busy process sends one message per round of concurrent requests instead of one
+    per request: the group commit of databases' write-ahead logs. A message never holds more than
+    `GROUP_COMMIT_MAX_EVENTS` events or the broker's size budget.
     """
 
     # How long a member waits for its leader before giving up on the process: a leader always sets
@@ -124,12 +150,39 @@ class GroupCommitter:
     MEMBER_WAIT_SECONDS = 60.0
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self._open: dict[str, _Group] = {}
+        self._pending: Counter[str] = Counter()  # announced, not yet publishing, by tenant
+        self._publishing: Counter[str] = Counter()  # messages being published, by tenant
+        self._local = threading.local()
+
+    @contextmanager
+    def expecting(self, tenant: str) -> Iterator[None]:
+        """Announce that this thread is about to publish a small request of `tenant`: a leader
+        publishing meanwhile waits (briefly) for it to join."""
+        with self._changed:
+            self._pending[tenant] += 1
+        self._local.pending = tenant
+        try:
+            yield
+        finally:
+            self._arrived(tenant)
+
+    def _arrived(self, tenant: str) -> None:
+        """This thread's announced publish arrived (or will never come): stop waiting for it."""
+        if getattr(self._local, "pending", None) != tenant:
+            return
+        self._local.pending = None
+        with self._changed:
+            self._pending[tenant] -= 1
+            if self._pending[tenant] <= 0:
+                del self._pending[tenant]
+            self._changed.notify_all()
 
     def publish(self, *, tenant: str, events: Sequence[dict[str, Any]], correlation_id: str) -> None:
+        self._arrived(tenant)
         size = _size(events)
-        with self._lock:
+        with self._changed:
             group = self._open.get(tenant)
             leader = group is None or not self._fits(group, len(events), size)
             if leader:
@@ -139,7 +192,8 @@ class GroupCommitter:
             group.events.extend(events)
             group.bytes += size
             if not self._fits(group, 1, 0):
-                group.full.set()
+                group.full = True
+            self._changed.notify_all()
         if leader:
             self._lead(group)
         elif not group.done.wait(self.MEMBER_WAIT_SECONDS):
@@ -153,12 +207,26 @@ class GroupCommitter:
         return len(group.events) + events <= settings.GROUP_COMMIT_MAX_EVENTS and within_bytes
 
     def _lead(self, group: _Group) -> None:
+        tenant = group.tenant
+        deadline = time.monotonic() + settings.GROUP_COMMIT_LINGER_SECONDS
         try:
-            group.full.wait(settings.GROUP_COMMIT_LINGER_SECONDS)
-            with self._lock:
-                if self._open.get(group.tenant) is group:
-                    del self._open[group.tenant]  # closed: later callers start a new group
-            _publish_message(tenant=group.tenant, events=group.events, correlation_id=group.correlation_id)
+            with self._changed:
+                while not group.full and (self._pending[tenant] > 0 or self._publishing[tenant] > 0):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._changed.wait(remaining)
+                if self._open.get(tenant) is group:
+                    del self._open[tenant]  # closed: later callers start a new group
+                self._publishing[tenant] += 1
+            try:
+                _publish_message(tenant=tenant, events=group.events, correlation_id=group.correlation_id)
+            finally:
+                with self._changed:
+                    self._publishing[tenant] -= 1
+                    if self._publishing[tenant] <= 0:
+                        del self._publishing[tenant]
+                    self._changed.notify_all()
         except BaseException as exc:  # every member must hear the outcome, whatever it is
             group.error = exc
             raise

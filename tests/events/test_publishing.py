@@ -168,3 +168,105 @@ def test_tenants_never_share_a_message(settings: Any) -> None:
     assert sorted(e["event_id"] for m in messages for e in m["events"]) == sorted(owner)
     for message in messages:
         assert {owner[e["event_id"]] for e in message["events"]} == {message["tenant"]}
+
+
+def test_a_lone_publish_does_not_wait_for_the_linger(settings: Any) -> None:
+    import time
+
+    settings.GROUP_COMMIT_LINGER_SECONDS = 2.0  # the most a leader may wait; nothing to wait for here
+    started = time.monotonic()
+
+    publish_events(tenant="acme", events=[_event(1, pad=10)], correlation_id="c")
+
+    assert time.monotonic() - started < 1.0
+    assert [e["event_id"] for m in _queued_messages() for e in m["events"]] == ["e-1"]
+
+
+def test_a_leader_waits_for_an_announced_request_and_they_share_a_message(settings: Any) -> None:
+    import threading
+
+    from events.publishing import expecting_publish
+
+    settings.GROUP_COMMIT_LINGER_SECONDS = 5.0
+    announced, leader_waiting = threading.Event(), threading.Event()
+
+    def announced_request() -> None:
+        with expecting_publish(tenant="acme", events=1):
+            announced.set()
+            leader_waiting.wait(5)
+            publish_events(tenant="acme", events=[_event(2, pad=10)], correlation_id="c-2")
+
+    sibling = threading.Thread(target=announced_request)
+    sibling.start()
+    assert announced.wait(5)
+    leader = threading.Thread(
+        target=publish_events,
+        kwargs={"tenant": "acme", "events": [_event(1, pad=10)], "correlation_id": "c-1"},
+    )
+    leader.start()
+    leader.join(timeout=0.3)
+    assert leader.is_alive()  # waiting for the announced request, not published alone
+    leader_waiting.set()
+    sibling.join(timeout=10)
+    leader.join(timeout=10)
+
+    messages = _queued_messages()
+    assert len(messages) == 1
+    assert sorted(e["event_id"] for e in messages[0]["events"]) == ["e-1", "e-2"]
+
+
+def test_an_announced_request_that_never_publishes_stops_holding_the_leader(settings: Any) -> None:
+    import threading
+    import time
+
+    from events.publishing import expecting_publish
+
+    settings.GROUP_COMMIT_LINGER_SECONDS = 5.0
+    announced, finish = threading.Event(), threading.Event()
+
+    def rejected_request() -> None:  # e.g. every event invalid or a duplicate: no publish
+        with expecting_publish(tenant="acme", events=1):
+            announced.set()
+            finish.wait(5)
+
+    sibling = threading.Thread(target=rejected_request)
+    sibling.start()
+    assert announced.wait(5)
+    started = time.monotonic()
+    leader = threading.Thread(
+        target=publish_events,
+        kwargs={"tenant": "acme", "events": [_event(1, pad=10)], "correlation_id": "c-1"},
+    )
+    leader.start()
+    finish.set()
+    leader.join(timeout=10)
+    sibling.join(timeout=10)
+
+    assert time.monotonic() - started < 2.5  # released by the block's end, not by the 5 s linger
+    assert [e["event_id"] for m in _queued_messages() for e in m["events"]] == ["e-1"]
+
+
+def test_other_tenants_announcements_do_not_hold_a_leader(settings: Any) -> None:
+    import threading
+    import time
+
+    from events.publishing import expecting_publish
+
+    settings.GROUP_COMMIT_LINGER_SECONDS = 5.0
+    announced, finish = threading.Event(), threading.Event()
+
+    def other_tenant() -> None:
+        with expecting_publish(tenant="globex", events=1):
+            announced.set()
+            finish.wait(10)
+
+    sibling = threading.Thread(target=other_tenant)
+    sibling.start()
+    assert announced.wait(5)
+    started = time.monotonic()
+    publish_events(tenant="acme", events=[_event(1, pad=10)], correlation_id="c-1")
+    elapsed = time.monotonic() - started
+    finish.set()
+    sibling.join(timeout=10)
+
+    assert elapsed < 2.5

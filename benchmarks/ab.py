@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(n) for n in names)
     print(f"{'figure':<{width}}  {'A runs':<24}  {'B runs':<24}  {'B/A (medians)':>13}")
     for name in names:
-        a = [r[name] for r in results["A"] if name in r]
-        b = [r[name] for r in results["B"] if name in r]
+        a = [r[name] for r in results["A"] if r.get(name) is not None]
+        b = [r[name] for r in results["B"] if r.get(name) is not None]
         ratio = float("nan")
         if a and b and statistics.median(a):
             ratio = statistics.median(b) / statistics.median(a)

@@ -15,7 +15,8 @@ free ports, no Flower, no beat, task events off), then measures, one after the o
    Django view on the same gunicorn (benchmarks/views.py: the floor);
 4. the same two at a steady rate (open loop: requests leave on a fixed schedule whether or not
    earlier ones were answered, and latency counts from the scheduled time);
-5. the batched run again with every event from one client address (one hot fraud subject);
+5. the batched run again with every event from one client address (one hot fraud subject), on a
+   tenant of its own (fresh windows and scores, as the batched run has);
 6. peak memory of the API (gunicorn) and worker (Celery) process trees, sampled throughout;
 
 Prints a table, then a profile section, and as its last line
@@ -93,6 +94,7 @@ from tests.netutil import free_port  # noqa: E402
 
 TENANT = "demo"
 SDK_TENANT = "demo-sdk"
+HOT_TENANT = "demo-hot"
 READY_TIMEOUT_SECONDS = 120.0
 POLL_SECONDS = 0.1
 RSS_SAMPLE_SECONDS = 0.5
@@ -591,7 +593,13 @@ class E2EResult:
 
 
 def run_batched(
-    stack: Platform, config: BenchConfig, *, events: int, profile: str = "", one_address: bool | None = None
+    stack: Platform,
+    config: BenchConfig,
+    *,
+    events: int,
+    profile: str = "",
+    one_address: bool | None = None,
+    tenant: str = TENANT,
 ) -> E2EResult:
     from benchmarks.loadgen import LoadConfig, TrafficGenerator, plan_requests, run_load
 
@@ -600,7 +608,7 @@ def run_batched(
     before = _stored_mark()
     load = LoadConfig(
         url=stack.url,
-        key=stack.api_key,
+        key=stack.api_key if tenant == TENANT else _fresh_tenant_key(tenant, "one-address benchmark"),
         events=events,
         batch=config.batch,
         concurrency=config.clients,
@@ -610,19 +618,21 @@ def run_batched(
         summary = run_load(load, requests=requests, progress=False)
         if summary.accepted != events:
             raise RuntimeError(f"batched run: {summary.accepted} of {events} accepted: {summary.as_dict()}")
-        done = _wait_stored(after=before, events=events, timeout=config.timeout, what="batched run")
+        done = _wait_stored(
+            after=before, events=events, timeout=config.timeout, what="batched run", tenant=tenant
+        )
     return E2EResult(events=events, seconds=done - summary.started, ingest_seconds=summary.elapsed, cpu=cpu)
 
 
-def _sdk_tenant_key() -> str:
-    """A tenant of its own for the SDK run: fraud windows and scores start empty, as they did for
-    the batched run, so neither run pays for the other's history (windows grow with events seen)."""
+def _fresh_tenant_key(slug: str, name: str) -> str:
+    """A tenant of the run's own: its fraud windows and scores start empty, as the batched run's
+    do, so no run pays for another's history (a window's cost grows with the events it holds)."""
     from tenants.models import Tenant
     from tenants.services import tenant_create, tenant_rotate_key
 
-    if Tenant.objects.filter(slug=SDK_TENANT).exists():
-        return tenant_rotate_key(slug=SDK_TENANT).key
-    return tenant_create(slug=SDK_TENANT, name="SDK benchmark").key
+    if Tenant.objects.filter(slug=slug).exists():
+        return tenant_rotate_key(slug=slug).key
+    return tenant_create(slug=slug, name=name).key
 
 
 def run_sdk(stack: Platform, config: BenchConfig, *, events: int, tenant: str) -> E2EResult:
@@ -631,7 +641,7 @@ def run_sdk(stack: Platform, config: BenchConfig, *, events: int, tenant: str) -
     from benchmarks.loadgen import TrafficGenerator, plan_requests
     from benchmarks.sdk_load import run_segment_load
 
-    key = stack.api_key if tenant == TENANT else _sdk_tenant_key()
+    key = stack.api_key if tenant == TENANT else _fresh_tenant_key(SDK_TENANT, "SDK benchmark")
     traffic = TrafficGenerator(seed=7).take(events)  # the batched run's events (on another tenant)
     batches = list(plan_requests(traffic, total=events, batch=config.batch))
     before = _stored_mark()
@@ -700,6 +710,31 @@ def run_naive(stack: Platform, config: BenchConfig, *, events: int) -> E2EResult
     return E2EResult(events=events, seconds=done - started, ingest_seconds=published - started, cpu=cpu)
 
 
+def _messages_since(before: int | None) -> int | None:
+    after = _messages_published()
+    return None if before is None or after is None else after - before
+
+
+def _messages_published() -> int | None:
+    """Messages published to the ingestion queue so far (embedded broker only: the count of its
+    wake stream, which gets one entry per publish, ops/redis_transport.py); None elsewhere."""
+    from django.conf import settings
+
+    if not settings.CELERY_BROKER_URL.startswith("redis://"):
+        return None
+    import redis
+
+    from ops.redis_transport import wake_key
+
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    try:
+        return int(client.xinfo_stream(wake_key(settings.QUEUE_NAME))["entries-added"])
+    except (redis.RedisError, KeyError):
+        return None
+    finally:
+        client.close()
+
+
 @dataclass
 class LatencyResult:
     p50_ms: float
@@ -710,12 +745,23 @@ class LatencyResult:
     failures: int
     accepted: int
     cpu: CpuMeter
+    messages: int | None = None  # broker messages the accepted requests took (group commit)
 
     def line(self) -> str:
         return (
             f"p50 {self.p50_ms:.1f} ms  p95 {self.p95_ms:.1f} ms  p99 {self.p99_ms:.1f} ms  "
             f"({self.requests / self.seconds:,.0f} req/s, {self.failures} not 202)"
         )
+
+    def grouping(self) -> str:
+        return _grouping(self.accepted, self.messages)
+
+
+def _grouping(accepted: int, messages: int | None) -> str:
+    """How far the group commit coalesced single-event requests."""
+    if not messages or not accepted:
+        return "broker messages: not counted on this broker"
+    return f"{accepted:,} events in {messages:,} broker messages ({accepted / messages:.2f} per message)"
 
 
 def run_latency(
@@ -734,6 +780,7 @@ def run_latency(
         path=path,
     )
     before = _stored_mark()
+    messages_before = _messages_published()
     with profiled(stack, profile, "single"), CpuMeter(stack) as cpu:
         summary = run_load(load, requests=plan_requests(traffic, total=len(traffic), batch=1), progress=False)
         if path is None:  # the worker's share of these requests counts, not the next run's
@@ -748,6 +795,7 @@ def run_latency(
         failures=summary.requests - ok,
         accepted=summary.accepted if path is None else 0,
         cpu=cpu,
+        messages=_messages_since(messages_before) if path is None else None,
     )
 
 
@@ -760,6 +808,11 @@ class OpenLoopResult:
     late: int  # requests that left more than OPEN_LOOP_LATE_SECONDS after their scheduled time
     failures: int
     cpu: CpuMeter
+    accepted: int = 0
+    messages: int | None = None
+
+    def grouping(self) -> str:
+        return _grouping(self.accepted, self.messages)
 
     def line(self) -> str:
         return (
@@ -827,6 +880,8 @@ def run_open_loop(stack: Platform, config: BenchConfig, *, path: str | None, see
         for _ in range(OPEN_LOOP_SENDERS)
     ]
     before = _stored_mark()
+    messages_before = _messages_published()
+    accepted = 0
     try:
         with CpuMeter(stack) as cpu:
             start = time.perf_counter() + 0.1
@@ -857,6 +912,8 @@ def run_open_loop(stack: Platform, config: BenchConfig, *, path: str | None, see
         late=counts["late"],
         failures=counts["failures"],
         cpu=cpu,
+        accepted=accepted,
+        messages=_messages_since(messages_before) if path is None else None,
     )
 
 
@@ -938,6 +995,11 @@ def measure(stack: Platform, config: BenchConfig) -> Measured:
     phases, m = config.phases, Measured()
     _step("warm-up (forks, imports, first connections)")
     run_batched(stack, config, events=min(WARMUP_BATCHES * config.batch, config.events))
+    if "hot" in phases:  # its tenant gets the same warm-up as the batched run's
+        run_batched(
+            stack, config, events=min(WARMUP_BATCHES * config.batch, config.events),
+            one_address=True, tenant=HOT_TENANT,
+        )  # fmt: skip
     if "sdk" in phases:  # on the demo tenant, whose windows the warm-up already filled
         run_sdk(stack, config, events=min(WARMUP_BATCHES * config.batch, config.events), tenant=TENANT)
     if "naive" in phases:
@@ -958,7 +1020,7 @@ def measure(stack: Platform, config: BenchConfig) -> Measured:
     if "hot" in phases:
         hot_events = config.hot_events or config.events
         _step(f"batched, every event from one address: {hot_events:,} events")
-        m.hot = run_batched(stack, config, events=hot_events, one_address=True)
+        m.hot = run_batched(stack, config, events=hot_events, one_address=True, tenant=HOT_TENANT)
         _step(f"  {m.hot.per_second:,.0f} events/s; {m.hot.cpu.per_thousand(m.hot.events)}")
     if "naive" in phases:
         _step(f"naive: {config.naive_events:,} events, one task and one store write each")
@@ -1084,6 +1146,7 @@ def _rows(config: BenchConfig, stack: Platform, m: Measured, memory: MemorySampl
     if m.api is not None and m.floor is not None:
         rows += [
             (f"POST /api/events, {clients} clients", m.api.line()),
+            ("", m.api.grouping()),
             ("", m.api.cpu.per_thousand(m.api.requests, "requests")),
             ("", m.api.cpu.others()),
             (f"floor: trivial view, {clients} clients", m.floor.line()),
@@ -1095,6 +1158,7 @@ def _rows(config: BenchConfig, stack: Platform, m: Measured, memory: MemorySampl
     if m.open_api is not None and m.open_floor is not None:
         rows += [
             ("POST /api/events, open loop", m.open_api.line()),
+            ("", m.open_api.grouping()),
             ("", m.open_api.cpu.per_thousand(m.open_api.requests, "requests")),
             ("", m.open_api.cpu.others()),
             ("floor: trivial view, open loop", m.open_floor.line()),
@@ -1138,12 +1202,16 @@ def _figures(m: Measured, memory: MemorySampler) -> dict[str, Any]:
             "single_req_per_s": round(m.api.requests / m.api.seconds),
             "single_cpu_ms": round(m.api.cpu.per_thousand_total(m.api.requests), 2),
             "single_vs_floor": round(_single_vs_floor(m), 2),
+            "single_per_message": round(m.api.accepted / m.api.messages, 2) if m.api.messages else None,
         }
     if m.open_api is not None and m.open_floor is not None:
         figures |= {
             "open_p99_ms": round(m.open_api.p99_ms, 1),
             "open_floor_p99_ms": round(m.open_floor.p99_ms, 1),
             "open_cpu_ms": round(m.open_api.cpu.per_thousand_total(m.open_api.requests), 2),
+            "open_per_message": (
+                round(m.open_api.accepted / m.open_api.messages, 2) if m.open_api.messages else None
+            ),
         }
     figures["worker_processes_peak"] = memory.peak_processes["worker"]
     return figures

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -13,6 +12,7 @@ from django.db.models import Count, Q
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
+from cloudscale_project.dbtime import db_time
 from cloudscale_project.timeutil import isoformat_z, parse_iso
 from events.models import StoredEvent
 from events.shape import FIELDS, EventField, Kind, normalised
@@ -24,32 +24,12 @@ _INSERT_CHUNK = 500
 _COLUMNS = ("tenant", *(field.name for field in FIELDS), "stored_at")
 
 
-# The form in which the API writes every event time (isoformat_z: UTC, microseconds, "Z").
-_CANONICAL_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
-
-
-def _db_time(value: str) -> Any:
-    """An event time as the column takes it, without a datetime in between when it is canonical.
-
-    Parsing the text into a datetime only for Django to format it again was most of a row's cost.
-    SQLite stores Django's `str(naive UTC datetime)`: the same digits with a space for the "T",
-    without the fraction when it is zero. PostgreSQL parses the ISO text itself.
-    """
-    if _CANONICAL_TIME.fullmatch(value):
-        if connection.vendor != "sqlite":
-            return value
-        if value.endswith(".000000Z"):
-            return f"{value[:10]} {value[11:19]}"
-        return f"{value[:10]} {value[11:26]}"
-    return connection.ops.adapt_datetimefield_value(parse_iso(value))
-
-
 def _column_value(field: EventField, value: Any) -> Any:
     """An enriched field as its column holds it, by the store's rules (events/shape.py,
     `normalised`) without the round trips through datetime: text columns are NOT NULL (empty for
     absent), times go in as text when they are canonical."""
     if field.kind is Kind.TIME:
-        return _db_time(value)
+        return db_time(value)
     if field.kind is Kind.JSON:
         if not value and not field.required:
             return None

@@ -3,8 +3,9 @@
 - `configure_tracing()` installs the tracer provider once per process: wsgi.py calls it for the
   API (with the Django instrumentation), the Celery worker through `worker_init`/`worker_process_init`
   (see `install_celery_hooks`). Exporters: OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is set, Azure
-  Monitor when APPLICATIONINSIGHTS_CONNECTION_STRING is set, none otherwise (spans are still made,
-  so the context still travels; OTEL_SDK_DISABLED=true turns tracing off entirely).
+  Monitor when APPLICATIONINSIGHTS_CONNECTION_STRING is set; with neither, tracing stays off (no
+  provider, no instrumentation: spans that go nowhere only cost CPU). OTEL_SDK_DISABLED=true turns
+  it off in any case.
 - Publish and consume spans come from Celery signals (below), not opentelemetry-instrumentation-celery:
   its publish hook starts and activates a span it never ends when the task is published by name
   (`send_task`) from a process where that task is not registered, which is exactly how the API
@@ -58,8 +59,22 @@ def tracing_enabled() -> bool:
     return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() not in {"1", "true", "yes", "on"}
 
 
-def configure_tracing(*, service_name: str = "cloudscale", instrument_django: bool = False) -> bool:
+def exporter_configured() -> bool:
+    """Whether spans have anywhere to go (OTLP or Azure Monitor)."""
+    from django.conf import settings
+
+    return bool(settings.OTEL_EXPORTER_OTLP_ENDPOINT or settings.APPLICATIONINSIGHTS_CONNECTION_STRING)
+
+
+def configure_tracing(
+    *, service_name: str = "cloudscale", instrument_django: bool = False, record: bool | None = None
+) -> bool:
     """Install the tracer provider and exporters once per process; returns whether tracing is on.
+
+    Tracing is on when an exporter is configured (or `record=True`, for a caller that adds its own
+    span processor, as the tests do). Without one nothing is installed: spans that go nowhere were
+    built and dropped on every request and task, 15-20 % of a single event's CPU in the API and the
+    worker (docs/benchmarks.md), and nothing reads their context (logs carry the correlation id).
 
     Idempotent: later calls (another entry point, a forked pool child) change nothing, except that
     `instrument_django=True` still adds the Django instrumentation if it was not there yet.
@@ -69,6 +84,8 @@ def configure_tracing(*, service_name: str = "cloudscale", instrument_django: bo
         return False
     with _lock:
         if not _configured:
+            if not (exporter_configured() if record is None else record):
+                return False
             trace.set_tracer_provider(_build_provider(service_name))
             instrument_clients()
             _configured = True

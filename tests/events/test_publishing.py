@@ -270,3 +270,21 @@ def test_other_tenants_announcements_do_not_hold_a_leader(settings: Any) -> None
     sibling.join(timeout=10)
 
     assert elapsed < 2.5
+
+
+def test_flower_sees_a_summary_of_the_message_not_its_events(settings: Any) -> None:
+    from kombu import Queue
+
+    from cloudscale_project.celery import app
+
+    settings.GROUP_COMMIT_LINGER_SECONDS = 0  # one message, published directly
+    publish_events(tenant="acme", events=[_event(i) for i in range(3)], correlation_id="c-9")
+
+    with app.connection_for_read() as connection:
+        message = Queue(settings.QUEUE_NAME, channel=connection.default_channel).get(no_ack=True)
+    assert message is not None
+    assert (
+        message.headers["kwargsrepr"] == "{'tenant': 'acme', 'events': <3 event(s)>, 'correlation_id': 'c-9'}"
+    )
+    assert message.headers["argsrepr"] == "()"
+    assert len(message.decode()[1]["events"]) == 3  # the events themselves are all there

@@ -41,7 +41,8 @@ _exporter = InMemorySpanExporter()
 
 @pytest.fixture(scope="module")
 def spans() -> Iterator[InMemorySpanExporter]:
-    assert configure_tracing(service_name="cloudscale-test", instrument_django=True)
+    # No exporter is configured here: the test's in-memory one is added below, so ask to record.
+    assert configure_tracing(service_name="cloudscale-test", instrument_django=True, record=True)
     provider = trace.get_tracer_provider()
     if not getattr(provider, "_cloudscale_test_exporter", False):
         provider.add_span_processor(SimpleSpanProcessor(_exporter))  # type: ignore[attr-defined]
@@ -148,6 +149,49 @@ def test_it_exports_nowhere_without_an_exporter_setting() -> None:
     provider = _build_provider("cloudscale-test")
     assert provider._active_span_processor._span_processors == ()
     assert provider.resource.attributes["service.name"] == "cloudscale-test"
+
+
+_PROBE = """
+import django, sys
+django.setup()
+from opentelemetry import trace
+from opentelemetry.instrumentation.redis import RedisInstrumentor
+from cloudscale_project.observability import configure_tracing
+on = configure_tracing(service_name="probe", instrument_django=True)
+with trace.get_tracer("probe").start_as_current_span("work") as span:
+    recording = span.is_recording()
+print(on, recording, RedisInstrumentor().is_instrumented_by_opentelemetry)
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra_env", "expected"),
+    [
+        ({}, "False False False"),  # nowhere to export: no provider, no instrumentation, no spans
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}, "True True True"),
+    ],
+)
+def test_spans_are_made_only_when_they_have_somewhere_to_go(extra_env: dict[str, str], expected: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "APPLICATIONINSIGHTS"))}
+    env |= {"DJANGO_SETTINGS_MODULE": "cloudscale_project.settings", **extra_env}
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == expected
 
 
 @override_settings(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4318")

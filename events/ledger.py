@@ -122,14 +122,10 @@ def ledger_commit(commit: Commit) -> None:
     """Confirm the published ids (dedup) and count the request in the ledger, in one atomic step."""
     keys = [_key(commit.tenant, hour_floor(commit.received_at))]
     keys += [seen_key(commit.tenant, event_id) for event_id in commit.published_ids]
-    _client().eval(
-        _COMMIT_SCRIPT,
-        len(keys),
-        *keys,
-        settings.DEDUP_WINDOW_SECONDS,
-        _ttl_seconds(),
-        commit.duplicate,
-        commit.rejected,
+    # EVALSHA (the script object loads it after a restart): not the script's text on every request.
+    _client().register_script(_COMMIT_SCRIPT)(
+        keys=keys,
+        args=[settings.DEDUP_WINDOW_SECONDS, _ttl_seconds(), commit.duplicate, commit.rejected],
     )
 
 

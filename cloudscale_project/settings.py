@@ -351,8 +351,9 @@ if RATE_LIMIT_TENANT_SHARE <= 0 or not 0 < RATE_LIMIT_CONTENDED_AT <= 1:
 RATE_LIMIT_TENANT_READS_PER_SECOND = env_float("CLOUDSCALE_RATE_LIMIT_TENANT_READS_PER_SECOND", 10.0)
 RATE_LIMIT_TENANT_READ_BURST = env_int("CLOUDSCALE_RATE_LIMIT_TENANT_READ_BURST", 50, minimum=1)
 PUBLISH_ATTEMPTS = env_int("CLOUDSCALE_PUBLISH_ATTEMPTS", 3, minimum=1)
-# Group commit: small publishes of one API process that arrive within this linger share one broker
-# message (each request still answers only once it is in the broker). 0 turns it off.
+# Group commit: concurrent small publishes of one tenant in one API process share one broker message
+# (each request still answers only once it is in the broker); the linger is the most a publish
+# waits for the others (events/publishing.py). 0 turns it off.
 GROUP_COMMIT_LINGER_SECONDS = env_float("CLOUDSCALE_GROUP_COMMIT_LINGER_MS", 2.0) / 1000
 GROUP_COMMIT_MAX_EVENTS = env_int("CLOUDSCALE_GROUP_COMMIT_MAX_EVENTS", 100, minimum=1)
 BROKER_RETRY_AFTER_SECONDS = env_int("CLOUDSCALE_BROKER_RETRY_AFTER", 5, minimum=1)

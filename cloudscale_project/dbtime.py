@@ -10,6 +10,7 @@ no fraction when it is zero; PostgreSQL parses the ISO text itself.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,13 +24,32 @@ CANONICAL_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 def db_time(value: str) -> Any:
     """An event time as the column takes it, without a datetime in between when it is canonical."""
-    if CANONICAL_TIME.fullmatch(value):
-        if connection.vendor != "sqlite":
-            return value
+    return db_time_converter(connection.vendor)(value)
+
+
+def db_time_converter(vendor: str) -> Callable[[str], Any]:
+    """`db_time` for one database vendor, for loops over many rows: the vendor is looked up once
+    (Django's connection proxy costs a thread-local lookup per attribute)."""
+    fullmatch = CANONICAL_TIME.fullmatch
+
+    def other(value: str) -> Any:
+        return connection.ops.adapt_datetimefield_value(parse_iso(value))
+
+    if vendor != "sqlite":
+
+        def iso(value: str) -> Any:
+            return value if fullmatch(value) else other(value)
+
+        return iso
+
+    def sqlite(value: str) -> Any:
+        if not fullmatch(value):
+            return other(value)
         if value.endswith(".000000Z"):
             return f"{value[:10]} {value[11:19]}"
         return f"{value[:10]} {value[11:26]}"
-    return connection.ops.adapt_datetimefield_value(parse_iso(value))
+
+    return sqlite
 
 
 def db_time_after(value: str, delta: timedelta) -> Any:

@@ -198,18 +198,18 @@ def _deeper_than(value: Any, limit: int) -> bool:
     """Whether objects/arrays nest more than `limit` levels. Iterative and stops at `limit + 1`:
     a recursive walk of a body nested a few hundred levels deep (1 KB of brackets) overflows
     Python's stack."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
+    if not isinstance(value, dict | list):
+        return False
+    # Only containers are pushed: most properties are flat, and a tuple per scalar was most of
+    # the batched API's validation time.
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
-        node, above = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        if above + 1 > limit:
+        node, depth = stack.pop()
+        if depth > limit:
             return True
-        stack.extend((child, above + 1) for child in children)
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
     return False
 
 

@@ -162,6 +162,7 @@ class GroupCommitter:
         self._open: dict[str, _Group] = {}
         self._pending: Counter[str] = Counter()  # announced, not yet publishing, by tenant
         self._publishing: Counter[str] = Counter()  # messages being published, by tenant
+        self._waiting = 0  # leaders waiting for a change: only then is there anyone to notify
         self._local = threading.local()
 
     @contextmanager
@@ -185,7 +186,7 @@ class GroupCommitter:
             self._pending[tenant] -= 1
             if self._pending[tenant] <= 0:
                 del self._pending[tenant]
-            self._changed.notify_all()
+            self._notify()
 
     def publish(self, *, tenant: str, events: Sequence[dict[str, Any]], correlation_id: str) -> None:
         self._arrived(tenant)
@@ -201,13 +202,18 @@ class GroupCommitter:
             group.bytes += size
             if not self._fits(group, 1, 0):
                 group.full = True
-            self._changed.notify_all()
+            self._notify()
         if leader:
             self._lead(group)
         elif not group.done.wait(self.MEMBER_WAIT_SECONDS):
             raise BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS)
         if group.error is not None:
             raise group.error
+
+    def _notify(self) -> None:
+        """Wake the waiting leaders to look again (the caller holds the condition's lock)."""
+        if self._waiting:
+            self._changed.notify_all()
 
     def _fits(self, group: _Group, events: int, size: int) -> bool:
         budget = _budget()
@@ -223,7 +229,11 @@ class GroupCommitter:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
-                    self._changed.wait(remaining)
+                    self._waiting += 1
+                    try:
+                        self._changed.wait(remaining)
+                    finally:
+                        self._waiting -= 1
                 if self._open.get(tenant) is group:
                     del self._open[tenant]  # closed: later callers start a new group
                 self._publishing[tenant] += 1
@@ -234,7 +244,7 @@ class GroupCommitter:
                     self._publishing[tenant] -= 1
                     if self._publishing[tenant] <= 0:
                         del self._publishing[tenant]
-                    self._changed.notify_all()
+                    self._notify()
         except BaseException as exc:  # every member must hear the outcome, whatever it is
             group.error = exc
             raise

@@ -132,11 +132,25 @@ class Channel(_kombu.Channel):
         self.recorded_by_pop: dict[str, bool] = {}
         # What is in flight on the consuming connection: ("pop" | "wait", the queues it covers).
         self._in_flight: tuple[str, list[str]] | None = None
+        self._sync_client: Any = None
         super().__init__(*args, **kwargs)
         if self.global_keyprefix:
             # Keys inside a script are not prefixed by kombu's client wrapper; refusing is safer
             # than consuming from keys nobody publishes to.
             raise ValueError("the atomic Redis transport does not support global_keyprefix")
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        """kombu makes a new client object for every publish and every ack, and redis-py builds a
+        table of some 200 reply callbacks for each (4 % of a worker's CPU per single-event
+        message). The client of the synchronous pool is kept while the pool is the same one
+        (kombu makes a new pool after a fork); a client is thread-safe, each command takes a
+        connection from the pool."""
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        pool = self.pool
+        if self._sync_client is None or self._sync_client.connection_pool is not pool:
+            self._sync_client = super()._create_client()
+        return self._sync_client
 
     # --- consuming ------------------------------------------------------------------------------
 

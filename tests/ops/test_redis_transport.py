@@ -255,3 +255,18 @@ def test_a_redis_url_means_the_atomic_transport_and_still_reads_redis(scratch: r
         assert conn.as_uri().startswith("redis://:**@127.0.0.1:")
     with Connection(_url(settings.EMBEDDED_REDIS_PORT)) as conn:
         assert isinstance(conn.transport, Transport)
+
+
+def test_publishes_and_acks_share_one_client_until_the_pool_is_replaced(scratch: redis.Redis) -> None:
+    with Connection(_url(settings.EMBEDDED_REDIS_PORT)) as conn:
+        channel: Any = conn.default_channel
+        first = channel._create_client()
+
+        assert channel._create_client() is first  # not a new client object per ack or publish
+        assert first.connection_pool is channel.pool
+        channel._after_fork()  # what kombu does in a forked child: the pools are replaced
+        after = channel._create_client()
+        assert after is not first
+        assert after.connection_pool is channel.pool
+        assert after.ping()
+        assert channel._create_client(asynchronous=True) is not after  # the consuming pool's own

@@ -9,6 +9,8 @@ export PORT FLOWER_PORT
 # expression; PYTEST_ARGS adds other pytest arguments (not `-m`: a second -m replaces the first).
 MARKERS ?=
 PYTEST_ARGS ?=
+# Every pytest run ends with its slowest tests, so each CI log shows where the suite's time goes.
+DURATIONS ?= --durations=30 --durations-min=1.0
 
 .PHONY: run test lint typecheck bench install install-test node-deps clean help
 
@@ -56,11 +58,11 @@ test: install-test
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy .
-	$(BIN)/python -m pytest $(if $(MARKERS),-m "$(MARKERS)") $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(MARKERS),-m "$(MARKERS)") $(DURATIONS) $(PYTEST_ARGS)
 	@echo "--- the core suite again on PostgreSQL (127.0.0.1:5432) ---"
-	CLOUDSCALE_TEST_DATABASE=postgresql $(BIN)/python -m pytest -m "core$(if $(MARKERS), and ($(MARKERS)))" $(PYTEST_ARGS)
+	CLOUDSCALE_TEST_DATABASE=postgresql $(BIN)/python -m pytest -m "core$(if $(MARKERS), and ($(MARKERS)))" $(DURATIONS) $(PYTEST_ARGS)
 	@echo "--- the core suite again with RabbitMQ (127.0.0.1:5672) as broker ---"
-	CLOUDSCALE_TEST_BROKER=rabbitmq $(BIN)/python -m pytest -m "core$(if $(MARKERS), and ($(MARKERS)))" $(PYTEST_ARGS)
+	CLOUDSCALE_TEST_BROKER=rabbitmq $(BIN)/python -m pytest -m "core$(if $(MARKERS), and ($(MARKERS)))" $(DURATIONS) $(PYTEST_ARGS)
 
 # STACK=postgres: the same bench on PostgreSQL (127.0.0.1:5432) and RabbitMQ (127.0.0.1:5672).
 STACK ?= embedded

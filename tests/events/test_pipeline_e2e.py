@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,10 +14,28 @@ from kombu.serialization import dumps
 
 from cloudscale_project.celery import app
 from events.models import DeadLetter
-from tests.conftest import Actor, LiveProcess, wait_until
+from tests.conftest import Actor, LiveProcess, start_worker, wait_until
 from tests.events.pipeline_support import batch_kwargs, enriched_event, platform_counter, publish_raw
 
 pytestmark = [pytest.mark.e2e, pytest.mark.core]
+
+
+@pytest.fixture(scope="module")
+def module_worker(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveProcess]:
+    """One worker process for the module: starting and stopping one costs about 3 s, and these tests
+    leave nothing behind in it. Each test waits until everything it sent is processed; the shared
+    state (Redis) and the queue are emptied between tests (tests/conftest.py) and the database by
+    `transactional_db`; the worker's per-process caches are versioned in that shared state."""
+    worker = start_worker(tmp_path_factory.mktemp("pipeline-e2e"))
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def live_worker(module_worker: LiveProcess, transactional_db: None) -> LiveProcess:
+    """The module's worker; the test's rows really commit, so that process sees them."""
+    assert module_worker.process.poll() is None, module_worker.log()[-3000:]
+    return module_worker
 
 
 def send_batch(kwargs: dict[str, Any], **options: Any) -> None:

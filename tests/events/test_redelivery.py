@@ -72,7 +72,9 @@ def test_the_same_message_delivered_twice_stores_its_events_once(live_worker: Li
 def test_a_pool_process_killed_mid_batch_gets_its_batch_redelivered_and_stored_once(
     transactional_db: None, tmp_path: Path
 ) -> None:
-    worker = start_worker(tmp_path, env=child_env(**pause_env(FAULT_DELAY_SECONDS)))
+    pausing = tmp_path / "pausing"  # batches pause while it exists
+    pausing.touch()
+    worker = start_worker(tmp_path, env=child_env(**pause_env(FAULT_DELAY_SECONDS, while_file=pausing)))
     try:
         expected = publish_batches(count=4, size=25)
         wait_until(lambda: len(stored()) > 0, timeout=60, message="a batch written, not yet acked")
@@ -81,6 +83,7 @@ def test_a_pool_process_killed_mid_batch_gets_its_batch_redelivered_and_stored_o
         assert pool, "a prefork worker has pool processes"
         for child in pool:
             child.send_signal(signal.SIGKILL)
+        pausing.unlink()  # the kills have landed: the batches after them need not wait 3 s each
 
         wait_until(lambda: stored() == expected, timeout=90, message="every event stored")
         # The killed batches were written before the kill: their redelivery found them stored.
@@ -128,10 +131,12 @@ def test_a_batch_that_kills_its_worker_every_time_becomes_dead_letters_after_the
 ) -> None:
     # Each batch waits 2 s before its first step: the kills land before anything is stored. Two
     # losses are allowed here (CLOUDSCALE_MAX_WORKER_LOSSES), so the third delivery gives up.
+    pausing = tmp_path / "pausing"  # batches pause while it exists
+    pausing.touch()
     worker = start_worker(
         tmp_path,
         concurrency=1,
-        env=child_env(**pause_before_steps_env(2), CLOUDSCALE_MAX_WORKER_LOSSES="2"),
+        env=child_env(**pause_before_steps_env(2, while_file=pausing), CLOUDSCALE_MAX_WORKER_LOSSES="2"),
     )
     try:
         events = [enriched_event() for _ in range(5)]
@@ -154,7 +159,9 @@ def test_a_batch_that_kills_its_worker_every_time_becomes_dead_letters_after_the
         assert {(d.reason, d.attempts) for d in letters} == {("MaxRetriesExceeded", 2)}
         assert worker.log().count("WorkerLostError") >= 2
 
-        # Requeued, each event travels alone; with nothing killing the worker now, all are stored.
+        # Requeued, each event travels alone; with nothing killing the worker now, all are stored
+        # (and with no pause: five single-event batches on one process would wait 2 s each).
+        pausing.unlink()
         deadletter_requeue(ids=[d.pk for d in letters])
         wait_until(
             lambda: stored() == sorted(e["event_id"] for e in events), timeout=90, message="the requeue"

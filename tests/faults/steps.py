@@ -3,8 +3,10 @@ and the ack.
 
 Worker processes started with `pause_env(seconds)` run a pause first after the store write, so a
 test can kill a worker "mid-batch" and prove that redelivery stores nothing twice; with
-`pause_before_steps_env(seconds)` the pause comes before anything is stored. Production settings
-never name these: the pipeline's steps are a setting (docs/architecture.md).
+`pause_before_steps_env(seconds)` the pause comes before anything is stored. Given `while_file`,
+either pauses only while that file exists, so a test can end the pause once its kill has landed
+instead of waiting it out for every later batch. Production settings never name these: the
+pipeline's steps are a setting (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -19,26 +21,42 @@ from events.stores.base import Event
 
 PAUSE_ENV = "CLOUDSCALE_TEST_PAUSE_AFTER_STORE"
 PAUSE_BEFORE_ENV = "CLOUDSCALE_TEST_PAUSE_BEFORE_STEPS"
+PAUSE_WHILE_ENV = "CLOUDSCALE_TEST_PAUSE_WHILE"
+
+
+def _pause(variable: str) -> None:
+    switch = os.environ.get(PAUSE_WHILE_ENV)
+    if switch and not os.path.exists(switch):
+        return
+    time.sleep(float(os.environ.get(variable, "0")))
 
 
 def pause_after_store(*, tenant: str, events: Sequence[Event]) -> None:
-    time.sleep(float(os.environ.get(PAUSE_ENV, "0")))
+    _pause(PAUSE_ENV)
 
 
 def pause_before_steps(*, tenant: str, events: Sequence[Event]) -> None:
-    time.sleep(float(os.environ.get(PAUSE_BEFORE_ENV, "0")))
+    _pause(PAUSE_BEFORE_ENV)
 
 
-def pause_before_steps_env(seconds: float | str) -> dict[str, str]:
+def _while(while_file: object | None) -> dict[str, str]:
+    return {PAUSE_WHILE_ENV: str(while_file)} if while_file is not None else {}
+
+
+def pause_before_steps_env(seconds: float | str, *, while_file: object | None = None) -> dict[str, str]:
     """Environment of a worker whose batches pause `seconds` before their first step."""
     steps = ("tests.faults.steps.pause_before_steps", *settings.PIPELINE_STEPS_BEFORE_STORE)
-    return {PAUSE_BEFORE_ENV: str(seconds), "CLOUDSCALE_PIPELINE_BEFORE_STORE": ",".join(steps)}
+    return {
+        PAUSE_BEFORE_ENV: str(seconds),
+        "CLOUDSCALE_PIPELINE_BEFORE_STORE": ",".join(steps),
+        **_while(while_file),
+    }
 
 
-def pause_env(seconds: float | str) -> dict[str, str]:
+def pause_env(seconds: float | str, *, while_file: object | None = None) -> dict[str, str]:
     """Environment of a worker whose batches pause `seconds` after their store write."""
     steps = ("tests.faults.steps.pause_after_store", *settings.PIPELINE_STEPS_AFTER_STORE)
-    return {PAUSE_ENV: str(seconds), "CLOUDSCALE_PIPELINE_AFTER_STORE": ",".join(steps)}
+    return {PAUSE_ENV: str(seconds), "CLOUDSCALE_PIPELINE_AFTER_STORE": ",".join(steps), **_while(while_file)}
 
 
 def store_fault_env(switch_file: object) -> dict[str, str]:

@@ -8,6 +8,8 @@ import psutil
 import pytest
 import redis
 from django.conf import settings
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tests.conftest import EmbeddedRedis
 
@@ -15,10 +17,13 @@ pytestmark = [pytest.mark.core]
 
 
 def test_it_refuses_a_client_without_the_password(embedded_redis_server: EmbeddedRedis) -> None:
+    # No retries: redis-py counts AuthenticationError as a connection error and by default retries
+    # it ten times with backoff (about 7 s here) before giving the same answer.
+    once = Retry(NoBackoff(), 0)
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(host="127.0.0.1", port=settings.EMBEDDED_REDIS_PORT).ping()
+        redis.Redis(host="127.0.0.1", port=settings.EMBEDDED_REDIS_PORT, retry=once).ping()
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(host="127.0.0.1", port=settings.EMBEDDED_REDIS_PORT, password="guess").ping()
+        redis.Redis(host="127.0.0.1", port=settings.EMBEDDED_REDIS_PORT, password="guess", retry=once).ping()
     assert redis.Redis.from_url(settings.EMBEDDED_REDIS_URL).ping()
 
 

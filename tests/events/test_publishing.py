@@ -297,8 +297,8 @@ def test_a_request_announced_twice_on_its_path_is_waited_for_once(settings: Any)
 
     settings.GROUP_COMMIT_LINGER_SECONDS = 2.0
     started = time.monotonic()
-    # The middleware's announcement, then the service's inside it, which adds nothing.
-    with expecting_publish(tenant="acme", events=1), expecting_publish(tenant="acme", events=1):
-        publish_events(tenant="acme", events=[_event(1, pad=10)], correlation_id="c")
+    with expecting_publish(tenant="acme", events=1):  # the middleware's announcement
+        with expecting_publish(tenant="acme", events=1):  # the service's, inside it: adds nothing
+            publish_events(tenant="acme", events=[_event(1, pad=10)], correlation_id="c")
 
     assert time.monotonic() - started < 1.0  # the leader did not wait for a second, phantom request

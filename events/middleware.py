@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from contextlib import nullcontext
 
 import orjson
 from django.conf import settings
@@ -24,7 +23,6 @@ from cloudscale_project.state import STATE_ERRORS
 from cloudscale_project.timeutil import utcnow
 from events.enrichment import client_ip
 from events.ledger import ledger_record
-from events.publishing import expecting_publish
 from events.throttling import RateDecision, check_rate_limits
 from tenants.authentication import api_key_from_headers
 from tenants.models import Tenant
@@ -33,7 +31,6 @@ from tenants.services import tenant_for_key
 logger = logging.getLogger(__name__)
 
 RATE_LIMITED_PREFIX = "/api/"
-SINGLE_EVENT_PATH = "/api/events"
 # The schema and its browsable UI are documentation, not tenant data: not limited.
 _UNLIMITED_PREFIXES = ("/api/schema/", "/api/docs/")
 _READ_METHODS = frozenset({"GET", "HEAD"})
@@ -129,11 +126,7 @@ class RateLimitMiddleware:
             )
         except (RateLimited, BrokerUnavailable, SharedStateUnavailable) as exc:
             return _render(exc)
-        # A single event on its way to a publish from here: a group-commit leader of the same
-        # tenant waits for it (events/publishing.py) from the moment its tenant is known.
-        single = request.method == "POST" and request.path == SINGLE_EVENT_PATH and decision.tenant
-        with expecting_publish(tenant=decision.tenant, events=1) if single else nullcontext():
-            response = self.get_response(request)
+        response = self.get_response(request)
         for name, value in decision.headers().items():
             response[name] = value
         return response

@@ -168,11 +168,7 @@ class GroupCommitter:
     @contextmanager
     def expecting(self, tenant: str) -> Iterator[None]:
         """Announce that this thread is about to publish a small request of `tenant`: a leader
-        publishing meanwhile waits (briefly) for it to join. Inside an announcement of the same
-        tenant (the middleware announces a single event before the service does) it adds nothing."""
-        if getattr(self._local, "pending", None) == tenant:
-            yield  # announced already, further out on this request's path
-            return
+        publishing meanwhile waits (briefly) for it to join."""
         with self._changed:
             self._pending[tenant] += 1
         self._local.pending = tenant

@@ -142,7 +142,6 @@ class RateDecision:
     limit: int
     remaining: int
     reset_seconds: int
-    tenant: str = ""  # the request's active tenant ("" when it has none)
 
     def headers(self) -> dict[str, str]:
         """IETF RateLimit-* headers for the per-address bucket (the limit a client can act on)."""
@@ -220,5 +219,4 @@ def check_rate_limits(*, ip: str, tenant: str = "", events: int = 1, read: bool 
         limit=settings.RATE_LIMIT_PER_IP_CAPACITY,
         remaining=max(0, math.floor(float(remaining))),
         reset_seconds=max(0, math.ceil(float(reset))),
-        tenant=tenant,
     )

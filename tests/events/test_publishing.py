@@ -288,17 +288,3 @@ def test_flower_sees_a_summary_of_the_message_not_its_events(settings: Any) -> N
     )
     assert message.headers["argsrepr"] == "()"
     assert len(message.decode()[1]["events"]) == 3  # the events themselves are all there
-
-
-def test_a_request_announced_twice_on_its_path_is_waited_for_once(settings: Any) -> None:
-    import time
-
-    from events.publishing import expecting_publish
-
-    settings.GROUP_COMMIT_LINGER_SECONDS = 2.0
-    started = time.monotonic()
-    with expecting_publish(tenant="acme", events=1):  # the middleware's announcement
-        with expecting_publish(tenant="acme", events=1):  # the service's, inside it: adds nothing
-            publish_events(tenant="acme", events=[_event(1, pad=10)], correlation_id="c")
-
-    assert time.monotonic() - started < 1.0  # the leader did not wait for a second, phantom request

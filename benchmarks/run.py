@@ -57,8 +57,8 @@ Sizes and tuning come from the environment (defaults in brackets):
                                            benchmarks/ab.py)
   CLOUDSCALE_BENCH_PLATFORM_ENV [unset]    KEY=VALUE,... set in the platform's environment (A/B of settings)
 
-7. `make run` as users start it (beat, Flower, task events, the default pool), in a second platform
-   after the first has stopped: batched traffic from outside, its CPU per event beside run 1's.
+7. the platform as `make run` starts it (beat, Flower, task events, the default pool; same stack),
+   a second platform after the first has stopped: batched traffic, its CPU per event beside run 1's.
 
 Besides the RESULT line it prints `FIGURES {json}`: every figure of the run, for benchmarks/ab.py.
 """
@@ -1052,7 +1052,7 @@ def run_as_users(config: BenchConfig) -> MakeRunResult | None:
     process's Django already points at the first platform's database)."""
     if config.make_run_events <= 0 or not config.complete or config.as_users:
         return None
-    _step(f"make run as users start it: {config.make_run_events:,} events in batches of {config.batch}")
+    _step(f"as make run starts it: {config.make_run_events:,} events in batches of {config.batch}")
     env = {
         **os.environ,
         "CLOUDSCALE_BENCH_AS_USERS": "1",
@@ -1241,9 +1241,10 @@ def main() -> int:
         bench_cost = m.batched.cpu.per_thousand_total(m.batched.events)
         rows += [
             ("", ""),
-            ("make run as users start it", f"{make_run.events_per_s:,.0f} events/s, the worker at up to "
+            ("as make run starts it", f"{make_run.events_per_s:,.0f} events/s, the worker at up to "
                                            f"{make_run.pool_peak} processes (main + pool)"),
-            ("", f"{config.make_run_events:,} events, batches of {config.batch}, {config.clients} clients"),
+            ("", f"{config.make_run_events:,} events, batches of {config.batch}, {config.clients} clients, "
+                 "beat, Flower and task events on, the default pool, same stack"),
             ("", make_run.cpu_line),
             ("CPU per event, make run / bench", f"{make_run.cpu_s_per_1k / bench_cost:.2f}x"),
         ]  # fmt: skip

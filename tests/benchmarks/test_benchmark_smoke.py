@@ -67,7 +67,7 @@ def test_it_prints_the_table_and_ends_with_the_result_line() -> None:
         "POST /api/events, open loop",
         "floor: trivial view, open loop",
         "profile: CPU seconds per 1,000 events or requests, by process group",
-        "make run as users start it",
+        "as make run starts it",
         "CPU per event, make run / bench",
     ):
         assert label in table

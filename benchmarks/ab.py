@@ -8,7 +8,7 @@ the platform's environment) or by code (`--a-tree`/`--b-tree`: another checkout,
 Examples:
   # the group-commit linger, single-event runs only, three rounds
   .venv/bin/python benchmarks/ab.py --phases latency,open --rounds 3 \\
-      --a-env CLOUDSCALE_GROUP_COMMIT_LINGER_MS=2 --b-env CLOUDSCALE_GROUP_COMMIT_LINGER_MS=5
+      --a-env CLOUDSCALE_GROUP_COMMIT_LINGER_MS=8 --b-env CLOUDSCALE_GROUP_COMMIT_LINGER_MS=4
   # a code lever: the commit before it against this checkout, batched and one-address runs
   git worktree add /tmp/before HEAD~1
   CLOUDSCALE_BENCH_EVENTS=20000 .venv/bin/python benchmarks/ab.py --a-tree /tmp/before --phases batched,hot

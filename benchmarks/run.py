@@ -92,6 +92,10 @@ sys.path.insert(0, str(ROOT))
 from cloudscale_project.env import env_int  # noqa: E402
 from tests.netutil import free_port  # noqa: E402
 
+# The environment the bench was started with (its CLOUDSCALE_BENCH_* knobs included): this process
+# later takes the platform's environment to talk to its database and broker (_setup_django).
+_CALLER_ENV = dict(os.environ)
+
 TENANT = "demo"
 SDK_TENANT = "demo-sdk"
 HOT_TENANT = "demo-hot"
@@ -1045,6 +1049,7 @@ class MakeRunResult:
     cpu_s_per_1k: float
     cpu_line: str
     pool_peak: int
+    describe: str  # the child's own account of its run: events, batch, clients, stack
 
 
 def run_as_users(config: BenchConfig) -> MakeRunResult | None:
@@ -1054,7 +1059,7 @@ def run_as_users(config: BenchConfig) -> MakeRunResult | None:
         return None
     _step(f"as make run starts it: {config.make_run_events:,} events in batches of {config.batch}")
     env = {
-        **os.environ,
+        **_CALLER_ENV,  # this process's own environment was replaced by the platform's
         "CLOUDSCALE_BENCH_AS_USERS": "1",
         "CLOUDSCALE_BENCH_PHASES": "batched",
         "CLOUDSCALE_BENCH_EVENTS": str(config.make_run_events),
@@ -1074,6 +1079,7 @@ def run_as_users(config: BenchConfig) -> MakeRunResult | None:
         cpu_s_per_1k=values["cpu_s_per_1k"],
         cpu_line=values["cpu_line"],
         pool_peak=values["worker_processes_peak"],
+        describe=values["run"],
     )
 
 
@@ -1177,11 +1183,13 @@ def _single_vs_floor(m: Measured) -> float:
     return (m.api.requests / m.api.seconds) / (m.floor.requests / m.floor.seconds)
 
 
-def _figures(m: Measured, memory: MemorySampler) -> dict[str, Any]:
+def _figures(config: BenchConfig, m: Measured, memory: MemorySampler) -> dict[str, Any]:
     """Every figure of the run by name (the RESULT line's names where it has them)."""
     figures: dict[str, Any] = {}
     if m.batched is not None:
         figures |= {
+            "run": f"{m.batched.events:,} events, batches of {config.batch}, {config.clients} clients, "
+            f"{config.stack} stack",
             "e2e_events_per_s": round(m.batched.per_second),
             "cpu_s_per_1k": round(m.batched.cpu.per_thousand_total(m.batched.events), 3),
             "cpu_line": m.batched.cpu.per_thousand(m.batched.events),
@@ -1243,8 +1251,7 @@ def main() -> int:
             ("", ""),
             ("as make run starts it", f"{make_run.events_per_s:,.0f} events/s, the worker at up to "
                                            f"{make_run.pool_peak} processes (main + pool)"),
-            ("", f"{config.make_run_events:,} events, batches of {config.batch}, {config.clients} clients, "
-                 "beat, Flower and task events on, the default pool, same stack"),
+            ("", f"{make_run.describe}; beat, Flower and task events on, the default pool"),
             ("", make_run.cpu_line),
             ("CPU per event, make run / bench", f"{make_run.cpu_s_per_1k / bench_cost:.2f}x"),
         ]  # fmt: skip
@@ -1273,7 +1280,7 @@ def main() -> int:
         if result is not None
     ]
     print(_profile_section(config, phases))
-    figures = _figures(m, memory)
+    figures = _figures(config, m, memory)
     if make_run is not None:
         figures["make_run_cpu_s_per_1k"] = make_run.cpu_s_per_1k
         figures["make_run_events_per_s"] = make_run.events_per_s

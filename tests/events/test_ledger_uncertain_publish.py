@@ -1,0 +1,261 @@
+"""The ledger when a publish's outcome cannot be known: the broker applied it, the reply was lost.
+
+On the embedded stack one Redis server is the broker and the shared state. A SIGKILL that lands
+after the server wrote a publish's MULTI (LPUSH + wake-up XADD) to its append-only file but before
+it wrote the reply leaves the message in the broker while the API sees a dead connection. kombu's
+publish retries cannot reconnect while the server is down, so the API answers 503; it cannot release
+the request's dedup reservations either (same server), so they stand for RESERVATION_SECONDS and the
+client's retries are refused as in flight meanwhile. The worker stores the message; nothing counts
+it as accepted until a retry after the reservation expired publishes it again and commits. A client
+that stops retrying before that leaves the hour's `pending` below zero by the batch's size: the
+outcome the 30-kill fault test (tests/faults/test_faults.py) saw once, docs/decisions.md,
+"Open: the ledger under broker kills".
+
+The kill is reproduced exactly with a proxy between the API process and the run's embedded server:
+it forwards everything, swallows the reply to the publish's EXEC (the server has applied it), closes
+every connection and refuses new ones until the test "restarts" it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from django.test import Client
+from pytest_django.fixtures import Settings as SettingsWrapper
+
+from cloudscale_project.celery import app
+from cloudscale_project.state import state_redis
+from events.dedup import RESERVATION_SECONDS, seen_key
+from events.tasks import process_batch
+from tests.conftest import Actor
+from tests.events.pipeline_support import take_one_message
+
+pytestmark = [pytest.mark.django_db]
+
+BATCH = 20
+
+
+class DyingServerProxy:
+    """TCP proxy to the embedded Redis that "SIGKILLs the server" right after it answered the first
+    EXEC of a MULTI that carried an LPUSH: the answer is swallowed, every connection is closed, and
+    new ones are closed at once until `restart()` (the server coming back from its AOF)."""
+
+    def __init__(self, *, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.stays_down = True  # False: back at once, within kombu's publish retries
+        self.killed = threading.Event()
+        self.down = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self.direct: redis.Redis | None = None
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def restart(self) -> None:
+        self.down.clear()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.down.is_set():
+                client.close()  # connection refused, as far as a client can tell
+                continue
+            server = socket.create_connection(("127.0.0.1", self.upstream_port))
+            armed = threading.Event()  # this connection sent a publish's MULTI
+            with self._lock:
+                self._sockets += [client, server]
+            threading.Thread(target=self._requests, args=(client, server, armed), daemon=True).start()
+            threading.Thread(target=self._replies, args=(server, client, armed), daemon=True).start()
+
+    def _requests(self, source: socket.socket, target: socket.socket, armed: threading.Event) -> None:
+        while True:
+            try:
+                chunk = source.recv(65536)
+                if not chunk:
+                    return
+                if not self.killed.is_set() and b"LPUSH" in chunk:
+                    armed.set()
+                target.sendall(chunk)
+            except OSError:
+                return
+
+    def _replies(self, source: socket.socket, target: socket.socket, armed: threading.Event) -> None:
+        pending = b""
+        while True:
+            try:
+                chunk = source.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                self._kill()
+                return
+            if armed.is_set() and not self.killed.is_set():
+                # Hold the MULTI's replies until the EXEC's array arrives: the server has applied
+                # (and, with appendfsync always, written) the publish. Then "die" without answering.
+                pending += chunk
+                if b"*3\r\n" in pending:
+                    self.killed.set()
+                    self._kill()
+                    return
+                continue
+            try:
+                target.sendall(chunk)
+            except OSError:
+                return
+
+    def _kill(self) -> None:
+        if self.stays_down:
+            self.down.set()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self._kill()
+
+
+@pytest.fixture
+def dying_server(settings: SettingsWrapper, monkeypatch: pytest.MonkeyPatch) -> Iterator[DyingServerProxy]:
+    """The API process reaches the broker and the shared state through one proxy: one server."""
+    if not (
+        settings.BROKER_URL.startswith(settings.EMBEDDED_REDIS_URL)
+        and settings.REDIS_URL.startswith(settings.EMBEDDED_REDIS_URL)
+    ):
+        pytest.skip("the broker and the shared state are one server only on the embedded stack")
+    proxy = DyingServerProxy(upstream_port=settings.EMBEDDED_REDIS_PORT)
+    proxy.direct = redis.Redis.from_url(settings.REDIS_URL)  # the test's own view, past the proxy
+    through = settings.EMBEDDED_REDIS_URL.replace(f":{settings.EMBEDDED_REDIS_PORT}", f":{proxy.port}")
+    settings.REDIS_URL = settings.REDIS_URL.replace(settings.EMBEDDED_REDIS_URL, through)
+    state_redis.cache_clear()
+    # The API's publishes (celery's producer pool) go through the proxy too.
+    monkeypatch.setattr(
+        app.conf, "broker_write_url", settings.BROKER_URL.replace(settings.EMBEDDED_REDIS_URL, through)
+    )
+    monkeypatch.setattr(app.amqp, "_producer_pool", None)
+    yield proxy
+    with contextlib.suppress(Exception):
+        app.amqp.producer_pool.connections.force_close_all()
+    proxy.close()
+    state_redis.cache_clear()
+
+
+def a_batch() -> list[dict[str, Any]]:
+    """A batch as the fault suite's clients send it (tests/faults/harness.py)."""
+    return [
+        {
+            "event_id": str(uuid.uuid4()),
+            "event_type": "page_view",
+            "user_id": f"u-{i}",
+            "session_id": "s-1",
+            "properties": {"url": f"https://shop.example/p/{i}"},
+        }
+        for i in range(BATCH)
+    ]
+
+
+def post_batch(client: Client, actor: Actor, events: list[dict[str, Any]]) -> Any:
+    return client.post(
+        "/api/events/batch",
+        data=json.dumps({"events": events}),
+        content_type="application/json",
+        **actor.headers,
+    )
+
+
+def ledger_totals(client: Client, actor: Actor) -> dict[str, int]:
+    response = client.get("/api/ledger", **actor.headers)
+    assert response.status_code == 200, response.content
+    totals: dict[str, int] = response.json()["totals"]
+    return totals
+
+
+def test_a_publish_whose_reply_died_with_the_server_is_stored_but_counted_only_by_a_later_retry(
+    client: Client, acme: Actor, dying_server: DyingServerProxy
+) -> None:
+    state = dying_server.direct
+    assert state is not None
+    events = a_batch()
+    ids = [e["event_id"] for e in events]
+
+    first = post_batch(client, acme, events)
+    assert dying_server.killed.is_set(), "the server applied the publish and died before answering"
+    assert first.status_code == 503 and first.json()["error"]["code"] == "broker_unavailable"
+    # The release could not reach the server either: every id is still reserved, not confirmed.
+    keys = [seen_key("acme", event_id) for event_id in ids]
+    assert state.mget(keys) == [b"reserved"] * BATCH
+    assert all(0 < state.ttl(key) <= RESERVATION_SECONDS for key in keys)
+
+    dying_server.restart()  # the server is back, from its append-only file
+    # While the reservations stand, the client's retry is refused as in flight ...
+    retry = post_batch(client, acme, events)
+    assert retry.status_code == 503 and retry.json()["error"]["code"] == "broker_unavailable"
+
+    # ... but the batch is in the broker, and the worker stores it.
+    message = take_one_message()
+    args, kwargs, _embed = message.payload
+    assert sorted(e["event_id"] for e in kwargs["events"]) == sorted(ids)
+    process_batch(*args, **kwargs)
+
+    # A client that stops retrying here (the fault suite's gives up 100 s after a batch's first
+    # attempt) leaves the ledger short by the batch for good: stored, never counted as accepted.
+    # Nothing in the API will count it: no late commit was kept (the publish "failed").
+    totals = ledger_totals(client, acme)
+    assert (totals["accepted"], totals["stored"], totals["pending"]) == (0, BATCH, -BATCH)
+
+    # A client that retries past the reservation (its expiry is brought forward here: the test
+    # does not wait 60 s) gets the batch accepted: published again, counted once, stored once.
+    for key in keys:
+        state.pexpire(key, 1)
+    time.sleep(0.05)
+    accepted = post_batch(client, acme, events)
+    assert accepted.status_code == 202, accepted.content
+    assert sorted(accepted.json()["event_ids"]) == sorted(ids)
+    message = take_one_message()
+    args, kwargs, _embed = message.payload
+    process_batch(*args, **kwargs)
+    totals = ledger_totals(client, acme)
+    assert (totals["accepted"], totals["stored"], totals["pending"]) == (BATCH, BATCH, 0)
+
+
+def test_a_publish_whose_reply_died_is_sent_again_by_kombu_when_the_server_is_back_in_time_and_counted_once(
+    client: Client, acme: Actor, dying_server: DyingServerProxy
+) -> None:
+    """The other outcome of the same kill: the server is back within kombu's publish retries, which
+    send the message again. Two copies in the broker, one commit (the request's), one stored copy."""
+    dying_server.stays_down = False
+    events = a_batch()
+    ids = sorted(e["event_id"] for e in events)
+
+    response = post_batch(client, acme, events)
+    assert dying_server.killed.is_set(), "the server applied the publish and died before answering"
+    assert response.status_code == 202, response.content
+    assert sorted(response.json()["event_ids"]) == ids
+
+    for _ in range(2):  # the lost publish and kombu's retry: the same events twice
+        args, kwargs, _embed = take_one_message().payload
+        assert sorted(e["event_id"] for e in kwargs["events"]) == ids
+        process_batch(*args, **kwargs)
+    totals = ledger_totals(client, acme)
+    assert (totals["received"], totals["accepted"], totals["stored"], totals["pending"]) == (
+        BATCH,
+        BATCH,
+        BATCH,
+        0,
+    )

@@ -57,6 +57,13 @@ def test_every_response_matches_the_schema_and_none_is_a_500(case: Any, acme: Ac
     if (case.query or {}).get("cursor") is not None:
         # A cursor is opaque: only the ones the API returned are valid, which no schema can say.
         excluded.append(positive_data_acceptance)
+    if response.status_code == 202 and case.path == "/api/events/batch" and response.json()["rejected"]:
+        # A batch answers 202 for its valid events and lists each invalid one in `rejected` (docs/api.md,
+        # "Receipts"): ST201's "negative data must get a 4xx" does not hold for a partly valid batch.
+        # It also takes schemathesis's word for what is invalid, and its mutation bookkeeping can name
+        # a value that another `anyOf` branch still allows (seen: an array item turned from boolean
+        # to string, where strings are allowed too). Responses are still validated against the schema.
+        excluded.append(negative_data_rejection)
     if response.status_code == 413:
         # The API rejects size violations (maxItems 500, 1 MiB) with 413, a code ST201 does not list.
         assert response.json()["error"]["code"] == "payload_too_large"

@@ -74,13 +74,14 @@ def publish_events(*, tenant: str, events: Sequence[dict[str, Any]], correlation
     _group_committer.publish(tenant=tenant, events=events, correlation_id=correlation_id)
 
 
+def _few(events: int) -> bool:
+    """Few enough events to share a message, with the group commit on (large requests are a
+    message of their own already)."""
+    return settings.GROUP_COMMIT_LINGER_SECONDS > 0 and events <= settings.GROUP_COMMIT_MAX_EVENTS // 4
+
+
 def _groupable(events: Sequence[Any]) -> bool:
-    """Small enough to share a message (large requests are a message of their own already)."""
-    return (
-        settings.GROUP_COMMIT_LINGER_SECONDS > 0
-        and len(events) <= settings.GROUP_COMMIT_MAX_EVENTS // 4
-        and not (settings.BROKER_MAX_MESSAGE_BYTES and _size(events) > _budget() / 4)
-    )
+    return _few(len(events)) and not (settings.BROKER_MAX_MESSAGE_BYTES and _size(events) > _budget() / 4)
 
 
 def expecting_publish(*, tenant: str, events: int) -> contextlib.AbstractContextManager[None]:
@@ -90,7 +91,7 @@ def expecting_publish(*, tenant: str, events: int) -> contextlib.AbstractContext
     own); one that ends without publishing (rejected, duplicates, errors) stops being waited for
     when the block ends. Not reentrant: one announcement per request.
     """
-    if settings.GROUP_COMMIT_LINGER_SECONDS <= 0 or events > settings.GROUP_COMMIT_MAX_EVENTS // 4:
+    if not _few(events):
         return nullcontext()
     return _group_committer.expecting(tenant)
 

@@ -34,13 +34,13 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.backends.utils import CursorWrapper
 from django.db.models import F, Min, Model
 
 from carts.models import CartAbandonment, CartCheck, CartPurchase
 from carts.webhooks import DeliveryResult, webhook_post
 from cloudscale_project.dbtime import db_time, db_time_after
 from cloudscale_project.metrics import platform_incr
+from cloudscale_project.rawsql import SqlCursor, bulk_cursor
 from cloudscale_project.timeutil import isoformat_z, utcnow
 from tenants.models import Tenant
 
@@ -119,7 +119,7 @@ def cart_events_record(*, tenant: str, events: Sequence[dict[str, Any]]) -> None
             )
     if not checks and not purchases:
         return
-    with transaction.atomic(), connection.cursor() as cursor:
+    with transaction.atomic(), bulk_cursor() as cursor:
         _rows_insert(cursor, CartCheck, _CHECK_FIELDS, checks)
         _rows_insert(cursor, CartPurchase, _PURCHASE_FIELDS, purchases)
         for start in range(0, len(purchases), _CANCEL_CHUNK):
@@ -127,7 +127,7 @@ def cart_events_record(*, tenant: str, events: Sequence[dict[str, Any]]) -> None
 
 
 def _rows_insert(
-    cursor: CursorWrapper, model: type[Model], fields: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    cursor: SqlCursor, model: type[Model], fields: Sequence[str], rows: Sequence[tuple[Any, ...]]
 ) -> None:
     """INSERT … ON CONFLICT DO NOTHING, what bulk_create(ignore_conflicts=True) sends."""
     table = connection.ops.quote_name(model._meta.db_table)
@@ -142,9 +142,7 @@ def _rows_insert(
         )
 
 
-def _checks_cancel(
-    cursor: CursorWrapper, *, tenant: str, purchases: Sequence[tuple[Any, ...]], now: Any
-) -> None:
+def _checks_cancel(cursor: SqlCursor, *, tenant: str, purchases: Sequence[tuple[Any, ...]], now: Any) -> None:
     """Cancel the user's pending checks with added_at <= purchased_at < due_at, for each purchase.
 
     The redundant `user_id IN (…)` lets SQLite search the (tenant, user_id, status) index; with

@@ -28,6 +28,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 
+from cloudscale_project.rawsql import bulk_cursor
 from cloudscale_project.timeutil import parse_iso, utcnow
 from scoring.models import ScoredEvent, UserScore
 from scoring.weights import WEIGHTS, contribution_at_epoch
@@ -88,7 +89,7 @@ def _markers_insert(*, tenant: str, event_ids: list[str], token: str, now: datet
     columns = ", ".join(quote(c) for c in ("tenant", "event_id", "batch", "applied_at"))
     applied_at = connection.ops.adapt_datetimefield_value(now)
     mine: set[str] = set()
-    with connection.cursor() as cursor:
+    with bulk_cursor() as cursor:
         for start in range(0, len(event_ids), _UPSERT_ROWS):
             chunk = event_ids[start : start + _UPSERT_ROWS]
             params: list[Any] = []
@@ -121,7 +122,7 @@ def _scores_add(*, tenant: str, deltas: dict[str, _UserDelta], now: datetime) ->
     updates.append(f"{quote('updated_at')} = excluded.{quote('updated_at')}")
     row_sql = "(" + ", ".join(["%s"] * len(columns)) + ")"
     users = sorted(deltas)
-    with connection.cursor() as cursor:
+    with bulk_cursor() as cursor:
         for start in range(0, len(users), _UPSERT_ROWS):
             chunk = users[start : start + _UPSERT_ROWS]
             params: list[Any] = []

@@ -14,6 +14,7 @@ from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from cloudscale_project.dbtime import db_time_converter
+from cloudscale_project.rawsql import bulk_cursor
 from cloudscale_project.timeutil import isoformat_z, parse_iso
 from events.models import StoredEvent
 from events.shape import FIELDS, EventField, Kind, normalised
@@ -91,7 +92,7 @@ class OrmEventStore:
                     params: list[Any] = [
                         value for event in chunk for value in _row(event, stored_at, converters)
                     ]
-                    with connection.cursor() as cursor:
+                    with bulk_cursor() as cursor:
                         cursor.execute(sql, params)
                         new_ids.update(event_id for _tenant, event_id in cursor.fetchall())
         except OperationalError as exc:  # locked, connection lost, server gone: transient

@@ -6,7 +6,7 @@ import ipaddress
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from django.conf import settings
@@ -59,7 +59,7 @@ def enrich_event(
         "timestamp": isoformat_z(timestamp),
         "client_timestamp": event.timestamp,
         "sent_at": event.sent_at,
-        "received_at": isoformat_z(received_at),
+        "received_at": _received_text(received_at),
         "skew_corrected": skew_corrected,
         "timestamp_clamped": clamped,
         "ip": ip,
@@ -68,6 +68,10 @@ def enrich_event(
         "correlation_id": correlation_id,
         "tenant": tenant,
     }
+
+
+# Every event of a request has the same received_at: written once, not once per event.
+_received_text = lru_cache(maxsize=64)(isoformat_z)
 
 
 @cache

@@ -26,7 +26,7 @@ from events.ledger import ledger_record
 from events.throttling import RateDecision, check_rate_limits
 from tenants.authentication import api_key_from_headers
 from tenants.models import Tenant
-from tenants.services import tenant_for_key
+from tenants.services import key_lookups_per_request, tenant_for_key
 
 logger = logging.getLogger(__name__)
 
@@ -116,17 +116,18 @@ class RateLimitMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if not request.path.startswith(RATE_LIMITED_PREFIX) or request.path.startswith(_UNLIMITED_PREFIXES):
             return self.get_response(request)
-        try:
-            decision = enforce_rate_limits(
-                ip=client_ip(request),
-                key=api_key_from_headers(request.headers),
-                events=lambda: _events_in(request),
-                quota=request.method == "POST",
-                read=request.method in _READ_METHODS,
-            )
-        except (RateLimited, BrokerUnavailable, SharedStateUnavailable) as exc:
-            return _render(exc)
-        response = self.get_response(request)
+        with key_lookups_per_request():
+            try:
+                decision = enforce_rate_limits(
+                    ip=client_ip(request),
+                    key=api_key_from_headers(request.headers),
+                    events=lambda: _events_in(request),
+                    quota=request.method == "POST",
+                    read=request.method in _READ_METHODS,
+                )
+            except (RateLimited, BrokerUnavailable, SharedStateUnavailable) as exc:
+                return _render(exc)
+            response = self.get_response(request)
         for name, value in decision.headers().items():
             response[name] = value
         return response

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
@@ -117,17 +120,41 @@ def tenant_retire(*, slug: str) -> Tenant:
     return tenant
 
 
+# The lookups of the request being handled (see `key_lookups_per_request`); None outside one.
+_request_lookups: ContextVar[dict[str, ApiKey | None] | None] = ContextVar(
+    "request_key_lookups", default=None
+)
+
+
+@contextmanager
+def key_lookups_per_request() -> Iterator[None]:
+    """Within this block (one request), a key is looked up once: the rate limiter and the
+    authentication both need it, and each lookup costs a Redis round trip (the cache's version).
+    A change to the key made while the request runs is seen by the next request, as before."""
+    token = _request_lookups.set({})
+    try:
+        yield
+    finally:
+        _request_lookups.reset(token)
+
+
 def api_key_lookup(key: str) -> ApiKey | None:
     """The live key (with its tenant, active or not: the caller decides 401 vs 403)."""
     if not key.startswith(KEY_PREFIX) or len(key) > 100:
         return None
+    looked_up = _request_lookups.get()
+    if looked_up is not None and key in looked_up:
+        return looked_up[key]
     key_hash = hash_api_key(key)
-    return cached_lookup(
+    api_key = cached_lookup(
         key_hash,
         lambda: (
             ApiKey.objects.select_related("tenant").filter(key_hash=key_hash, revoked_at__isnull=True).first()
         ),
     )
+    if looked_up is not None:
+        looked_up[key] = api_key
+    return api_key
 
 
 def tenant_for_key(key: str) -> Tenant | None:

@@ -62,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     for round_ in range(1, args.rounds + 1):
         for side, (env_pairs, tree) in sides.items():
             print(f"[ab] round {round_}/{args.rounds}: {side}", file=sys.stderr, flush=True)
-            results[side].append(run_once(phases=args.phases, env_pairs=env_pairs, tree=tree))
+            figures = run_once(phases=args.phases, env_pairs=env_pairs, tree=tree)
+            # As it comes: a later run that fails must not take the earlier ones with it.
+            print(f"[ab] {side}: {json.dumps(figures)}", file=sys.stderr, flush=True)
+            results[side].append(figures)
 
     print(f"A: {args.a_env or '(defaults)'} {args.a_tree or '(this checkout)'}")
     print(f"B: {args.b_env or '(defaults)'} {args.b_tree or '(this checkout)'}")

@@ -1,0 +1,196 @@
+"""CPU per event of the hot path's stages, in one process: a steadier gauge of a code lever than the
+whole platform (`benchmarks/ab.py`), whose runs vary by 10-20 % on a shared machine.
+
+Each stage handles the same 500-event batches (the bench's traffic) many times; the figure is the
+median of the rounds' process CPU time per event, in microseconds. Stages:
+  api        request body (orjson) → validation → enrichment → the message's encoding (no I/O)
+  decode     the worker's decoding of a message's events (no I/O)
+  store      OrmEventStore.write_many on SQLite (a fresh database under a temporary folder)
+  scoring    scores_apply on SQLite
+  carts      cart_events_record on SQLite
+
+With `--a-tree`/`--b-tree` it alternates two checkouts (e.g. a `git worktree` of the commit before
+a lever and this one), `--rounds` times each, and prints the medians side by side with B/A.
+
+Examples:
+  .venv/bin/python benchmarks/hotpath.py
+  git worktree add /tmp/before HEAD~1
+  .venv/bin/python benchmarks/hotpath.py --a-tree /tmp/before --b-tree . --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+BATCH = 500
+STAGES = ("api", "decode", "store", "scoring", "carts")
+
+
+def _per_event_us(run: Callable[[], object], *, rounds: int) -> float:
+    """Median CPU microseconds per event of `run` (one batch), after one warm-up round."""
+    run()
+    samples = []
+    for _ in range(rounds):
+        started = time.process_time()
+        run()
+        samples.append((time.process_time() - started) * 1e6 / BATCH)
+    return round(statistics.median(samples), 2)
+
+
+def measure(rounds: int) -> dict[str, float]:
+    """Every stage's figure, measured in this process (Django set up on a fresh SQLite database)."""
+    import django
+    import orjson
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0)
+
+    from benchmarks.loadgen import TrafficGenerator
+    from carts.services import cart_events_record
+    from cloudscale_project.serialization import orjson_dumps
+    from cloudscale_project.timeutil import isoformat_z, utcnow
+    from events.enrichment import enrich_event
+    from events.pipeline import decode_batch
+    from events.schemas import validate_event
+    from events.stores.base import Event
+    from events.stores.orm import OrmEventStore
+    from scoring.services import scores_apply
+
+    planned = TrafficGenerator(seed=11).take(BATCH)
+    sent_at = isoformat_z(utcnow())
+    body = orjson.dumps({"events": [{**p.event, "sent_at": sent_at} for p in planned]})
+    enriched: list[dict[str, Any]] = []
+
+    def api() -> None:
+        enriched.clear()
+        received_at = utcnow()
+        for raw in orjson.loads(body)["events"]:
+            valid, errors = validate_event(raw)
+            assert valid is not None, errors
+            enriched.append(
+                enrich_event(
+                    valid,
+                    tenant="hotpath",
+                    received_at=received_at,
+                    ip="203.0.113.7",
+                    user_agent="hotpath",
+                    correlation_id="c-hotpath",
+                )
+            )
+        orjson_dumps([[], {"tenant": "hotpath", "events": enriched, "correlation_id": "c"}, {}])
+
+    figures = {"api": _per_event_us(api, rounds=rounds)}
+    message_events = orjson.loads(orjson_dumps(enriched))
+    made = iter(range(1, 1 << 30))
+
+    def fresh() -> list[dict[str, Any]]:
+        """The batch with new ids and times no stage of this process has seen (no cache helps)."""
+        return [
+            {
+                **event,
+                "event_id": str(uuid.uuid4()),
+                "timestamp": f"{event['timestamp'][:20]}{next(made) % 10**6:06d}Z",
+            }
+            for event in message_events
+        ]
+
+    batches = [fresh() for _ in range(rounds + 1)]
+    figures["decode"] = _per_event_us(
+        lambda: decode_batch(tenant="hotpath", events=batches.pop()), rounds=rounds
+    )
+
+    def decoded() -> list[Event]:
+        return decode_batch(tenant="hotpath", events=fresh()).events
+
+    store = OrmEventStore()
+    stored = [decoded() for _ in range(rounds + 1)]
+    figures["store"] = _per_event_us(lambda: store.write_many(stored.pop()), rounds=rounds)
+    batches = [fresh() for _ in range(rounds + 1)]
+    figures["scoring"] = _per_event_us(
+        lambda: scores_apply(tenant="hotpath", events=batches.pop()), rounds=rounds
+    )
+    batches = [fresh() for _ in range(rounds + 1)]
+    figures["carts"] = _per_event_us(
+        lambda: cart_events_record(tenant="hotpath", events=batches.pop()), rounds=rounds
+    )
+    return figures
+
+
+def run_tree(tree: str, rounds: int) -> dict[str, float]:
+    """One measurement in a child process running `tree`'s code on a database of its own."""
+    with tempfile.TemporaryDirectory(prefix="cloudscale-hotpath-") as state:
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "cloudscale_project.settings",
+            "CLOUDSCALE_STATE_DIR": state,
+            "PYTHONPATH": tree,
+        }
+        env.pop("DATABASE_URL", None)
+        done = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--measure", "--rounds", str(rounds)],
+            cwd=tree,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if done.returncode != 0:
+        raise SystemExit(f"hotpath run in {tree} failed:\n{done.stderr[-3000:]}")
+    figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--a-tree", default="", help="checkout of side A (default: only measure this one)")
+    parser.add_argument("--b-tree", default=".", help="checkout of side B (default: this one)")
+    parser.add_argument("--rounds", type=int, default=5, help="runs of each side (default: 5)")
+    parser.add_argument("--batches", type=int, default=15, help="batches per stage and run (default: 15)")
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.measure:
+        print(json.dumps(measure(args.batches)))
+        return 0
+    trees = {"B": str(Path(args.b_tree).resolve())}
+    if args.a_tree:
+        trees = {"A": str(Path(args.a_tree).resolve()), **trees}
+    results: dict[str, list[dict[str, float]]] = {side: [] for side in trees}
+    for round_ in range(1, args.rounds + 1):
+        for side, tree in trees.items():
+            figures = run_tree(tree, args.batches)
+            print(
+                f"[hotpath] round {round_}/{args.rounds} {side}: {json.dumps(figures)}",
+                file=sys.stderr,
+                flush=True,
+            )
+            results[side].append(figures)
+    for side, tree in trees.items():
+        print(f"{side}: {tree}")
+    print(
+        f"{'µs CPU per event':<18}"
+        + "".join(f"{side + ' (median)':>14}" for side in trees)
+        + ("     B/A" if "A" in trees else "")
+    )
+    for stage in STAGES:
+        medians = {side: statistics.median(r[stage] for r in results[side]) for side in trees}
+        ratio = f"{medians['B'] / medians['A']:8.2f}" if "A" in trees and medians["A"] else ""
+        print(f"{stage:<18}" + "".join(f"{medians[side]:>14.1f}" for side in trees) + ratio)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,11 +1,12 @@
 """A cursor for the workers' bulk statements that skips Django's SQLite placeholder rewrite.
 
 Django's SQLite cursor turns every `%s` into `?` with a regular expression on each execute; a
-500-row INSERT carries 8,000 placeholders, and that rewrite was about a tenth of the batched
-worker's CPU (docs/benchmarks.md, "Levers, third round"). Here the same SQL (written with `%s`, as
-for PostgreSQL) runs on SQLite's own DB-API cursor after one plain `str.replace`. Errors are still
-Django's (`OperationalError`, `IntegrityError`), and the statements still run in the connection's
-current transaction (`transaction.atomic()` drives the same sqlite3 connection).
+500-row INSERT of the event store carries 8,500 placeholders, and the rewrite took 1.8 ms of it
+(3.6 µs per event, per statement; docs/benchmarks.md, "Levers, third round"). Here the same SQL
+(written with `%s`, as for PostgreSQL) runs on SQLite's own DB-API cursor after a `str.replace`
+that is cached per statement (0.03 ms). Errors are still Django's (`OperationalError`,
+`IntegrityError`), and the statements still run in the connection's current transaction
+(`transaction.atomic()` drives the same sqlite3 connection).
 
 What is given up, on SQLite only: these statements are not in `connection.queries` under DEBUG,
 and Django's execute wrappers do not see them. PostgreSQL gets Django's own cursor: psycopg takes
@@ -14,6 +15,7 @@ and Django's execute wrappers do not see them. PostgreSQL gets Django's own curs
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -29,6 +31,13 @@ class SqlCursor(Protocol):
     def fetchall(self) -> list[Any]: ...
 
 
+@functools.lru_cache(maxsize=64)
+def _qmark(sql: str) -> str:
+    """`sql` in sqlite3's placeholder style. Cached: a worker sends the same few statements (one per
+    row count) over and over, and hashing the text costs a tenth of replacing in it."""
+    return sql.replace("%s", "?")
+
+
 class _QmarkCursor:
     """sqlite3's cursor behind the `%s` style (the SQL here never holds a literal `%`)."""
 
@@ -36,7 +45,7 @@ class _QmarkCursor:
         self._raw = raw
 
     def execute(self, sql: str, params: Sequence[Any]) -> Any:
-        return self._raw.execute(sql.replace("%s", "?"), params)
+        return self._raw.execute(_qmark(sql), params)
 
     def fetchall(self) -> list[Any]:
         rows: list[Any] = self._raw.fetchall()

@@ -8,6 +8,8 @@ median of the rounds' process CPU time per event, in microseconds. Stages:
   store      OrmEventStore.write_many on SQLite (a fresh database under a temporary folder)
   scoring    scores_apply on SQLite
   carts      cart_events_record on SQLite
+  fraud      fraud_alerts_raise: the rule windows on an embedded Redis of the run's own
+  pipeline   the whole task body (batch_process_message): every step above, the ledger, metrics
 
 With `--a-tree`/`--b-tree` it alternates two checkouts (e.g. a `git worktree` of the commit before
 a lever and this one), `--rounds` times each, and prints the medians side by side with B/A.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -31,10 +34,10 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 BATCH = 500
-STAGES = ("api", "decode", "store", "scoring", "carts")
+STAGES = ("api", "decode", "store", "scoring", "carts", "fraud", "pipeline")
 
 
 def _per_event_us(run: Callable[[], object], *, rounds: int) -> float:
@@ -51,22 +54,41 @@ def _per_event_us(run: Callable[[], object], *, rounds: int) -> float:
 def measure(rounds: int) -> dict[str, float]:
     """Every stage's figure, measured in this process (Django set up on a fresh SQLite database)."""
     import django
-    import orjson
+    from django.conf import settings
     from django.core.management import call_command
 
     django.setup()
     call_command("migrate", verbosity=0)
+    from ops.embedded_redis import start_embedded_redis
+
+    redis_server = start_embedded_redis(
+        port=settings.EMBEDDED_REDIS_PORT,
+        data_dir=settings.STATE_DIR / "redis",
+        password=settings.EMBEDDED_REDIS_PASSWORD,
+        fsync=settings.EMBEDDED_REDIS_FSYNC,
+    )
+    try:
+        return _measure_stages(rounds)
+    finally:
+        redis_server.terminate()
+        redis_server.wait(timeout=10)
+
+
+def _measure_stages(rounds: int) -> dict[str, float]:
+    import orjson
 
     from benchmarks.loadgen import TrafficGenerator
     from carts.services import cart_events_record
     from cloudscale_project.serialization import orjson_dumps
     from cloudscale_project.timeutil import isoformat_z, utcnow
     from events.enrichment import enrich_event
-    from events.pipeline import decode_batch
+    from events.pipeline import batch_process_message, decode_batch
     from events.schemas import validate_event
     from events.stores.base import Event
     from events.stores.orm import OrmEventStore
+    from fraud.services import fraud_alerts_raise
     from scoring.services import scores_apply
+    from tenants.services import tenant_create
 
     planned = TrafficGenerator(seed=11).take(BATCH)
     sent_at = isoformat_z(utcnow())
@@ -125,19 +147,39 @@ def measure(rounds: int) -> dict[str, float]:
     figures["carts"] = _per_event_us(
         lambda: cart_events_record(tenant="hotpath", events=batches.pop()), rounds=rounds
     )
+    tenant_create(slug="hotpath", name="Hotpath")
+    stored = [decoded() for _ in range(rounds + 1)]
+    figures["fraud"] = _per_event_us(
+        lambda: fraud_alerts_raise(tenant="hotpath", events=cast(list[dict[str, Any]], stored.pop())),
+        rounds=rounds,
+    )
+    batches = [fresh() for _ in range(rounds + 1)]
+    figures["pipeline"] = _per_event_us(
+        lambda: batch_process_message(
+            args=(), kwargs={"tenant": "hotpath", "events": batches.pop(), "correlation_id": "c"}, attempt=1
+        ),
+        rounds=rounds,
+    )
     return figures
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def run_tree(tree: str, rounds: int) -> dict[str, float]:
     """One measurement in a child process running `tree`'s code on a database of its own."""
     with tempfile.TemporaryDirectory(prefix="cloudscale-hotpath-") as state:
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith(("CLOUDSCALE_", "DATABASE_URL"))},
             "DJANGO_SETTINGS_MODULE": "cloudscale_project.settings",
             "CLOUDSCALE_STATE_DIR": state,
+            "CLOUDSCALE_EMBEDDED_REDIS_PORT": str(_free_port()),
+            "CLOUDSCALE_EMBEDDED_REDIS_FSYNC": "everysec",
             "PYTHONPATH": tree,
         }
-        env.pop("DATABASE_URL", None)
         done = subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), "--measure", "--rounds", str(rounds)],
             cwd=tree,

@@ -27,8 +27,7 @@ def _key(task_id: str, retries: int) -> str:
     return _KEY.format(task_id=task_id, retries=retries)
 
 
-# Counts of finished deliveries this process could not delete (the shared state was away): deleted
-# with the next count, usually long before the message (whose ack failed the same way) comes back.
+# Counts of finished deliveries of this process, deleted with the next count (one round trip).
 _uncleared: set[str] = set()
 
 
@@ -52,13 +51,25 @@ def delivery_started(*, task_id: str, retries: int) -> int | None:
 
 
 def delivery_finished(*, task_id: str, retries: int) -> None:
-    key = _key(task_id, retries)
+    """The delivery ended (however the body returned): its count goes with the next delivery's.
+
+    Deleted in the same round trip as the next count (`delivery_started`), not in one of its own:
+    a Redis round trip per message was a noticeable share of a small message's worker time. Until
+    then the count of a finished delivery stays behind; were its message to come back meanwhile (an
+    ack lost with the connection, to another process), that is one more loss than there was, far
+    from WORKER_LOSSES_MAX unless it keeps happening. An idle process's last count stays until its
+    TTL, or until the process stops (`deliveries_flush`)."""
+    _uncleared.add(_key(task_id, retries))
+
+
+def deliveries_flush() -> None:
+    """Delete the counts of finished deliveries now (a worker process that is stopping)."""
+    leftovers = sorted(_uncleared)
+    if not leftovers:
+        return
     try:
-        state_redis().delete(key)
+        state_redis().delete(*leftovers)
     except STATE_ERRORS:
-        # Left behind, the count would make a redelivery look like a lost worker. Even if it stays
-        # through WORKER_LOSSES_MAX such finishes, events already stored are never dead-lettered.
-        logger.warning("could not clear the delivery count of task %s; retrying with the next one", task_id)
-        _uncleared.add(key)
-    else:
-        _uncleared.discard(key)
+        logger.warning("could not clear %d delivery count(s) of finished deliveries", len(leftovers))
+        return
+    _uncleared.difference_update(leftovers)

@@ -15,10 +15,11 @@ from typing import Any, NoReturn
 
 from celery import Task, shared_task
 from celery.exceptions import Reject, Retry
+from celery.signals import worker_process_shutdown
 from django.conf import settings
 from django.utils import timezone
 
-from events.deliveries import delivery_finished, delivery_started
+from events.deliveries import deliveries_flush, delivery_finished, delivery_started
 from events.pipeline import (
     RetryBatch,
     batch_give_up_after_worker_losses,
@@ -29,6 +30,12 @@ from events.publishing import TASK_NAME
 from events.stores import get_event_store
 
 logger = logging.getLogger(__name__)
+
+
+@worker_process_shutdown.connect(weak=False, dispatch_uid="cs-deliveries-flush")
+def _flush_delivery_counts(**_: Any) -> None:
+    """A pool process that stops deletes the counts of its finished deliveries (events/deliveries.py)."""
+    deliveries_flush()
 
 
 class BatchTask(Task):

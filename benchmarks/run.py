@@ -1225,9 +1225,24 @@ def _figures(config: BenchConfig, m: Measured, memory: MemorySampler) -> dict[st
     return figures
 
 
+def reference_loop_ms() -> float:
+    """CPU milliseconds of a fixed pure-Python loop (best of three): how fast this machine's cores
+    are today. CPU figures of runs on different machines or days compare only after scaling by it
+    (docs/benchmarks.md, "Levers, third round")."""
+    best = math.inf
+    for _ in range(3):
+        started = time.process_time()
+        total = 0
+        for number in range(2_000_000):
+            total += number
+        best = min(best, time.process_time() - started)
+    return round(best * 1000, 1)
+
+
 def main() -> int:
     config = BenchConfig()
     load_before = os.getloadavg()[0]
+    reference_before = reference_loop_ms()
     stack = Platform(config)
     _step(f"starting the platform on {stack.url} (state {stack.state})")
     started = time.monotonic()
@@ -1255,8 +1270,14 @@ def main() -> int:
             ("", make_run.cpu_line),
             ("CPU per event, make run / bench", f"{make_run.cpu_s_per_1k / bench_cost:.2f}x"),
         ]  # fmt: skip
+    reference_after = reference_loop_ms()
     rows += [
         ("", ""),
+        (
+            "reference loop (CPU speed)",
+            f"{reference_before:.0f} ms before, {reference_after:.0f} ms after "
+            "(2M additions in Python; lower is faster)",
+        ),
         ("bench wall time", f"{time.monotonic() - started:.0f} s"),
         ("load average (1 min)", f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (ours included)"),
     ]
@@ -1281,6 +1302,7 @@ def main() -> int:
     ]
     print(_profile_section(config, phases))
     figures = _figures(config, m, memory)
+    figures["reference_loop_ms"] = round((reference_before + reference_after) / 2, 1)
     if make_run is not None:
         figures["make_run_cpu_s_per_1k"] = make_run.cpu_s_per_1k
         figures["make_run_events_per_s"] = make_run.events_per_s

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -69,6 +70,7 @@ def test_it_prints_the_table_and_ends_with_the_result_line() -> None:
         "profile: CPU seconds per 1,000 events or requests, by process group",
         "as make run starts it",
         "CPU per event, make run / bench",
+        "reference loop (CPU speed)",
     ):
         assert label in table
     assert "1,000 events, batches of 250, 2 clients" in table
@@ -77,6 +79,7 @@ def test_it_prints_the_table_and_ends_with_the_result_line() -> None:
     assert "the worker at up to" in table
     figures = next(line for line in lines if line.startswith("FIGURES "))
     assert '"make_run_cpu_s_per_1k"' in figures
+    assert json.loads(figures.removeprefix("FIGURES "))["reference_loop_ms"] > 0
     leftovers = [
         p for p in psutil.process_iter(["pid", "cmdline"])
         if p.pid not in before and "cloudscale-bench-" in " ".join(p.info["cmdline"] or [])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Union
 
+import orjson
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -213,8 +214,20 @@ def _deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
+# JSON can only write U+0000 as this escape, so an encoding without it holds no NUL anywhere.
+_NUL_ESCAPED = b"\\u0000"
+
+
 def _nul_path(value: Any, path: str) -> str | None:
-    """The path of the first key or string holding NUL, if any (`value` is at most 5 levels deep)."""
+    """The path of the first key or string holding NUL, if any (`value` is at most 5 levels deep).
+
+    One C-speed encoding answers "none" for almost every event; walking every key and string in
+    Python was a fifth of the batched API's validation time."""
+    try:
+        if _NUL_ESCAPED not in orjson.dumps(value):
+            return None
+    except orjson.JSONEncodeError:
+        pass  # not JSON-encodable as it is: walk it
     stack: list[tuple[Any, str]] = [(value, path)]
     while stack:
         node, where = stack.pop()

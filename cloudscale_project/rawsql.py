@@ -8,9 +8,10 @@ that is cached per statement (0.03 ms). Errors are still Django's (`OperationalE
 `IntegrityError`), and the statements still run in the connection's current transaction
 (`transaction.atomic()` drives the same sqlite3 connection).
 
-What is given up, on SQLite only: these statements are not in `connection.queries` under DEBUG,
-and Django's execute wrappers do not see them. PostgreSQL gets Django's own cursor: psycopg takes
-`%s` as it is, so there is nothing to save.
+What is given up, on SQLite only: these statements are not in `connection.queries` under DEBUG.
+When the connection has execute wrappers (the SQL spans of tracing), Django's cursor is used so
+that they see every statement. PostgreSQL always gets Django's own cursor: psycopg takes `%s` as
+it is, so there is nothing to save.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class _QmarkCursor:
 @contextmanager
 def bulk_cursor() -> Iterator[SqlCursor]:
     """A cursor of the default connection for hot bulk statements (see the module's docstring)."""
-    if connection.vendor != "sqlite":
+    if connection.vendor != "sqlite" or connection.execute_wrappers:
         with connection.cursor() as cursor:
             yield cursor
         return

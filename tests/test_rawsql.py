@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.db import IntegrityError, OperationalError, ProgrammingError, connection, transaction
@@ -55,3 +56,15 @@ def test_database_errors_are_djangos() -> None:
     with pytest.raises((OperationalError, ProgrammingError)), transaction.atomic(), bulk_cursor() as cursor:
         cursor.execute("SELECT n FROM no_such_table WHERE k = %s", ["x"])
     assert _keys() == ["twice", "twice+"]
+
+
+def test_execute_wrappers_still_see_every_statement() -> None:
+    seen: list[str] = []
+
+    def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        seen.append(sql.split(None, 1)[0])
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(wrapper):
+        _insert("wrapped", 1)
+    assert seen == ["INSERT"]

@@ -274,6 +274,8 @@ def _on_before_publish(sender: str | None = None, body: Any = None, headers: dic
     ) or get_correlation_id()
     if correlation_id:
         headers.setdefault(CORRELATION_HEADER, correlation_id)
+    if not _configured:
+        return  # no tracing in this process: a span and its context would go nowhere
     _end_stale_publish_span()
     span = tracer().start_span(
         f"publish {sender}",
@@ -305,6 +307,8 @@ def _on_task_prerun(task_id: str | None = None, task: Any = None, kwargs: Mappin
     correlation_id = (kwargs or {}).get("correlation_id") or getattr(request, CORRELATION_HEADER, None)
     if isinstance(correlation_id, str) and correlation_id:
         set_correlation_id(correlation_id)
+    if not _configured:
+        return  # no tracing in this process (see _on_before_publish)
     parent = extract(request, getter=_request_getter)
     attributes: dict[str, Any] = {
         "messaging.system": "celery",

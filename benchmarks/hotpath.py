@@ -164,6 +164,8 @@ def _measure_stages(rounds: int) -> dict[str, float]:
 
 
 def _free_port() -> int:
+    # tests.netutil has the same; importing it would put this checkout on sys.path ahead of the
+    # tree under measurement (the child imports that tree's code through PYTHONPATH).
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -48,6 +48,7 @@ from events.stores.base import InvalidCursor, decode_cursor
 from events.throttling import RateDecision
 from tenants.authentication import authenticate_key, tenant_of
 from tenants.models import Tenant
+from tenants.services import key_lookups_per_request
 
 _CORS_PREFLIGHT = {
     "Access-Control-Allow-Origin": "*",
@@ -121,10 +122,14 @@ class _SdkIngestView(APIView):
         mapper: Callable[[Any], Candidate | Rejection],
     ) -> Response:
         started_at = utcnow()
-        decision = enforce_rate_limits(ip=client_ip(request._request), key=key, events=lambda: len(messages))
-        if key is None:
-            raise exceptions.NotAuthenticated("No write key / API key: send it as the SDK does.")
-        tenant = authenticate_key(key).tenant
+        # Outside /api/, so the rate-limit middleware does not scope the key lookups: one here.
+        with key_lookups_per_request():
+            decision = enforce_rate_limits(
+                ip=client_ip(request._request), key=key, events=lambda: len(messages)
+            )
+            if key is None:
+                raise exceptions.NotAuthenticated("No write key / API key: send it as the SDK does.")
+            tenant = authenticate_key(key).tenant
         if len(messages) > settings.COMPAT_MAX_EVENTS:
             raise PayloadTooLarge(
                 f"a request may carry at most {settings.COMPAT_MAX_EVENTS} events, got {len(messages)}",

@@ -1,0 +1,52 @@
+"""A request looks its API key up once (one read of the key cache's version in Redis), native or SDK."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.test import Client
+
+from cloudscale_project.versioned_cache import VersionedCache
+from tests.compat.test_sdk_api import segment, track
+from tests.conftest import Actor
+
+pytestmark = [pytest.mark.django_db, pytest.mark.core]
+
+
+@pytest.fixture
+def version_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    reads: list[str] = []
+    real = VersionedCache._current_version
+
+    def counted(self: VersionedCache[object, object]) -> int | None:
+        reads.append(self.version_key)
+        return real(self)
+
+    monkeypatch.setattr(VersionedCache, "_current_version", counted)
+    return reads
+
+
+def test_a_native_request_reads_the_key_version_once(
+    client: Client, acme: Actor, version_reads: list[str]
+) -> None:
+    event = {"event_type": "click", "user_id": "u-1"}
+    response = client.post(
+        "/api/events", data=json.dumps(event), content_type="application/json", **acme.headers
+    )
+    assert response.status_code == 202, response.content
+    assert version_reads.count("cloudscale:tenants:version") == 1
+
+
+def test_an_sdk_request_reads_the_key_version_once(
+    client: Client, acme: Actor, version_reads: list[str]
+) -> None:
+    response = segment(client, acme.key, {"batch": [track()]})
+    assert response.status_code == 200, response.content
+    assert version_reads.count("cloudscale:tenants:version") == 1
+
+
+def test_the_next_request_reads_it_again(client: Client, acme: Actor, version_reads: list[str]) -> None:
+    for _ in range(2):
+        assert segment(client, acme.key, {"batch": [track()]}).status_code == 200
+    assert version_reads.count("cloudscale:tenants:version") == 2

@@ -1,8 +1,10 @@
 """CPU per event of the hot path's stages, in one process: a steadier gauge of a code lever than the
 whole platform (`benchmarks/ab.py`), whose runs vary by 10-20 % on a shared machine.
 
-Each stage handles the same 500-event batches (the bench's traffic) many times; the figure is the
-median of the rounds' process CPU time per event, in microseconds. Stages:
+Each stage handles the same 500-event batches (the bench's traffic, one address per session) many
+times; the figure is the median of the rounds' process CPU time per event, in microseconds. The
+worker stages take them in messages of `--message-size` events: 500 as the batched bench, 3-4 as
+single events arrive after the API's group commit, where each message's own cost shows. Stages:
   api        request body (orjson) → validation → enrichment → the message's encoding (no I/O)
   decode     the worker's decoding of a message's events (no I/O)
   store      OrmEventStore.write_many on SQLite (a fresh database under a temporary folder)
@@ -18,6 +20,7 @@ Examples:
   .venv/bin/python benchmarks/hotpath.py
   git worktree add /tmp/before HEAD~1
   .venv/bin/python benchmarks/hotpath.py --a-tree /tmp/before --b-tree . --rounds 5
+  .venv/bin/python benchmarks/hotpath.py --message-size 4     # the worker's cost for single events
 """
 
 from __future__ import annotations
@@ -36,12 +39,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-BATCH = 500
+BATCH = 500  # events per measured unit: the bench's batches
 STAGES = ("api", "decode", "store", "scoring", "carts", "fraud", "pipeline")
 
 
 def _per_event_us(run: Callable[[], object], *, rounds: int) -> float:
-    """Median CPU microseconds per event of `run` (one batch), after one warm-up round."""
+    """Median CPU microseconds per event of `run` (BATCH events), after one warm-up round."""
     run()
     samples = []
     for _ in range(rounds):
@@ -51,7 +54,17 @@ def _per_event_us(run: Callable[[], object], *, rounds: int) -> float:
     return round(statistics.median(samples), 2)
 
 
-def measure(rounds: int) -> dict[str, float]:
+def _in_messages(step: Callable[[list[Any]], object], size: int) -> Callable[[list[Any]], None]:
+    """`step` called once per message of `size` events: the per-message share of a stage shows."""
+
+    def run(events: list[Any]) -> None:
+        for start in range(0, len(events), size):
+            step(events[start : start + size])
+
+    return run
+
+
+def measure(rounds: int, message_size: int = BATCH) -> dict[str, float]:
     """Every stage's figure, measured in this process (Django set up on a fresh SQLite database)."""
     import django
     from django.conf import settings
@@ -68,13 +81,13 @@ def measure(rounds: int) -> dict[str, float]:
         fsync=settings.EMBEDDED_REDIS_FSYNC,
     )
     try:
-        return _measure_stages(rounds)
+        return _measure_stages(rounds, message_size)
     finally:
         redis_server.terminate()
         redis_server.wait(timeout=10)
 
 
-def _measure_stages(rounds: int) -> dict[str, float]:
+def _measure_stages(rounds: int, message_size: int) -> dict[str, float]:
     import orjson
 
     from benchmarks.loadgen import TrafficGenerator
@@ -98,7 +111,7 @@ def _measure_stages(rounds: int) -> dict[str, float]:
     def api() -> None:
         enriched.clear()
         received_at = utcnow()
-        for raw in orjson.loads(body)["events"]:
+        for raw, sent in zip(orjson.loads(body)["events"], planned, strict=True):
             valid, errors = validate_event(raw)
             assert valid is not None, errors
             enriched.append(
@@ -106,7 +119,7 @@ def _measure_stages(rounds: int) -> dict[str, float]:
                     valid,
                     tenant="hotpath",
                     received_at=received_at,
-                    ip="203.0.113.7",
+                    ip=sent.client_ip,  # one address per session, as the bench's batched run
                     user_agent="hotpath",
                     correlation_id="c-hotpath",
                 )
@@ -137,29 +150,27 @@ def _measure_stages(rounds: int) -> dict[str, float]:
         return decode_batch(tenant="hotpath", events=fresh()).events
 
     store = OrmEventStore()
+    write = _in_messages(store.write_many, message_size)
     stored = [decoded() for _ in range(rounds + 1)]
-    figures["store"] = _per_event_us(lambda: store.write_many(stored.pop()), rounds=rounds)
+    figures["store"] = _per_event_us(lambda: write(stored.pop()), rounds=rounds)
+    score = _in_messages(lambda events: scores_apply(tenant="hotpath", events=events), message_size)
     batches = [fresh() for _ in range(rounds + 1)]
-    figures["scoring"] = _per_event_us(
-        lambda: scores_apply(tenant="hotpath", events=batches.pop()), rounds=rounds
-    )
+    figures["scoring"] = _per_event_us(lambda: score(batches.pop()), rounds=rounds)
+    record = _in_messages(lambda events: cart_events_record(tenant="hotpath", events=events), message_size)
     batches = [fresh() for _ in range(rounds + 1)]
-    figures["carts"] = _per_event_us(
-        lambda: cart_events_record(tenant="hotpath", events=batches.pop()), rounds=rounds
-    )
+    figures["carts"] = _per_event_us(lambda: record(batches.pop()), rounds=rounds)
     tenant_create(slug="hotpath", name="Hotpath")
+    alert = _in_messages(lambda events: fraud_alerts_raise(tenant="hotpath", events=events), message_size)
     stored = [decoded() for _ in range(rounds + 1)]
-    figures["fraud"] = _per_event_us(
-        lambda: fraud_alerts_raise(tenant="hotpath", events=cast(list[dict[str, Any]], stored.pop())),
-        rounds=rounds,
+    figures["fraud"] = _per_event_us(lambda: alert(cast(list[Any], stored.pop())), rounds=rounds)
+    process = _in_messages(
+        lambda events: batch_process_message(
+            args=(), kwargs={"tenant": "hotpath", "events": events, "correlation_id": "c"}, attempt=1
+        ),
+        message_size,
     )
     batches = [fresh() for _ in range(rounds + 1)]
-    figures["pipeline"] = _per_event_us(
-        lambda: batch_process_message(
-            args=(), kwargs={"tenant": "hotpath", "events": batches.pop(), "correlation_id": "c"}, attempt=1
-        ),
-        rounds=rounds,
-    )
+    figures["pipeline"] = _per_event_us(lambda: process(batches.pop()), rounds=rounds)
     return figures
 
 
@@ -171,7 +182,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run_tree(tree: str, rounds: int) -> dict[str, float]:
+def run_tree(tree: str, rounds: int, message_size: int = BATCH) -> dict[str, float]:
     """One measurement in a child process running `tree`'s code on a database of its own."""
     with tempfile.TemporaryDirectory(prefix="cloudscale-hotpath-") as state:
         env = {
@@ -183,7 +194,15 @@ def run_tree(tree: str, rounds: int) -> dict[str, float]:
             "PYTHONPATH": tree,
         }
         done = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--measure", "--rounds", str(rounds)],
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--measure",
+                "--batches",
+                str(rounds),
+                "--message-size",
+                str(message_size),
+            ],
             cwd=tree,
             env=env,
             capture_output=True,
@@ -192,7 +211,10 @@ def run_tree(tree: str, rounds: int) -> dict[str, float]:
         )
     if done.returncode != 0:
         raise SystemExit(f"hotpath run in {tree} failed:\n{done.stderr[-3000:]}")
-    figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    reply = json.loads(done.stdout.strip().splitlines()[-1])
+    if reply["message_size"] != message_size:
+        raise SystemExit(f"hotpath run in {tree} measured messages of {reply['message_size']} events")
+    figures: dict[str, float] = reply["figures"]
     return figures
 
 
@@ -204,10 +226,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--b-tree", default=".", help="checkout of side B (default: this one)")
     parser.add_argument("--rounds", type=int, default=5, help="runs of each side (default: 5)")
     parser.add_argument("--batches", type=int, default=15, help="batches per stage and run (default: 15)")
+    parser.add_argument(
+        "--message-size",
+        type=int,
+        default=BATCH,
+        help=f"events per message the worker stages get (default: {BATCH}, the bench's batch; "
+        "3-4 is what single events group-commit to)",
+    )
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
-        print(json.dumps(measure(args.batches)))
+        figures = measure(args.batches, args.message_size)
+        print(json.dumps({"message_size": args.message_size, "figures": figures}))
         return 0
     trees = {"B": str(Path(args.b_tree).resolve())}
     if args.a_tree:
@@ -215,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict[str, float]]] = {side: [] for side in trees}
     for round_ in range(1, args.rounds + 1):
         for side, tree in trees.items():
-            figures = run_tree(tree, args.batches)
+            figures = run_tree(tree, args.batches, args.message_size)
             print(
                 f"[hotpath] round {round_}/{args.rounds} {side}: {json.dumps(figures)}",
                 file=sys.stderr,
@@ -224,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             results[side].append(figures)
     for side, tree in trees.items():
         print(f"{side}: {tree}")
+    print(f"worker stages in messages of {args.message_size} events; figures per event")
     print(
         f"{'µs CPU per event':<18}"
         + "".join(f"{side + ' (median)':>14}" for side in trees)

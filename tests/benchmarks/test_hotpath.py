@@ -14,18 +14,38 @@ from tests.conftest import ROOT
 pytestmark = [pytest.mark.slow]
 
 
-def test_it_measures_every_stage_of_two_trees_side_by_side() -> None:
+def hotpath(*args: str) -> subprocess.CompletedProcess[str]:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("CLOUDSCALE_", "DATABASE_URL", "DJANGO_"))
     }
-    done = subprocess.run(
-        [sys.executable, "benchmarks/hotpath.py", "--a-tree", ".", "--b-tree", ".", "--rounds", "1", "--batches", "1"],
+    return subprocess.run(
+        [sys.executable, "benchmarks/hotpath.py", "--rounds", "1", "--batches", "1", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
 
+
+def rows_of(stdout: str) -> dict[str, list[str]]:
+    return {line.split()[0]: line.split()[1:] for line in stdout.splitlines() if line.split()}
+
+
+def test_it_measures_every_stage_of_two_trees_side_by_side() -> None:
+    done = hotpath("--a-tree", ".", "--b-tree", ".")
+
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines() if line.split()}
+    assert "in messages of 500 events" in done.stdout
+    rows = rows_of(done.stdout)
     for stage in STAGES:
         a, b, ratio = (float(value) for value in rows[stage])
         assert a > 0 and b > 0, (stage, rows[stage])
         assert ratio == pytest.approx(b / a, rel=0.05, abs=0.02)  # the table rounds each figure
+
+
+def test_it_measures_the_worker_stages_in_smaller_messages() -> None:
+    """Single events reach the worker a few per message: the per-message share shows at that size."""
+    done = hotpath("--message-size", "4")
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "in messages of 4 events" in done.stdout
+    # The stages ran: one figure each (a single tree has no B/A column).
+    rows = rows_of(done.stdout)
+    assert all(len(rows[stage]) == 1 and float(rows[stage][0]) > 0 for stage in STAGES), rows

@@ -288,6 +288,21 @@ class BatchOutcome:
         }
 
 
+class StoredThenFailed(Exception):
+    """The store wrote every event of the run, then a step after it failed.
+
+    The events are stored, so they must never also become dead letters: the ledger would count
+    them twice (stored and dead-lettered) and show a negative `pending`. Like a store's partial
+    write, the pipeline counts them as stored and retries the steps after the store; `__cause__`
+    is the step's error.
+    """
+
+    def __init__(self, *, stored_ids: set[str], existing_ids: set[str], cause: BaseException) -> None:
+        super().__init__(f"stored, then a step after the store failed: {_describe(cause)}")
+        self.stored_ids = stored_ids
+        self.existing_ids = existing_ids
+
+
 def _run_steps(*, pipeline: Pipeline, tenant: str, events: list[Event]) -> set[str]:
     """decode is done; fraud → scoring → store → actions. Returns the ids newly stored."""
     if not events:
@@ -298,8 +313,11 @@ def _run_steps(*, pipeline: Pipeline, tenant: str, events: list[Event]) -> set[s
         new_ids = pipeline.store.write_many(events)
     # Actions get every event, not only new ones: a redelivery after a crash between the store
     # write and the actions must still schedule them (the step is idempotent per event).
-    for step in pipeline.after_store:
-        step(tenant=tenant, events=events)
+    try:
+        _after_store(pipeline=pipeline, tenant=tenant, events=events)
+    except Exception as exc:
+        existing = {event["event_id"] for event in events} - new_ids
+        raise StoredThenFailed(stored_ids=new_ids, existing_ids=existing, cause=exc) from exc
     return new_ids
 
 
@@ -383,8 +401,9 @@ def batch_process(*, message: BatchMessage, attempt: int, pipeline: Pipeline) ->
     try:
         new_ids = _run_steps(pipeline=pipeline, tenant=message.tenant, events=decoded.events)
     except Exception as exc:
-        # A store that gave up part-way (Cosmos PartialWrite) names what it did store. Those are
-        # counted as stored now (a retry will find them already there) and never dead-lettered.
+        # A store that gave up part-way (Cosmos PartialWrite) names what it did store, and so does
+        # a run that failed after the store (StoredThenFailed). Those are counted as stored now (a
+        # retry will find them already there) and never dead-lettered.
         written_now = set(getattr(exc, "stored_ids", ()))
         found_stored = set(getattr(exc, "existing_ids", ())) - written_now
         stored_events = [e for e in decoded.events if e["event_id"] in written_now]
@@ -406,7 +425,11 @@ def batch_process(*, message: BatchMessage, attempt: int, pipeline: Pipeline) ->
                 message=message, events=decoded.events, countdown=countdown, cause=_describe(exc)
             ) from exc
         duplicate_events = [e for e in decoded.events if e["event_id"] in found_stored]
-        _finish_written(pipeline=pipeline, tenant=message.tenant, events=stored_events + duplicate_events)
+        if _soft_limited(exc):
+            # Near the hard limit: the after-store steps are not run again (they are what ran out).
+            logger.error("soft time limit: after-store steps given up for tenant %s", message.tenant)
+        else:
+            _finish_written(pipeline=pipeline, tenant=message.tenant, events=stored_events + duplicate_events)
         new_ids = _finish_exhausted(
             message=message,
             pipeline=pipeline,
@@ -436,14 +459,43 @@ def batch_process(*, message: BatchMessage, attempt: int, pipeline: Pipeline) ->
 
 
 def _finish_written(*, pipeline: Pipeline, tenant: str, events: list[Event]) -> None:
-    """Run the after-store steps for events a failed write did store, as far as they go."""
+    """Last attempt: run the after-store steps for the events that are stored, as far as they go.
+
+    Stored events are never dead letters (the ledger would count them twice), so what still fails
+    here is only logged. When the batch fails as a whole each event is tried alone, so one bad
+    event does not take the scheduled actions of the others with it.
+    """
     if not events:
         return
     try:
-        for step in pipeline.after_store:
-            step(tenant=tenant, events=events)
+        _after_store(pipeline=pipeline, tenant=tenant, events=events)
+        return
+    except SoftTimeLimitExceeded:
+        logger.exception("soft time limit reached in the after-store steps of tenant %s", tenant)
+        return
     except Exception:
-        logger.exception("after-store steps failed for %d stored event(s) of tenant %s", len(events), tenant)
+        if len(events) == 1:
+            logger.exception("after-store steps gave up on a stored event of tenant %s", tenant)
+            return
+    for event in events:
+        try:
+            _after_store(pipeline=pipeline, tenant=tenant, events=[event])
+        except SoftTimeLimitExceeded:
+            logger.exception("soft time limit reached in the after-store steps of tenant %s", tenant)
+            return
+        except Exception:
+            logger.exception(
+                "after-store steps gave up on stored event %s of tenant %s", event["event_id"], tenant
+            )
+
+
+def _soft_limited(exc: BaseException) -> bool:
+    return isinstance(exc, SoftTimeLimitExceeded) or isinstance(exc.__cause__, SoftTimeLimitExceeded)
+
+
+def _after_store(*, pipeline: Pipeline, tenant: str, events: list[Event]) -> None:
+    for step in pipeline.after_store:
+        step(tenant=tenant, events=events)
 
 
 def _finish_exhausted(
@@ -476,13 +528,17 @@ def _finish_exhausted(
         for index, event in enumerate(events):
             try:
                 stored = _run_steps(pipeline=pipeline, tenant=message.tenant, events=[event])
+            except StoredThenFailed as exc:
+                # Stored: counted so, never a dead letter too; its later steps are given up.
+                logger.error("event of tenant %s stored, its later steps given up: %s", message.tenant, exc)
+                new_ids |= exc.stored_ids
+                if not exc.stored_ids:
+                    duplicates.append(event)
+                if isinstance(exc.__cause__, SoftTimeLimitExceeded):
+                    failed += _split_stopped(message, events[index + 1 :], exc.__cause__)
+                    break
             except SoftTimeLimitExceeded as exc:
-                logger.error(
-                    "soft time limit reached while retrying %d event(s) of tenant %s one at a time",
-                    len(events) - index,
-                    message.tenant,
-                )
-                failed += [(rest, exc) for rest in events[index:]]
+                failed += _split_stopped(message, events[index:], exc)
                 break
             except Exception as exc:
                 failed.append((event, exc))
@@ -510,6 +566,17 @@ def _finish_exhausted(
         _count(OUTCOME_DEAD_LETTERED, [e for e, _ in failed]) + _count(OUTCOME_DUPLICATE, duplicates),
     )
     return new_ids
+
+
+def _split_stopped(
+    message: BatchMessage, rest: list[Event], exc: SoftTimeLimitExceeded
+) -> list[tuple[Event, BaseException]]:
+    logger.error(
+        "soft time limit reached while retrying %d event(s) of tenant %s one at a time",
+        len(rest),
+        message.tenant,
+    )
+    return [(event, exc) for event in rest]
 
 
 def _reject_message(*, args: Sequence[Any], kwargs: Mapping[str, Any], exc: MessageRejected) -> BatchOutcome:

@@ -16,9 +16,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings as django_settings
 from pytest_django.fixtures import Settings as SettingsWrapper
 
-from cloudscale_project.timeutil import isoformat_z, utcnow
+from cloudscale_project.timeutil import isoformat_z, parse_iso, utcnow
 from events.deadletters import deadletter_requeue
 from events.deliveries import delivery_started
+from events.ledger import ledger_record, ledger_report
 from events.models import DeadLetter, StoredEvent
 from events.pipeline import (
     Pipeline,
@@ -416,6 +417,80 @@ def test_a_store_that_gives_up_part_way_gets_its_stored_events_counted_once_and_
     assert (
         platform_counter("cloudscale_events_processed_total", event_type="page_view", outcome="stored") == 1
     )
+
+
+def balanced_ledger(events: Sequence[Event]) -> dict[str, int]:
+    """The ledger's totals once the API has counted `events` as accepted (docs/api.md, "Loss ledger")."""
+    received_at = parse_iso(events[0]["received_at"])
+    ledger_record(tenant="acme", received_at=received_at, counts={"accepted": len(events)})
+    report = ledger_report(
+        tenant="acme", since=received_at - timedelta(hours=1), until=received_at + timedelta(hours=1)
+    )
+    return cast(dict[str, int], report["totals"])
+
+
+def failing_for(*bad_ids: str) -> Any:
+    """An after-store step that fails whenever its batch holds one of `bad_ids`; records the rest."""
+    done: list[str] = []
+
+    def actions(*, tenant: str, events: Sequence[Event]) -> None:
+        ids = [e["event_id"] for e in events]
+        if set(ids) & set(bad_ids):
+            raise RuntimeError("scheduled actions failed")
+        done.extend(ids)
+
+    actions.done = done  # type: ignore[attr-defined]
+    return actions
+
+
+def test_an_event_stored_before_a_later_step_failed_is_counted_stored_and_never_dead_lettered() -> None:
+    """Dead-lettering it too would count it twice in the ledger: pending would go negative."""
+    event = enriched_event()
+    actions = failing_for(event["event_id"])
+    outcome, countdowns = run_like_the_task(
+        batch_kwargs("acme", [event]), orm_pipeline(after_store=(actions,))
+    )
+
+    assert len(countdowns) == django_settings.PROCESS_MAX_ATTEMPTS - 1  # the later step was retried
+    assert stored_ids() == [event["event_id"]] and not DeadLetter.objects.exists()
+    assert outcome.dead_lettered == 0
+    assert (
+        platform_counter("cloudscale_events_processed_total", event_type="page_view", outcome="stored") == 1
+    )
+    totals = balanced_ledger([event])
+    assert (totals["accepted"], totals["stored"], totals["dead_lettered"], totals["pending"]) == (1, 1, 0, 0)
+
+
+def test_one_event_whose_later_step_fails_does_not_take_the_others_actions_with_it() -> None:
+    good, bad, other = enriched_event(), enriched_event(), enriched_event()
+    actions = failing_for(bad["event_id"])
+    run_like_the_task(batch_kwargs("acme", [good, bad, other]), orm_pipeline(after_store=(actions,)))
+
+    assert stored_ids() == sorted(e["event_id"] for e in (good, bad, other))
+    assert sorted(actions.done) == sorted([good["event_id"], other["event_id"]])
+    assert not DeadLetter.objects.exists()
+    assert balanced_ledger([good, bad, other])["pending"] == 0
+
+
+def test_the_last_attempt_s_split_counts_an_event_stored_before_its_later_step_failed() -> None:
+    """A step before the store fails the batch (one bad event); tried alone, the bad event is a
+    dead letter and an event whose scheduled actions fail alone is stored, not dead-lettered too."""
+    good, bad, unlucky = enriched_event(), enriched_event(), enriched_event()
+
+    def fraud(*, tenant: str, events: Sequence[Event]) -> None:
+        if any(e["event_id"] == bad["event_id"] for e in events):
+            raise ValueError("a rule cannot judge this event")
+
+    outcome, _ = run_like_the_task(
+        batch_kwargs("acme", [good, bad, unlucky]),
+        orm_pipeline(before_store=(fraud,), after_store=(failing_for(unlucky["event_id"]),)),
+    )
+
+    assert stored_ids() == sorted([good["event_id"], unlucky["event_id"]])
+    assert DeadLetter.objects.get().event_id == bad["event_id"]
+    assert sorted(outcome.stored) == sorted([good["event_id"], unlucky["event_id"]])
+    totals = balanced_ledger([good, bad, unlucky])
+    assert (totals["stored"], totals["dead_lettered"], totals["pending"]) == (2, 1, 0)
 
 
 def test_it_stores_a_name_outside_the_catalog_only_when_the_api_marked_it_custom() -> None:

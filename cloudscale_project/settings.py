@@ -240,6 +240,12 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CLOUDSCALE_TASK_EVENTS", not _SERVICE_BUS)
 CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Celery's Django fixup closes every database connection before and after each task unless this is
+# set: a new connection per message, on PostgreSQL a new server process each time. With it the
+# fixup closes them only every this many tasks; between, tasks follow Django's own rules as requests
+# do (CONN_MAX_AGE, CONN_HEALTH_CHECKS, a connection left broken by an error), applied around every
+# task by cloudscale_project/celery.py. docs/decisions.md, "Database connections in workers".
+CELERY_DB_REUSE_MAX = 100_000
 CELERY_BEAT_SCHEDULE_FILENAME = str(STATE_DIR / "celerybeat-schedule")
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
 if BROKER_SCHEME in {"redis", "rediss"}:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +11,8 @@ from typing import Any
 
 from celery import shared_task
 from celery.contrib.testing.worker import start_worker
+from django.db import connection
+from django.db.backends.signals import connection_created
 from django.test import override_settings
 
 from cloudscale_project.celery import app
@@ -27,6 +30,24 @@ def sleep(*, seconds: float) -> None:
 def log_line(*, message: str) -> None:
     """Logs one line from inside a task, to see what a worker's log lines carry."""
     logger.info(message, extra={"tenant": "acme", "event_type": "page_view"})
+
+
+_opened = {"connections": 0}
+
+
+def _count_connection(**_: Any) -> None:
+    _opened["connections"] += 1
+
+
+connection_created.connect(_count_connection, weak=False, dispatch_uid="tests-count-db-connections")
+
+
+@shared_task(name="tests.db_connections", ignore_result=True)
+def db_connections(*, marker: str) -> None:
+    """Uses the database, then logs how many connections this process has opened so far."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    logger.info("%s opened=%d pid=%d", marker, _opened["connections"], os.getpid())
 
 
 @contextmanager

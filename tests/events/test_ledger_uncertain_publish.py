@@ -38,47 +38,35 @@ from events.dedup import RESERVATION_SECONDS, seen_key
 from events.tasks import process_batch
 from tests.conftest import Actor
 from tests.events.pipeline_support import take_one_message
+from tests.netutil import TcpProxy
 
 pytestmark = [pytest.mark.django_db]
 
 BATCH = 20
 
 
-class DyingServerProxy:
+class DyingServerProxy(TcpProxy):
     """TCP proxy to the embedded Redis that "SIGKILLs the server" right after it answered the first
     EXEC of a MULTI that carried an LPUSH: the answer is swallowed, every connection is closed, and
     new ones are closed at once until `restart()` (the server coming back from its AOF)."""
 
     def __init__(self, *, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
         self.stays_down = True  # False: back at once, within kombu's publish retries
         self.killed = threading.Event()
         self.down = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.listener.getsockname()[1]
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
         self.direct: redis.Redis | None = None
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(upstream_port=upstream_port)
 
     def restart(self) -> None:
         self.down.clear()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.down.is_set():
-                client.close()  # connection refused, as far as a client can tell
-                continue
-            server = socket.create_connection(("127.0.0.1", self.upstream_port))
-            armed = threading.Event()  # this connection sent a publish's MULTI
-            with self._lock:
-                self._sockets += [client, server]
-            threading.Thread(target=self._requests, args=(client, server, armed), daemon=True).start()
-            threading.Thread(target=self._replies, args=(server, client, armed), daemon=True).start()
+    def refusing(self) -> bool:
+        return self.down.is_set()
+
+    def connected(self, client: socket.socket, server: socket.socket) -> None:
+        armed = threading.Event()  # this connection sent a publish's MULTI
+        threading.Thread(target=self._requests, args=(client, server, armed), daemon=True).start()
+        threading.Thread(target=self._replies, args=(server, client, armed), daemon=True).start()
 
     def _requests(self, source: socket.socket, target: socket.socket, armed: threading.Event) -> None:
         while True:
@@ -119,16 +107,7 @@ class DyingServerProxy:
     def _kill(self) -> None:
         if self.stays_down:
             self.down.set()
-        with self._lock:
-            sockets, self._sockets = self._sockets, []
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def close(self) -> None:
-        self.listener.close()
-        self._kill()
+        self.close_all()
 
 
 @pytest.fixture

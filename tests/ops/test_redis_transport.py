@@ -25,6 +25,7 @@ from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 
 from cloudscale_project.celery import app
 from ops.redis_transport import UNDECODABLE_KEY, Transport
+from tests.netutil import TcpProxy
 
 pytestmark = [pytest.mark.core]
 
@@ -33,29 +34,18 @@ SCRATCH_DB = 7
 VISIBILITY_TIMEOUT_SECONDS = 1
 
 
-class ReplyCuttingProxy:
+class ReplyCuttingProxy(TcpProxy):
     """TCP proxy to a Redis server that "kills the server" right after it answered with `marker`:
     the reply is swallowed and both connections are closed."""
 
     def __init__(self, *, upstream_port: int, marker: bytes) -> None:
-        self.upstream_port = upstream_port
         self.marker = marker
         self.cut = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.listener.getsockname()[1]
-        self._sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(upstream_port=upstream_port)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.upstream_port))
-            self._sockets += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+    def connected(self, client: socket.socket, server: socket.socket) -> None:
+        threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+        threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
 
     def _pump(self, source: socket.socket, target: socket.socket, replies: bool) -> None:
         tail = b""
@@ -78,12 +68,6 @@ class ReplyCuttingProxy:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
-
-    def close(self) -> None:
-        self.listener.close()
-        for sock in self._sockets:
-            with contextlib.suppress(OSError):
-                sock.close()
 
 
 def _url(port: int) -> str:

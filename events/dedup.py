@@ -12,8 +12,9 @@ publish may still fail, so calling the repeat a duplicate could acknowledge an e
 reaches the broker; the repeat is refused with a 503 instead, until the reservation is confirmed
 or expires (found by the fault suite, tests/faults/).
 
-A request's reservation is one server-side Lua call (`_RESERVE_SCRIPT`): per id a SET NX and,
-when that loses, a GET, answered with one digit per id. It was a pipeline of two commands per id
+A request's reservation is one server-side Lua call (`_RESERVE_SCRIPT`; one call for all the
+requests of a group commit): per id a SET NX and, when that loses, a GET, answered with one digit
+per id. It was a pipeline of two commands per id
 (1,000 for a batch of 500), and redis-py packing those commands and parsing their replies was about
 40 % of the batched API's CPU (docs/decisions.md, "Dedup reservation in one call"). The keys go to
 the script as KEYS, never built inside it, so a proxy or cluster client can route the call; on a
@@ -79,23 +80,39 @@ def seen_key(tenant: str, event_id: str) -> str:
 def reserve_event_ids(*, tenant: str, event_ids: Sequence[str]) -> list[Claim]:
     """The claim of each id, by position. An id repeated within `event_ids` is a duplicate after
     its first position (unless the first is in flight elsewhere: then it is in flight too)."""
-    unique = list(dict.fromkeys(event_ids))
-    if not unique:
-        return []
-    client = _client()
-    # Registered per call (a SHA-1 of a short text): the client can change under a test
-    # (`state_redis.cache_clear()`), and a NOSCRIPT after a server restart is answered by
-    # redis-py's Script loading the text and retrying.
-    script = client.register_script(_RESERVE_SCRIPT)
-    reply = script(keys=[seen_key(tenant, event_id) for event_id in unique], args=_RESERVE_ARGS)
-    claims = {event_id: _CLAIMS[digit] for event_id, digit in zip(unique, reply, strict=True)}
-    out: list[Claim] = []
-    seen: set[str] = set()
-    for event_id in event_ids:
-        claim = claims[event_id]
-        out.append(Claim.DUPLICATE if event_id in seen and claim is Claim.NEW else claim)
-        seen.add(event_id)
-    return out
+    return reserve_event_id_lists(tenant=tenant, id_lists=[event_ids])[0]
+
+
+def reserve_event_id_lists(*, tenant: str, id_lists: Sequence[Sequence[str]]) -> list[list[Claim]]:
+    """The claims of several requests' ids (a group commit's members) in one script call.
+
+    Each list is claimed as `reserve_event_ids` claims one request's ids, in order: an id that an
+    earlier list of the call reserved is in flight for a later one, exactly as if the two
+    requests had made their own calls one after the other.
+    """
+    uniques = [list(dict.fromkeys(event_ids)) for event_ids in id_lists]
+    keys = [seen_key(tenant, event_id) for unique in uniques for event_id in unique]
+    reply = b""
+    if keys:
+        client = _client()
+        # Registered per call (a SHA-1 of a short text): the client can change under a test
+        # (`state_redis.cache_clear()`), and a NOSCRIPT after a server restart is answered by
+        # redis-py's Script loading the text and retrying.
+        reply = client.register_script(_RESERVE_SCRIPT)(keys=keys, args=_RESERVE_ARGS)
+    claims_by_list: list[list[Claim]] = []
+    offset = 0
+    for event_ids, unique in zip(id_lists, uniques, strict=True):
+        digits = reply[offset : offset + len(unique)]
+        offset += len(unique)
+        claims = {event_id: _CLAIMS[digit] for event_id, digit in zip(unique, digits, strict=True)}
+        out: list[Claim] = []
+        seen: set[str] = set()
+        for event_id in event_ids:
+            claim = claims[event_id]
+            out.append(Claim.DUPLICATE if event_id in seen and claim is Claim.NEW else claim)
+            seen.add(event_id)
+        claims_by_list.append(out)
+    return claims_by_list
 
 
 def confirm_event_ids(

@@ -25,10 +25,10 @@ from cloudscale_project.errors import (
 )
 from cloudscale_project.metrics import EVENTS_INGESTED, INGESTION_DURATION
 from cloudscale_project.state import STATE_ERRORS
-from events.dedup import RESERVATION_SECONDS, Claim, release_event_ids, reserve_event_ids
+from events.dedup import RESERVATION_SECONDS, Claim, release_event_ids, reserve_event_id_lists
 from events.enrichment import enrich_event
-from events.ledger import Commit, late_commits, ledger_commit, ledger_record
-from events.publishing import expecting_publish, publish_events, split_for_broker
+from events.ledger import Commit, late_commits, ledger_commit_all, ledger_record
+from events.publishing import GroupCommitter, events_size, groupable, publish_events, split_for_broker
 from events.schemas import metric_event_type, validate_event
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def _oversized(raw: Any) -> bool:
 
 def ingest_events(*, raw_events: list[Any], context: RequestContext, body_bytes: int) -> Receipts:
     """Validate, enrich, dedup and publish a request's events; raise BrokerUnavailable on a failed publish."""
-    with expecting_publish(tenant=context.tenant, events=len(raw_events)):
+    with _groups.expecting(context.tenant, len(raw_events)):
         return _ingest_events(raw_events=raw_events, context=context, body_bytes=body_bytes)
 
 
@@ -131,37 +131,119 @@ def ingest_enriched(
     carried. The native endpoints and the SDK-compatible ones (compat/) share this path, so both give
     the same receipts, ledger counts and 503s.
     """
-    with expecting_publish(tenant=context.tenant, events=len(enriched)):
+    with _groups.expecting(context.tenant, len(enriched)):
         return _ingest_enriched(enriched=enriched, receipts=receipts, context=context, total=total)
+
+
+@dataclass(eq=False)
+class _Request:
+    """One request's share of a flush: its events, and what the flush decided for them."""
+
+    context: RequestContext
+    receipts: Receipts
+    enriched: list[tuple[int, dict[str, Any]]]
+    total: int
+    published: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _ingest_enriched(
     *, enriched: list[tuple[int, dict[str, Any]]], receipts: Receipts, context: RequestContext, total: int
 ) -> Receipts:
-    try:
-        claims = reserve_event_ids(tenant=context.tenant, event_ids=[e["event_id"] for _, e in enriched])
-    except STATE_ERRORS as exc:
-        _count_failed(context, total)
-        raise BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS) from exc
-    to_publish: list[dict[str, Any]] = []
-    for (index, event), claim in zip(enriched, claims, strict=True):
-        if claim is Claim.NEW:
-            receipts.accepted.append((index, event["event_id"]))
-            to_publish.append(event)
-        elif claim is Claim.DUPLICATE:
-            receipts.duplicates.append((index, event["event_id"]))
-    if Claim.IN_FLIGHT in claims:
-        # An event of this request is being published by another one, whose publish may still
-        # fail: neither "accepted" nor "duplicate" would be true yet. Refuse the request; its retry
-        # is answered once that publish is confirmed or its reservation has expired.
-        _release(context, receipts.event_ids)
-        _count_failed(context, total)
-        raise BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS)
-
-    published = _publish_in_messages(context, receipts, to_publish, total=total)
-    _commit(context, receipts, published)
-    _count(context, receipts, published)
+    request = _Request(context=context, receipts=receipts, enriched=enriched, total=total)
+    events = [event for _, event in enriched]
+    if groupable(events):
+        # Concurrent small requests of the tenant share one reservation call, one message and one
+        # commit call (`_flush`): each still gets its own receipts, 503 and ledger counts.
+        _groups.submit(tenant=context.tenant, member=request, events=len(events), size=events_size(events))
+    else:
+        outcome = _flush(context.tenant, [request])[0]
+        if outcome is not None:
+            raise outcome
+    _count(context, receipts, request.published)
     return receipts
+
+
+def _flush(tenant: str, requests: list[_Request]) -> list[BaseException | None]:
+    """Reserve, publish, confirm and count the events of one or more requests of `tenant`.
+
+    The outcome of each request, by position: None when it is answered (its receipts filled and
+    true), else the BrokerUnavailable to answer it with. Every request's ids are reserved in one
+    call, its accepted events published in one message with the others' (a lone request may need
+    several, `_publish_in_messages`), and all requests confirmed and counted in one call.
+    """
+    outcomes: list[BaseException | None] = [None] * len(requests)
+    try:
+        claims = reserve_event_id_lists(
+            tenant=tenant, id_lists=[[event["event_id"] for _, event in r.enriched] for r in requests]
+        )
+    except STATE_ERRORS as exc:
+        for position, request in enumerate(requests):
+            _count_failed(request.context, request.total)
+            outcomes[position] = _unavailable(exc)
+        return outcomes
+
+    live: dict[int, _Request] = {}  # by position in `requests`
+    unreserve: list[str] = []
+    for position, (request, request_claims) in enumerate(zip(requests, claims, strict=True)):
+        for (index, event), claim in zip(request.enriched, request_claims, strict=True):
+            if claim is Claim.NEW:
+                request.receipts.accepted.append((index, event["event_id"]))
+                request.published.append(event)
+            elif claim is Claim.DUPLICATE:
+                request.receipts.duplicates.append((index, event["event_id"]))
+        if Claim.IN_FLIGHT in request_claims:
+            # An event of this request is being published by another one, whose publish may still
+            # fail: neither "accepted" nor "duplicate" would be true yet. Refuse the request; its
+            # retry is answered once that publish is confirmed or its reservation has expired.
+            unreserve += request.receipts.event_ids
+            request.published = []
+            _count_failed(request.context, request.total)
+            outcomes[position] = _unavailable()
+        else:
+            live[position] = request
+    if unreserve:
+        _release(tenant, unreserve)
+
+    try:
+        _publish(tenant, list(live.values()))
+    except BrokerUnavailable:
+        for position in live:
+            outcomes[position] = _unavailable()
+        return outcomes
+    _commit(tenant, live, outcomes)
+    return outcomes
+
+
+def _unavailable(cause: BaseException | None = None) -> BrokerUnavailable:
+    """A request's 503 (one instance per request: threads must not raise one object together)."""
+    error = BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS)
+    error.__cause__ = cause
+    return error
+
+
+def _publish(tenant: str, requests: list[_Request]) -> None:
+    """Publish the accepted events of `requests`; BrokerUnavailable when none could be.
+
+    A lone request goes through `_publish_in_messages` (a large one may need several messages).
+    A group fits one message by construction: if it fails, every member's ids are released and
+    every member is refused.
+    """
+    if len(requests) == 1:
+        request = requests[0]
+        request.published = _publish_in_messages(
+            request.context, request.receipts, request.published, total=request.total
+        )
+        return
+    events = [event for request in requests for event in request.published]
+    if not events:
+        return
+    try:
+        publish_events(tenant=tenant, events=events, correlation_id=requests[0].context.correlation_id)
+    except BrokerUnavailable:
+        _release(tenant, [event["event_id"] for event in events])
+        for request in requests:
+            _count_failed(request.context, request.total)
+        raise
 
 
 def _publish_in_messages(
@@ -180,7 +262,7 @@ def _publish_in_messages(
             publish_events(tenant=context.tenant, events=chunk, correlation_id=context.correlation_id)
         except BrokerUnavailable:
             unpublished = [event for later in chunks[position:] for event in later]
-            _release(context, [event["event_id"] for event in unpublished])
+            _release(context.tenant, [event["event_id"] for event in unpublished])
             if not published:
                 _count_failed(context, total)
                 raise
@@ -202,16 +284,16 @@ def _reject_unpublished(receipts: Receipts, unpublished: set[str]) -> None:
     receipts.rejected.sort(key=lambda item: item[0])
 
 
-def _release(context: RequestContext, event_ids: list[str]) -> None:
-    """Forget this request's reservations. When Redis is away too (on the embedded stack it is
-    the broker) they stay until they expire; until then a retry is refused as in flight, never
-    called a duplicate, and the request still gets its 503 rather than a 500."""
+def _release(tenant: str, event_ids: list[str]) -> None:
+    """Forget reservations that will not be published. When Redis is away too (on the embedded
+    stack it is the broker) they stay until they expire; until then a retry is refused as in
+    flight, never called a duplicate, and the request still gets its 503 rather than a 500."""
     try:
-        release_event_ids(tenant=context.tenant, event_ids=event_ids)
+        release_event_ids(tenant=tenant, event_ids=event_ids)
     except STATE_ERRORS:
         logger.warning(
             "could not release %d reserved event id(s) of %s; they expire in %d s",
-            len(event_ids), context.tenant, RESERVATION_SECONDS,
+            len(event_ids), tenant, RESERVATION_SECONDS,
         )  # fmt: skip
 
 
@@ -223,32 +305,36 @@ def _count_failed(context: RequestContext, n: int) -> None:
         logger.warning("ledger unavailable while refusing %d event(s) of %s", n, context.tenant)
 
 
-def _commit(context: RequestContext, receipts: Receipts, published: list[dict[str, Any]]) -> None:
-    """Confirm the published ids and count the request in the ledger, in one atomic step.
+def _commit(tenant: str, live: dict[int, _Request], outcomes: list[BaseException | None]) -> None:
+    """Confirm the published ids and count the requests in the ledger, in one atomic step.
 
     If Redis went away right after the publish (on the embedded stack it is the broker), the
-    events are in the broker but neither confirmed nor counted. The commit is kept and written late
-    (`events.ledger.LateCommits`), so the hour still counts them as accepted when they are stored;
-    the request is answered 503 and its retry is refused as in flight until the late commit lands,
-    then answered `duplicate`. Found by the fault suite (tests/faults/).
+    events are in the broker but neither confirmed nor counted. The commits are kept and written
+    late (`events.ledger.LateCommits`), so the hour still counts them as accepted when they are
+    stored; the requests are answered 503 and their retries are refused as in flight until the
+    late commits land, then answered `duplicate`. Found by the fault suite (tests/faults/).
     """
-    commit = Commit(
-        tenant=context.tenant,
-        received_at=context.received_at,
-        published_ids=tuple(event["event_id"] for event in published),
-        duplicate=len(receipts.duplicates),
-        rejected=len(receipts.rejected),
-    )
+    commits = [
+        Commit(
+            tenant=tenant,
+            received_at=request.context.received_at,
+            published_ids=tuple(event["event_id"] for event in request.published),
+            duplicate=len(request.receipts.duplicates),
+            rejected=len(request.receipts.rejected),
+        )
+        for request in live.values()
+    ]
     try:
-        ledger_commit(commit)
+        ledger_commit_all(commits)
     except STATE_ERRORS as exc:
-        late_commits.add(commit)
+        for position, commit in zip(live, commits, strict=True):
+            late_commits.add(commit)
+            outcomes[position] = _unavailable(exc)
         logger.error(
             "published %d event(s) of %s but could not confirm or count them (kept to write late); "
             "answering 503: %s",
-            len(published), context.tenant, exc,
+            sum(len(commit.published_ids) for commit in commits), tenant, exc,
         )  # fmt: skip
-        raise BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS) from exc
 
 
 def _count(context: RequestContext, receipts: Receipts, published: list[dict[str, Any]]) -> None:
@@ -263,3 +349,7 @@ def _count(context: RequestContext, receipts: Receipts, published: list[dict[str
         len(receipts.accepted), len(receipts.duplicates), len(receipts.rejected), context.tenant,
         extra={"tenant": context.tenant, "event_type": ",".join(sorted(by_type)) or None},
     )  # fmt: skip
+
+
+# One per process: concurrent small requests of a tenant are flushed together.
+_groups: GroupCommitter[_Request] = GroupCommitter(_flush)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -83,27 +83,34 @@ def ledger_record(
         pipe.execute()
 
 
-# Confirms the published ids and counts the request, atomically. KEYS[1] is the ledger hour,
-# KEYS[2..] the ids' dedup keys. An id counts as accepted only if this call confirms it; one that
-# is already confirmed (a late commit and the client's retry both published it) counts as a
-# duplicate, so an event is accepted once however many requests carried it.
+# Confirms the published ids and counts the requests, atomically. ARGV[1] and ARGV[2] are the
+# dedup and ledger TTLs; then three values per request: how many ids it published, its duplicate
+# and its rejected events. KEYS hold per request its ledger hour, then its ids' dedup keys. An id
+# counts as accepted only if this call confirms it; one that is already confirmed (a late commit
+# and the client's retry both published it) counts as a duplicate, so an event is accepted once
+# however many requests carried it.
 _COMMIT_SCRIPT = """
-local accepted, repeated = 0, 0
-for i = 2, #KEYS do
-  if redis.call('GET', KEYS[i]) == '1' then repeated = repeated + 1 else accepted = accepted + 1 end
-  redis.call('SET', KEYS[i], '1', 'EX', ARGV[1])
+local k = 1
+for j = 3, #ARGV, 3 do
+  local hour, ids = KEYS[k], tonumber(ARGV[j])
+  local accepted, repeated = 0, 0
+  for i = k + 1, k + ids do
+    if redis.call('GET', KEYS[i]) == '1' then repeated = repeated + 1 else accepted = accepted + 1 end
+    redis.call('SET', KEYS[i], '1', 'EX', ARGV[1])
+  end
+  k = k + ids + 1
+  local duplicate = repeated + tonumber(ARGV[j + 1])
+  local rejected = tonumber(ARGV[j + 2])
+  local received = accepted + duplicate + rejected
+  if received > 0 then
+    redis.call('HINCRBY', hour, 'received', received)
+    if accepted > 0 then redis.call('HINCRBY', hour, 'accepted', accepted) end
+    if duplicate > 0 then redis.call('HINCRBY', hour, 'duplicate', duplicate) end
+    if rejected > 0 then redis.call('HINCRBY', hour, 'rejected', rejected) end
+    redis.call('EXPIRE', hour, ARGV[2])
+  end
 end
-local duplicate = repeated + tonumber(ARGV[3])
-local rejected = tonumber(ARGV[4])
-local received = accepted + duplicate + rejected
-if received > 0 then
-  redis.call('HINCRBY', KEYS[1], 'received', received)
-  if accepted > 0 then redis.call('HINCRBY', KEYS[1], 'accepted', accepted) end
-  if duplicate > 0 then redis.call('HINCRBY', KEYS[1], 'duplicate', duplicate) end
-  if rejected > 0 then redis.call('HINCRBY', KEYS[1], 'rejected', rejected) end
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-end
-return {accepted, repeated}
+return k - 1
 """
 
 
@@ -120,13 +127,21 @@ class Commit:
 
 def ledger_commit(commit: Commit) -> None:
     """Confirm the published ids (dedup) and count the request in the ledger, in one atomic step."""
-    keys = [_key(commit.tenant, hour_floor(commit.received_at))]
-    keys += [seen_key(commit.tenant, event_id) for event_id in commit.published_ids]
+    ledger_commit_all([commit])
+
+
+def ledger_commit_all(commits: Sequence[Commit]) -> None:
+    """`ledger_commit` for several requests (a group commit's members) in one script call."""
+    if not commits:
+        return
+    keys: list[str] = []
+    args: list[int] = [settings.DEDUP_WINDOW_SECONDS, _ttl_seconds()]
+    for commit in commits:
+        keys.append(_key(commit.tenant, hour_floor(commit.received_at)))
+        keys += [seen_key(commit.tenant, event_id) for event_id in commit.published_ids]
+        args += [len(commit.published_ids), commit.duplicate, commit.rejected]
     # EVALSHA (the script object loads it after a restart): not the script's text on every request.
-    _client().register_script(_COMMIT_SCRIPT)(
-        keys=keys,
-        args=[settings.DEDUP_WINDOW_SECONDS, _ttl_seconds(), commit.duplicate, commit.rejected],
-    )
+    _client().register_script(_COMMIT_SCRIPT)(keys=keys, args=args)
 
 
 class LateCommits:

@@ -12,9 +12,9 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 from django.conf import settings
@@ -61,39 +61,25 @@ _ENCODING_FACTOR = 4 / 3
 
 
 def publish_events(*, tenant: str, events: Sequence[dict[str, Any]], correlation_id: str) -> None:
-    """Durably publish the events in an `events.process_batch` message; BrokerUnavailable if not.
+    """Durably publish the events as one `events.process_batch` message; BrokerUnavailable if not.
 
-    Small publishes (single-event requests) of one tenant that are concurrent in this process share
-    one message: a group commit (`GroupCommitter`). Each caller still returns only once that message
-    is in the broker, and each gets the broker's error if it is not, so every 202 stays true; the
-    events keep their own ids, receipts and dedup reservations.
+    Small requests reach this already grouped: the API's group commit (`GroupCommitter`, used by
+    events/ingestion.py) publishes the events of concurrent requests of one tenant in one call.
     """
-    if not _groupable(events):
-        _publish_message(tenant=tenant, events=events, correlation_id=correlation_id)
-        return
-    _group_committer.publish(tenant=tenant, events=events, correlation_id=correlation_id)
+    _publish_message(tenant=tenant, events=events, correlation_id=correlation_id)
 
 
-def _few(events: int) -> bool:
+def few_enough_to_group(events: int) -> bool:
     """Few enough events to share a message, with the group commit on (large requests are a
     message of their own already)."""
     return settings.GROUP_COMMIT_LINGER_SECONDS > 0 and events <= settings.GROUP_COMMIT_MAX_EVENTS // 4
 
 
-def _groupable(events: Sequence[Any]) -> bool:
-    return _few(len(events)) and not (settings.BROKER_MAX_MESSAGE_BYTES and _size(events) > _budget() / 4)
-
-
-def expecting_publish(*, tenant: str, events: int) -> contextlib.AbstractContextManager[None]:
-    """Wrap a request's path to its publish: a group leader publishing meanwhile waits for it.
-
-    A request of more events than a group takes announces nothing (it will be a message of its
-    own); one that ends without publishing (rejected, duplicates, errors) stops being waited for
-    when the block ends. Not reentrant: one announcement per request.
-    """
-    if not _few(events):
-        return nullcontext()
-    return _group_committer.expecting(tenant)
+def groupable(events: Sequence[dict[str, Any]]) -> bool:
+    """Whether a request's events may join a group commit: few, and small next to a message."""
+    return few_enough_to_group(len(events)) and not (
+        settings.BROKER_MAX_MESSAGE_BYTES and events_size(events) > _budget() / 4
+    )
 
 
 def _publish_message(*, tenant: str, events: Sequence[dict[str, Any]], correlation_id: str) -> None:
@@ -128,29 +114,37 @@ def _summary(*, tenant: str, events: int, correlation_id: str) -> str:
     return f"{{'tenant': {tenant!r}, 'events': <{events} event(s)>, 'correlation_id': {correlation_id!r}}}"
 
 
-class _Group:
-    """The events of one tenant waiting to share a message, and the outcome every member waits for."""
+Member = TypeVar("Member")
+# The leader's work for a closed group: one outcome per member, in order (None: it succeeded).
+Flush = Callable[[str, list[Member]], Sequence[BaseException | None]]
 
-    def __init__(self, *, tenant: str, correlation_id: str) -> None:
+
+class _Group(Generic[Member]):
+    """The members of one tenant waiting to be flushed together, and their outcomes."""
+
+    def __init__(self, tenant: str) -> None:
         self.tenant = tenant
-        self.correlation_id = correlation_id  # the first member's: the message's own
-        self.events: list[dict[str, Any]] = []
+        self.members: list[Member] = []
+        self.events = 0
         self.bytes = 0
         self.full = False
         self.done = threading.Event()
+        self.outcomes: Sequence[BaseException | None] = ()
         self.error: BaseException | None = None
 
 
-class GroupCommitter:
-    """Coalesces concurrent small publishes of one process (gunicorn's threads) per tenant.
+class GroupCommitter(Generic[Member]):
+    """Coalesces concurrent small requests of one process (gunicorn's threads) per tenant.
 
     The first caller of a group leads; the others join it and wait for its outcome. The leader
-    publishes as soon as nothing more is coming: while requests of its tenant that announced a
-    publish (`expecting`) have not reached it yet, or while the tenant's previous message is still
-    being published, it waits for them, never longer than `GROUP_COMMIT_LINGER_SECONDS` and never
-    past a full group. So a lone request is published at once (no added latency when the API is
-    quiet) and a busy process sends one message per round of concurrent requests instead of one
-    per request: the group commit of databases' write-ahead logs. A message never holds more than
+    flushes the group (`flush`: for the API, reserve every member's ids, publish one message,
+    confirm and count them) as soon as nothing more is coming: while requests of its tenant that
+    announced themselves (`expecting`) have not reached it yet, or while the tenant's previous
+    group is still being flushed, it waits for them, never longer than
+    `GROUP_COMMIT_LINGER_SECONDS` and never past a full group. So a lone request is flushed at
+    once (no added latency when the API is quiet) and a busy process makes one message and one
+    round of shared-state calls per round of concurrent requests instead of one per request: the
+    group commit of databases' write-ahead logs. A group never holds more than
     `GROUP_COMMIT_MAX_EVENTS` events or the broker's size budget.
     """
 
@@ -158,18 +152,28 @@ class GroupCommitter:
     # the outcome (finally), so this only bounds a bug, far above any publish's retry time.
     MEMBER_WAIT_SECONDS = 60.0
 
-    def __init__(self) -> None:
+    def __init__(self, flush: Flush[Member]) -> None:
+        self._flush = flush
         self._changed = threading.Condition()
-        self._open: dict[str, _Group] = {}
-        self._pending: Counter[str] = Counter()  # announced, not yet publishing, by tenant
-        self._publishing: Counter[str] = Counter()  # messages being published, by tenant
+        self._open: dict[str, _Group[Member]] = {}
+        self._pending: Counter[str] = Counter()  # announced, not yet submitted, by tenant
+        self._flushing: Counter[str] = Counter()  # groups being flushed, by tenant
         self._waiting = 0  # leaders waiting for a change: only then is there anyone to notify
         self._local = threading.local()
 
+    def expecting(self, tenant: str, events: int) -> contextlib.AbstractContextManager[None]:
+        """Wrap a request's path to `submit`: a leader flushing meanwhile waits for it.
+
+        A request of more events than a group takes announces nothing (it will be flushed alone);
+        one that ends without submitting (errors) stops being waited for when the block ends.
+        Not reentrant: one announcement per request.
+        """
+        if not few_enough_to_group(events):
+            return nullcontext()
+        return self._expecting(tenant)
+
     @contextmanager
-    def expecting(self, tenant: str) -> Iterator[None]:
-        """Announce that this thread is about to publish a small request of `tenant`: a leader
-        publishing meanwhile waits (briefly) for it to join."""
+    def _expecting(self, tenant: str) -> Iterator[None]:
         with self._changed:
             self._pending[tenant] += 1
         self._local.pending = tenant
@@ -179,7 +183,7 @@ class GroupCommitter:
             self._arrived(tenant)
 
     def _arrived(self, tenant: str) -> None:
-        """This thread's announced publish arrived (or will never come): stop waiting for it."""
+        """This thread's announced request arrived (or will never come): stop waiting for it."""
         if getattr(self._local, "pending", None) != tenant:
             return
         self._local.pending = None
@@ -189,17 +193,19 @@ class GroupCommitter:
                 del self._pending[tenant]
             self._notify()
 
-    def publish(self, *, tenant: str, events: Sequence[dict[str, Any]], correlation_id: str) -> None:
+    def submit(self, *, tenant: str, member: Member, events: int, size: int) -> None:
+        """Flush `member` with whatever else of `tenant` is concurrent; raise its own failure."""
         self._arrived(tenant)
-        size = _size(events)
         with self._changed:
             group = self._open.get(tenant)
-            leader = group is None or not self._fits(group, len(events), size)
+            leader = group is None or not self._fits(group, events, size)
             if leader:
-                group = _Group(tenant=tenant, correlation_id=correlation_id)
+                group = _Group(tenant)
                 self._open[tenant] = group
             assert group is not None
-            group.events.extend(events)
+            position = len(group.members)
+            group.members.append(member)
+            group.events += events
             group.bytes += size
             if not self._fits(group, 1, 0):
                 group.full = True
@@ -210,23 +216,26 @@ class GroupCommitter:
             raise BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS)
         if group.error is not None:
             raise group.error
+        outcome = group.outcomes[position]
+        if outcome is not None:
+            raise outcome
 
     def _notify(self) -> None:
         """Wake the waiting leaders to look again (the caller holds the condition's lock)."""
         if self._waiting:
             self._changed.notify_all()
 
-    def _fits(self, group: _Group, events: int, size: int) -> bool:
+    def _fits(self, group: _Group[Member], events: int, size: int) -> bool:
         budget = _budget()
         within_bytes = budget <= 0 or group.bytes + size <= budget
-        return len(group.events) + events <= settings.GROUP_COMMIT_MAX_EVENTS and within_bytes
+        return group.events + events <= settings.GROUP_COMMIT_MAX_EVENTS and within_bytes
 
-    def _lead(self, group: _Group) -> None:
+    def _lead(self, group: _Group[Member]) -> None:
         tenant = group.tenant
         deadline = time.monotonic() + settings.GROUP_COMMIT_LINGER_SECONDS
         try:
             with self._changed:
-                while not group.full and (self._pending[tenant] > 0 or self._publishing[tenant] > 0):
+                while not group.full and (self._pending[tenant] > 0 or self._flushing[tenant] > 0):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
@@ -237,14 +246,14 @@ class GroupCommitter:
                         self._waiting -= 1
                 if self._open.get(tenant) is group:
                     del self._open[tenant]  # closed: later callers start a new group
-                self._publishing[tenant] += 1
+                self._flushing[tenant] += 1
             try:
-                _publish_message(tenant=tenant, events=group.events, correlation_id=group.correlation_id)
+                group.outcomes = self._flush(tenant, group.members)
             finally:
                 with self._changed:
-                    self._publishing[tenant] -= 1
-                    if self._publishing[tenant] <= 0:
-                        del self._publishing[tenant]
+                    self._flushing[tenant] -= 1
+                    if self._flushing[tenant] <= 0:
+                        del self._flushing[tenant]
                     self._notify()
         except BaseException as exc:  # every member must hear the outcome, whatever it is
             group.error = exc
@@ -258,7 +267,8 @@ def _event_size(event: dict[str, Any]) -> int:
     return len(orjson.dumps(event)) + 2
 
 
-def _size(events: Sequence[dict[str, Any]]) -> int:
+def events_size(events: Sequence[dict[str, Any]]) -> int:
+    """What the events add to a message body (for a group's size budget)."""
     return sum(_event_size(event) for event in events)
 
 
@@ -294,6 +304,3 @@ def split_for_broker(events: Sequence[dict[str, Any]], max_message_bytes: int) -
         chunks[-1].append(event)
         used += size
     return chunks
-
-
-_group_committer = GroupCommitter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -11,6 +12,8 @@ from django.test import Client
 
 import events.ingestion
 from cloudscale_project.errors import BrokerUnavailable
+from cloudscale_project.timeutil import utcnow
+from events.ingestion import Receipts, RequestContext, ingest_events
 from events.publishing import publish_events, split_for_broker
 from tests.conftest import Actor
 
@@ -85,16 +88,35 @@ def _queued_messages() -> list[dict[str, Any]]:
     return bodies
 
 
-def _publish_concurrently(count: int, *, tenant: str = "acme") -> list[BaseException | None]:
+def _context(i: int, tenant: str) -> RequestContext:
+    return RequestContext(
+        tenant=tenant, received_at=utcnow(), ip="127.0.0.1", user_agent="tests", correlation_id=f"c-{i}"
+    )
+
+
+def _ingest_one(
+    i: int, *, tenant: str = "acme", event_id: str | None = None, announced: bool = False
+) -> Receipts:
+    """One single-event request, as the API's view hands it to the ingestion service
+    (`announced`: the caller has announced it to the group commit already)."""
+    event = {**_event(i, pad=10), "event_id": event_id or f"e-{i}"}
+    ingest = events.ingestion._ingest_events if announced else ingest_events
+    return ingest(raw_events=[event], context=_context(i, tenant), body_bytes=200)
+
+
+def _ingest_concurrently(
+    count: int, *, tenant: str = "acme", event_ids: list[str] | None = None
+) -> list[Receipts | BaseException]:
+    """`count` single-event requests on as many threads, released together."""
     import threading
 
-    outcomes: list[BaseException | None] = [None] * count
+    outcomes: list[Receipts | BaseException] = [BaseException("never ran")] * count
     start = threading.Barrier(count)
 
     def one(i: int) -> None:
         start.wait()
         try:
-            publish_events(tenant=tenant, events=[_event(i, pad=10)], correlation_id=f"c-{i}")
+            outcomes[i] = _ingest_one(i, tenant=tenant, event_id=event_ids[i] if event_ids else None)
         except BaseException as exc:
             outcomes[i] = exc
 
@@ -106,25 +128,136 @@ def _publish_concurrently(count: int, *, tenant: str = "acme") -> list[BaseExcep
     return outcomes
 
 
+def _ledger_totals(tenant: str = "acme") -> dict[str, object]:
+    from events.ledger import ledger_report
+
+    now = utcnow()
+    report = ledger_report(tenant=tenant, since=now - timedelta(hours=2), until=now + timedelta(hours=1))
+    totals = report["totals"]
+    assert isinstance(totals, dict)
+    return totals
+
+
+def _accepted(outcome: Receipts | BaseException) -> list[str]:
+    assert isinstance(outcome, Receipts), outcome
+    return outcome.event_ids
+
+
 def test_concurrent_single_events_share_one_message_and_each_returns_once_it_is_published(
     settings: Any,
 ) -> None:
     settings.GROUP_COMMIT_LINGER_SECONDS = 0.2  # wide, so every thread joins the first group
 
-    outcomes = _publish_concurrently(20)
+    outcomes = _ingest_concurrently(20)
 
-    assert outcomes == [None] * 20
+    assert [_accepted(outcome) for outcome in outcomes] == [[f"e-{i}"] for i in range(20)]
     messages = _queued_messages()
     assert len(messages) < 20  # a group commit, not a message per event
     assert sorted(e["event_id"] for m in messages for e in m["events"]) == sorted(f"e-{i}" for i in range(20))
     assert {m["tenant"] for m in messages} == {"acme"}
+    totals = _ledger_totals()
+    assert (totals["received"], totals["accepted"]) == (20, 20)
+
+
+def test_a_group_reserves_and_confirms_its_requests_in_one_call_each(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The group's leader makes the shared-state calls for every member: one reservation call and
+    one commit call per message, not one of each per request."""
+    from events.dedup import reserve_event_id_lists
+    from events.ledger import ledger_commit_all
+
+    settings.GROUP_COMMIT_LINGER_SECONDS = 0.2
+    calls: dict[str, int] = {"reserve": 0, "commit": 0}
+
+    def counted_reserve(**kwargs: Any) -> Any:
+        calls["reserve"] += 1
+        return reserve_event_id_lists(**kwargs)
+
+    def counted_commit(commits: Any) -> None:
+        calls["commit"] += 1
+        ledger_commit_all(commits)
+
+    monkeypatch.setattr(events.ingestion, "reserve_event_id_lists", counted_reserve)
+    monkeypatch.setattr(events.ingestion, "ledger_commit_all", counted_commit)
+
+    outcomes = _ingest_concurrently(20)
+
+    assert all(isinstance(outcome, Receipts) for outcome in outcomes)
+    messages = len(_queued_messages())
+    assert messages < 20
+    assert calls == {"reserve": messages, "commit": messages}
+
+
+def test_one_id_in_two_requests_of_a_group_is_accepted_once_and_the_other_is_told_to_retry(
+    settings: Any,
+) -> None:
+    settings.GROUP_COMMIT_LINGER_SECONDS = 0.2
+    ids = ["same", "same", *[f"e-{i}" for i in range(2, 10)]]
+
+    outcomes = _ingest_concurrently(10, event_ids=ids)
+
+    first, second = outcomes[0], outcomes[1]
+    refused = [o for o in (first, second) if isinstance(o, BrokerUnavailable)]
+    answered = [o for o in (first, second) if isinstance(o, Receipts)]
+    assert len(refused) == 1 and len(answered) == 1  # in flight for one of them, whichever was second
+    assert answered[0].event_ids == ["same"]
+    assert [_accepted(o) for o in outcomes[2:]] == [[f"e-{i}"] for i in range(2, 10)]
+    stored = sorted(e["event_id"] for m in _queued_messages() for e in m["events"])
+    assert stored == sorted(["same", *ids[2:]])
+    totals = _ledger_totals()
+    assert (totals["received"], totals["accepted"], totals["rejected"]) == (10, 9, 1)
+
+    retry = _ingest_one(99, event_id="same")  # the refused request's retry
+    assert (retry.event_ids, [event_id for _, event_id in retry.duplicates]) == ([], ["same"])
+
+
+def test_a_duplicate_in_a_group_gets_its_receipt_and_the_others_are_published(settings: Any) -> None:
+    settings.GROUP_COMMIT_LINGER_SECONDS = 0.2
+    _ingest_one(0, event_id="seen-before")
+    _queued_messages()  # drain
+
+    outcomes = _ingest_concurrently(6, event_ids=["seen-before", *[f"e-{i}" for i in range(1, 6)]])
+
+    first = outcomes[0]
+    assert isinstance(first, Receipts)
+    assert (first.event_ids, [event_id for _, event_id in first.duplicates]) == ([], ["seen-before"])
+    assert [_accepted(o) for o in outcomes[1:]] == [[f"e-{i}"] for i in range(1, 6)]
+    assert sorted(e["event_id"] for m in _queued_messages() for e in m["events"]) == [
+        f"e-{i}" for i in range(1, 6)
+    ]
+    totals = _ledger_totals()
+    assert (totals["received"], totals["accepted"], totals["duplicate"]) == (7, 6, 1)
+
+
+def test_a_group_whose_commit_fails_is_answered_503_and_counted_late(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+
+    from events.ledger import late_commits
+
+    settings.GROUP_COMMIT_LINGER_SECONDS = 0.2
+
+    def state_lost(commits: Any) -> None:
+        raise redis.ConnectionError("gone after the publish")
+
+    monkeypatch.setattr(events.ingestion, "ledger_commit_all", state_lost)
+    outcomes = _ingest_concurrently(8)
+    monkeypatch.undo()
+
+    assert all(isinstance(outcome, BrokerUnavailable) for outcome in outcomes)
+    assert len([e for m in _queued_messages() for e in m["events"]]) == 8  # in the broker all the same
+    assert late_commits.flush() == 0  # the shared state is back: every kept commit lands
+    totals = _ledger_totals()
+    assert (totals["received"], totals["accepted"]) == (8, 8)
 
 
 def test_a_group_never_holds_more_than_its_limit(settings: Any) -> None:
     settings.GROUP_COMMIT_LINGER_SECONDS = 0.2
     settings.GROUP_COMMIT_MAX_EVENTS = 8
 
-    assert _publish_concurrently(20) == [None] * 20
+    assert all(isinstance(outcome, Receipts) for outcome in _ingest_concurrently(20))
 
     messages = _queued_messages()
     assert max(len(m["events"]) for m in messages) <= 8
@@ -142,41 +275,44 @@ def test_every_member_of_a_group_hears_that_the_broker_refused_it(
         raise BrokerUnavailable(5)
 
     monkeypatch.setattr(events.publishing, "_publish_message", broker_down)
-    outcomes = _publish_concurrently(10)
+    outcomes = _ingest_concurrently(10)
+    monkeypatch.undo()
 
     assert all(isinstance(outcome, BrokerUnavailable) for outcome in outcomes)
+    totals = _ledger_totals()
+    assert (totals["received"], totals["rejected"], totals["accepted"]) == (10, 10, 0)
+    # Their reservations were released: each retry is accepted, not refused or called a duplicate.
+    assert [_ingest_one(i).event_ids for i in range(10)] == [[f"e-{i}"] for i in range(10)]
 
 
 def test_tenants_never_share_a_message(settings: Any) -> None:
     import threading
 
     settings.GROUP_COMMIT_LINGER_SECONDS = 0.2
+    tenants = ["acme", "globex"] * 5
     threads = [
-        threading.Thread(
-            target=publish_events,
-            kwargs={"tenant": tenant, "events": [_event(i, pad=10)], "correlation_id": "c"},
-        )
-        for i, tenant in enumerate(["acme", "globex"] * 5)
+        threading.Thread(target=_ingest_one, args=(i,), kwargs={"tenant": tenant})
+        for i, tenant in enumerate(tenants)
     ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=30)
 
-    owner = {f"e-{i}": tenant for i, tenant in enumerate(["acme", "globex"] * 5)}
+    owner = {f"e-{i}": tenant for i, tenant in enumerate(tenants)}
     messages = _queued_messages()
     assert sorted(e["event_id"] for m in messages for e in m["events"]) == sorted(owner)
     for message in messages:
         assert {owner[e["event_id"]] for e in message["events"]} == {message["tenant"]}
 
 
-def test_a_lone_publish_does_not_wait_for_the_linger(settings: Any) -> None:
+def test_a_lone_request_does_not_wait_for_the_linger(settings: Any) -> None:
     import time
 
     settings.GROUP_COMMIT_LINGER_SECONDS = 2.0  # the most a leader may wait; nothing to wait for here
     started = time.monotonic()
 
-    publish_events(tenant="acme", events=[_event(1, pad=10)], correlation_id="c")
+    _ingest_one(1)
 
     assert time.monotonic() - started < 1.0
     assert [e["event_id"] for m in _queued_messages() for e in m["events"]] == ["e-1"]
@@ -185,24 +321,19 @@ def test_a_lone_publish_does_not_wait_for_the_linger(settings: Any) -> None:
 def test_a_leader_waits_for_an_announced_request_and_they_share_a_message(settings: Any) -> None:
     import threading
 
-    from events.publishing import expecting_publish
-
     settings.GROUP_COMMIT_LINGER_SECONDS = 5.0
     announced, leader_waiting = threading.Event(), threading.Event()
 
     def announced_request() -> None:
-        with expecting_publish(tenant="acme", events=1):
+        with events.ingestion._groups.expecting("acme", 1):
             announced.set()
             leader_waiting.wait(5)
-            publish_events(tenant="acme", events=[_event(2, pad=10)], correlation_id="c-2")
+            _ingest_one(2, announced=True)
 
     sibling = threading.Thread(target=announced_request)
     sibling.start()
     assert announced.wait(5)
-    leader = threading.Thread(
-        target=publish_events,
-        kwargs={"tenant": "acme", "events": [_event(1, pad=10)], "correlation_id": "c-1"},
-    )
+    leader = threading.Thread(target=_ingest_one, args=(1,))
     leader.start()
     leader.join(timeout=0.3)
     assert leader.is_alive()  # waiting for the announced request, not published alone
@@ -219,24 +350,19 @@ def test_an_announced_request_that_never_publishes_stops_holding_the_leader(sett
     import threading
     import time
 
-    from events.publishing import expecting_publish
-
     settings.GROUP_COMMIT_LINGER_SECONDS = 5.0
     announced, finish = threading.Event(), threading.Event()
 
-    def rejected_request() -> None:  # e.g. every event invalid or a duplicate: no publish
-        with expecting_publish(tenant="acme", events=1):
+    def failing_request() -> None:  # e.g. an error before it reaches the group
+        with events.ingestion._groups.expecting("acme", 1):
             announced.set()
             finish.wait(5)
 
-    sibling = threading.Thread(target=rejected_request)
+    sibling = threading.Thread(target=failing_request)
     sibling.start()
     assert announced.wait(5)
     started = time.monotonic()
-    leader = threading.Thread(
-        target=publish_events,
-        kwargs={"tenant": "acme", "events": [_event(1, pad=10)], "correlation_id": "c-1"},
-    )
+    leader = threading.Thread(target=_ingest_one, args=(1,))
     leader.start()
     finish.set()
     leader.join(timeout=10)
@@ -250,13 +376,11 @@ def test_other_tenants_announcements_do_not_hold_a_leader(settings: Any) -> None
     import threading
     import time
 
-    from events.publishing import expecting_publish
-
     settings.GROUP_COMMIT_LINGER_SECONDS = 5.0
     announced, finish = threading.Event(), threading.Event()
 
     def other_tenant() -> None:
-        with expecting_publish(tenant="globex", events=1):
+        with events.ingestion._groups.expecting("globex", 1):
             announced.set()
             finish.wait(10)
 
@@ -264,7 +388,7 @@ def test_other_tenants_announcements_do_not_hold_a_leader(settings: Any) -> None
     sibling.start()
     assert announced.wait(5)
     started = time.monotonic()
-    publish_events(tenant="acme", events=[_event(1, pad=10)], correlation_id="c-1")
+    _ingest_one(1)
     elapsed = time.monotonic() - started
     finish.set()
     sibling.join(timeout=10)

@@ -236,6 +236,23 @@ class Channel(_kombu.Channel):
         self.connection._deliver(payload, dest)
         return True
 
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        """kombu's basic_get; a no-ack get also drops the unacked copy the pop script wrote.
+
+        kombu's own transport records a got message as unacked only when an ack is expected. The
+        pop script records every popped message in the same step as the pop, so without this a
+        message taken with `no_ack=True` stayed in the unacked set and the visibility sweep
+        delivered it again, minutes later (found by a test whose drained messages came back in a
+        later test's worker). A process that dies between the pop and this removal leaves the copy,
+        and the message is delivered again: at least once, never lost.
+        """
+        message = super().basic_get(queue, no_ack=no_ack, **kwargs)
+        if message is not None and no_ack:
+            tag = message.delivery_tag
+            self.recorded_by_pop.pop(tag, None)
+            self.qos._remove_from_indices(tag).execute()
+        return message
+
     def _get(self, queue: str) -> Any:
         """basic_get (synchronous): the same script, one queue, no waiting."""
         with self.conn_or_acquire() as client:

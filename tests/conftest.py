@@ -133,11 +133,17 @@ def _clean_shared_state(embedded_redis: str) -> Iterator[None]:
 
 
 def purge_queue() -> None:
+    """Empty the ingestion queue; on a Redis broker also forget the unacked messages an earlier
+    test's killed or stopped worker left: a later test's worker would restore them after the
+    visibility timeout and store events that test never sent."""
     from cloudscale_project.celery import app
 
     with app.connection_for_write() as conn, contextlib.suppress(*conn.channel_errors):
         # The queue may not exist yet. kombu-stubs types default_channel as the bare StdChannel.
-        conn.default_channel.queue_purge(settings.QUEUE_NAME)  # type: ignore[attr-defined]
+        channel: Any = conn.default_channel
+        channel.queue_purge(settings.QUEUE_NAME)
+        if settings.BROKER_SCHEME == "redis":
+            channel.client.delete(channel.unacked_key, channel.unacked_index_key)
 
 
 # --- named actors ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -86,6 +87,13 @@ def _queued_messages() -> list[dict[str, Any]]:
             _args, kwargs, _embed = message.decode()
             bodies.append(kwargs)
     return bodies
+
+
+@pytest.fixture(autouse=True)
+def _queue_left_empty() -> Iterator[None]:
+    """Messages a test published and did not read would reach a later test's worker."""
+    yield
+    _queued_messages()
 
 
 def _context(i: int, tenant: str) -> RequestContext:
@@ -283,6 +291,9 @@ def test_every_member_of_a_group_hears_that_the_broker_refused_it(
     assert (totals["received"], totals["rejected"], totals["accepted"]) == (10, 10, 0)
     # Their reservations were released: each retry is accepted, not refused or called a duplicate.
     assert [_ingest_one(i).event_ids for i in range(10)] == [[f"e-{i}"] for i in range(10)]
+    assert sorted(e["event_id"] for m in _queued_messages() for e in m["events"]) == sorted(
+        f"e-{i}" for i in range(10)
+    )
 
 
 def test_tenants_never_share_a_message(settings: Any) -> None:

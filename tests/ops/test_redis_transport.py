@@ -168,6 +168,22 @@ def test_it_keeps_a_message_unacked_until_it_is_acked_and_puts_a_rejected_one_ba
         assert scratch.hlen("unacked") == 0 and scratch.zcard("unacked_index") == 0
 
 
+def test_a_message_got_without_ack_is_not_delivered_again(scratch: redis.Redis) -> None:
+    queue = _queue()
+    _publish(queue, {"n": 1})
+    # A visibility timeout of 0: the sweep below restores every unacked entry there is.
+    with Connection(_url(settings.EMBEDDED_REDIS_PORT), transport_options={"visibility_timeout": 0}) as conn:
+        channel: Any = conn.channel()
+        taken = channel.basic_get(queue.name, no_ack=True)
+        assert taken is not None and taken.decode() == {"n": 1}
+        unacked = scratch.hlen("unacked"), scratch.zcard("unacked_index")
+        # What the visibility sweep would put back in the queue: nothing.
+        channel.qos.restore_visible(start=0, num=100, interval=0)
+        assert scratch.llen(queue.name) == 0, "a message taken for good came back"
+        assert unacked == (0, 0)
+        assert channel.basic_get(queue.name, no_ack=True) is None
+
+
 def test_it_wakes_a_waiting_consumer_as_soon_as_a_message_is_published(scratch: redis.Redis) -> None:
     queue = _queue()
     _publish(queue, {"warm": "up"})  # declares the queue

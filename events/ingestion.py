@@ -28,7 +28,14 @@ from cloudscale_project.state import STATE_ERRORS
 from events.dedup import RESERVATION_SECONDS, Claim, release_event_ids, reserve_event_id_lists
 from events.enrichment import enrich_event
 from events.ledger import Commit, late_commits, ledger_commit_all, ledger_record
-from events.publishing import GroupCommitter, events_size, groupable, publish_events, split_for_broker
+from events.publishing import (
+    GroupCommitter,
+    events_size,
+    few_enough_to_group,
+    groupable,
+    publish_events,
+    split_for_broker,
+)
 from events.schemas import metric_event_type, validate_event
 
 logger = logging.getLogger(__name__)
@@ -150,11 +157,11 @@ def _ingest_enriched(
     *, enriched: list[tuple[int, dict[str, Any]]], receipts: Receipts, context: RequestContext, total: int
 ) -> Receipts:
     request = _Request(context=context, receipts=receipts, enriched=enriched, total=total)
-    events = [event for _, event in enriched]
-    if groupable(events):
+    size = events_size([event for _, event in enriched]) if few_enough_to_group(len(enriched)) else 0
+    if groupable(events=len(enriched), size=size):
         # Concurrent small requests of the tenant share one reservation call, one message and one
         # commit call (`_flush`): each still gets its own receipts, 503 and ledger counts.
-        _groups.submit(tenant=context.tenant, member=request, events=len(events), size=events_size(events))
+        _groups.submit(tenant=context.tenant, member=request, events=len(enriched), size=size)
     else:
         outcome = _flush(context.tenant, [request])[0]
         if outcome is not None:

@@ -60,30 +60,25 @@ _ENVELOPE_BYTES = 2048
 _ENCODING_FACTOR = 4 / 3
 
 
-def publish_events(*, tenant: str, events: Sequence[dict[str, Any]], correlation_id: str) -> None:
-    """Durably publish the events as one `events.process_batch` message; BrokerUnavailable if not.
-
-    Small requests reach this already grouped: the API's group commit (`GroupCommitter`, used by
-    events/ingestion.py) publishes the events of concurrent requests of one tenant in one call.
-    """
-    _publish_message(tenant=tenant, events=events, correlation_id=correlation_id)
-
-
 def few_enough_to_group(events: int) -> bool:
     """Few enough events to share a message, with the group commit on (large requests are a
     message of their own already)."""
     return settings.GROUP_COMMIT_LINGER_SECONDS > 0 and events <= settings.GROUP_COMMIT_MAX_EVENTS // 4
 
 
-def groupable(events: Sequence[dict[str, Any]]) -> bool:
-    """Whether a request's events may join a group commit: few, and small next to a message."""
-    return few_enough_to_group(len(events)) and not (
-        settings.BROKER_MAX_MESSAGE_BYTES and events_size(events) > _budget() / 4
-    )
+def groupable(*, events: int, size: int) -> bool:
+    """Whether a request of `events` events of `size` bytes (`events_size`) may join a group
+    commit: few, and small next to a message."""
+    return few_enough_to_group(events) and not (settings.BROKER_MAX_MESSAGE_BYTES and size > _budget() / 4)
 
 
-def _publish_message(*, tenant: str, events: Sequence[dict[str, Any]], correlation_id: str) -> None:
-    """One broker message, published with a short bounded retry."""
+def publish_events(*, tenant: str, events: Sequence[dict[str, Any]], correlation_id: str) -> None:
+    """Durably publish the events as one `events.process_batch` message, with a short bounded
+    retry; BrokerUnavailable if not.
+
+    Small requests reach this already grouped: the API's group commit (`GroupCommitter`, used by
+    events/ingestion.py) publishes the events of concurrent requests of one tenant in one call.
+    """
     try:
         app.send_task(
             TASK_NAME,

@@ -275,14 +275,12 @@ def test_a_group_never_holds_more_than_its_limit(settings: Any) -> None:
 def test_every_member_of_a_group_hears_that_the_broker_refused_it(
     settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import events.publishing
-
     settings.GROUP_COMMIT_LINGER_SECONDS = 0.2
 
     def broker_down(**kwargs: Any) -> None:
         raise BrokerUnavailable(5)
 
-    monkeypatch.setattr(events.publishing, "_publish_message", broker_down)
+    monkeypatch.setattr(events.ingestion, "publish_events", broker_down)
     outcomes = _ingest_concurrently(10)
     monkeypatch.undo()
 

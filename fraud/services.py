@@ -41,20 +41,23 @@ def fraud_evaluate_batch(*, tenant: str, events: Sequence[dict[str, Any]]) -> No
 def fraud_alerts_raise(*, tenant: str, events: Sequence[dict[str, Any]]) -> list[FraudAlert]:
     """Record the batch in the rule windows; create and return the alerts not raised before."""
     configs = [config for config in fraud_rule_configs(tenant=tenant).values() if config.enabled]
-    grouped: dict[tuple[RuleConfig, str], dict[str, Entry]] = defaultdict(dict)
+    # Windows by (index in `configs`, subject): a RuleConfig key would be hashed field by field for
+    # every event and rule.
+    rules = [(index, config.spec) for index, config in enumerate(configs)]
+    grouped: dict[tuple[int, str], dict[str, Entry]] = defaultdict(dict)
     for event in events:
         entry = Entry(
-            at=parse_iso(event["timestamp"]).timestamp(),
-            event_id=str(event["event_id"]),
-            user_id=str(event["user_id"]),
-            event_type=str(event["event_type"]),
+            parse_iso(event["timestamp"]).timestamp(),
+            str(event["event_id"]),
+            str(event["user_id"]),
+            str(event["event_type"]),
         )
-        for config in configs:
-            subject = rule_subject(config.spec, event)
+        for index, spec in rules:
+            subject = rule_subject(spec, event)
             if subject is None:
                 continue
-            entries = grouped[(config, subject)]
-            if not config.spec.distinct_users:
+            entries = grouped[(index, subject)]
+            if not spec.distinct_users:
                 entries[entry.event_id] = entry  # a repeat within the batch counts once
                 continue
             # One entry per user: the user's latest event (ties: the larger id, as the rules order).
@@ -64,18 +67,18 @@ def fraud_alerts_raise(*, tenant: str, events: Sequence[dict[str, Any]]) -> list
     if not grouped:
         return []
 
-    keys = list(grouped)
+    keys = [(configs[index], subject) for index, subject in grouped]
     updates = [
         WindowUpdate(
             tenant=tenant,
             rule=config.rule.value,
             subject=subject,
-            entries=list(grouped[(config, subject)].values()),
+            entries=list(entries.values()),
             window_seconds=config.window_seconds,
             threshold=config.threshold,
             distinct_users=config.spec.distinct_users,
         )
-        for config, subject in keys
+        for (config, subject), entries in zip(keys, grouped.values(), strict=True)
     ]
     hits = get_fraud_window_store().add_and_evaluate(updates=updates)
 

@@ -227,12 +227,23 @@ class RedisFraudWindows:
             return []
         keys: list[str] = []
         documents: list[Any] = []
+        # An event counts for several rules: its time and member are encoded once, not per rule.
+        times: dict[Entry, str] = {}
+        members: dict[Entry, str] = {}
         for update in updates:
             keys += _keys(update)
-            if update.distinct_users:
-                entries = [[repr(e.at), e.user_id, _detail(e)] for e in update.entries]
-            else:
-                entries = [[repr(e.at), _member(e), ""] for e in update.entries]
+            entries = []
+            for entry in update.entries:
+                at = times.get(entry)
+                if at is None:
+                    at = times[entry] = repr(entry.at)
+                if update.distinct_users:
+                    entries.append([at, entry.user_id, _detail(entry)])
+                    continue
+                member = members.get(entry)
+                if member is None:
+                    member = members[entry] = _member(entry)
+                entries.append([at, member, ""])
             documents.append([update.window_seconds, update.threshold, int(update.distinct_users), entries])
         argument = orjson.dumps([repr(time.time()), self._lateness, MAX_ALERT_EVENT_IDS, documents])
         replies = self._script(keys=keys, args=[argument])

@@ -135,11 +135,14 @@ def _alerts_create(*, tenant: str, candidates: list[FraudAlert]) -> list[FraudAl
             window_start__in={a.window_start for a in candidates},
         ).values_list("rule", "subject", "window_start")
     )
+    fresh = [a for a in candidates if (a.rule, a.subject, a.window_start) not in known]
     created: list[FraudAlert] = []
+    if not fresh:
+        # No write transaction at all: on SQLite one waits for the database's single write lock,
+        # which the other pool processes' store writes hold much of the time.
+        return created
     with transaction.atomic():
-        for alert in candidates:
-            if (alert.rule, alert.subject, alert.window_start) in known:
-                continue
+        for alert in fresh:
             try:
                 with transaction.atomic():
                     alert.save(force_insert=True)

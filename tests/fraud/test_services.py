@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import redis
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from cloudscale_project.timeutil import isoformat_z, parse_iso
 from fraud.models import FraudAlert, FraudRuleSetting
@@ -98,6 +100,19 @@ def test_it_creates_no_new_alert_when_a_batch_is_replayed(state_redis: redis.Red
     fraud_evaluate_batch(tenant="acme", events=list(reversed(batch)))
     assert list(FraudAlert.objects.values_list("pk", flat=True)) == first == [first[0]]
     assert fraud_metric(state_redis) == {"purchase": 1}
+
+
+def test_a_batch_whose_hits_are_all_known_writes_nothing() -> None:
+    """A burst keeps hitting its bucket: once its alert exists, later batches only read. No write
+    transaction either (on SQLite it would wait for the one write lock the store writes hold)."""
+    batch = burst("purchase", 5)
+    fraud_evaluate_batch(tenant="acme", events=batch)
+    assert len(alerts()) == 1
+    with CaptureQueriesContext(connection) as queries:
+        fraud_evaluate_batch(tenant="acme", events=[event("purchase", at=T0 + timedelta(seconds=9))])
+    statements = [q["sql"].split()[0].upper() for q in queries.captured_queries]
+    assert statements == ["SELECT"]  # which hits are known; no SAVEPOINT, no INSERT
+    assert len(alerts()) == 1
 
 
 def test_it_counts_a_redelivered_event_once() -> None:

@@ -20,8 +20,9 @@ STEPS: dict[str, list[tuple[str, str | None]]] = {
     "worker": [
         ("events.process_batch task, all of it", "process_batch (events/tasks.py"),
         ("  decode", "decode_batch (events/pipeline.py"),
-        ("  fraud rules (fraud_evaluate_batch)", "fraud_evaluate_batch (fraud/services.py"),
-        ("    Redis windows script (add, trim, evaluate)", "add_and_evaluate (fraud/windows.py"),
+        # Begun before the store and finished after it: any frame of the fraud step's module.
+        ("  fraud rules (fraud/services.py: begin, finish)", " (fraud/services.py"),
+        ("    Redis windows script (send, read the hits)", " (fraud/windows.py"),
         ("  scoring (score_apply_batch)", "score_apply_batch (scoring/services.py"),
         ("  event store write (write_many)", "write_many (events/stores/orm.py"),
         ("  cart abandonment step (cart_events_record)", "cart_events_record (carts/services.py"),

@@ -2,6 +2,9 @@
 
     decode by type → fraud → scoring → event-store write → scheduled actions → (ack by Celery)
 
+Fraud is begun in its place and finished after the store write (`PendingStep`): its Redis script
+runs while the worker writes the batch to the database, and its alerts are written after it.
+
 Plain functions over plain dicts. The task in `events/tasks.py` only translates between Celery and
 `batch_process_message`; tests call these functions directly with their own store.
 
@@ -77,9 +80,23 @@ _PROCESSED_METRIC = "cloudscale_events_processed_total"
 
 
 class BatchStep(Protocol):
-    """One pipeline step over a tenant's batch; must be idempotent per (tenant, event_id)."""
+    """One pipeline step over a tenant's batch; must be idempotent per (tenant, event_id).
+
+    A step before the store may also have `begin(tenant=, events=)`, returning a `PendingStep`:
+    the pipeline then starts it, runs the next steps and the store write while it waits on another
+    service, and finishes it after the store (fraud's Redis script runs beside the database write).
+    """
 
     def __call__(self, *, tenant: str, events: Sequence[Event]) -> None: ...
+
+
+class PendingStep(Protocol):
+    """A begun step: `finish` waits for it and completes it; `abandon` drops it (its batch will be
+    retried, and the step is idempotent)."""
+
+    def finish(self) -> object: ...
+
+    def abandon(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -307,18 +324,40 @@ def _run_steps(*, pipeline: Pipeline, tenant: str, events: list[Event]) -> set[s
     """decode is done; fraud → scoring → store → actions. Returns the ids newly stored."""
     if not events:
         return set()
-    for step in pipeline.before_store:
-        step(tenant=tenant, events=events)
-    with start_span("event_store.write_many", {ATTR_TENANT: tenant, "cloudscale.events": len(events)}):
-        new_ids = pipeline.store.write_many(events)
-    # Actions get every event, not only new ones: a redelivery after a crash between the store
-    # write and the actions must still schedule them (the step is idempotent per event).
+    begun: list[PendingStep] = []
     try:
+        for step in pipeline.before_store:
+            begin = getattr(step, "begin", None)
+            if begin is None:
+                step(tenant=tenant, events=events)
+            else:
+                begun.append(begin(tenant=tenant, events=events))
+        with start_span("event_store.write_many", {ATTR_TENANT: tenant, "cloudscale.events": len(events)}):
+            new_ids = pipeline.store.write_many(events)
+    except BaseException:
+        for pending in begun:
+            pending.abandon()
+        raise
+    # Actions get every event, not only new ones: a redelivery after a crash between the store
+    # write and the actions must still schedule them (the step is idempotent per event). A begun
+    # step that fails now fails after the store, like an action: the events count as stored.
+    try:
+        _finish(begun)
         _after_store(pipeline=pipeline, tenant=tenant, events=events)
     except Exception as exc:
         existing = {event["event_id"] for event in events} - new_ids
         raise StoredThenFailed(stored_ids=new_ids, existing_ids=existing, cause=exc) from exc
     return new_ids
+
+
+def _finish(begun: list[PendingStep]) -> None:
+    for index, pending in enumerate(begun):
+        try:
+            pending.finish()
+        except BaseException:
+            for rest in begun[index + 1 :]:
+                rest.abandon()
+            raise
 
 
 def _rejection_letters(

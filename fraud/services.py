@@ -24,7 +24,7 @@ from events.schemas import CUSTOM_METRIC_LABEL, EVENT_TYPES
 from fraud.models import FraudAlert
 from fraud.rules import Entry, Hit, RuleConfig, rule_subject
 from fraud.selectors import fraud_rule_configs
-from fraud.windows import WindowUpdate, get_fraud_window_store
+from fraud.windows import PendingHits, WindowUpdate, get_fraud_window_store
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +33,68 @@ def _epoch(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
 
 
-def fraud_evaluate_batch(*, tenant: str, events: Sequence[dict[str, Any]]) -> None:
-    """Pipeline step: evaluate the velocity rules for a batch of decoded events of one tenant."""
-    fraud_alerts_raise(tenant=tenant, events=events)
+class FraudStep:
+    """Pipeline step: evaluate the velocity rules for a batch of decoded events of one tenant.
+
+    Called, it runs to the end. Begun (`begin`, what the pipeline does), it sends the batch to the
+    rule windows and returns; the pipeline writes the batch to the database while Redis evaluates
+    it, then finishes the step (reads the hits, writes the alerts) or abandons it.
+    """
+
+    def __call__(self, *, tenant: str, events: Sequence[dict[str, Any]]) -> None:
+        fraud_alerts_raise(tenant=tenant, events=events)
+
+    def begin(self, *, tenant: str, events: Sequence[dict[str, Any]]) -> PendingAlerts:
+        return fraud_alerts_begin(tenant=tenant, events=events)
+
+
+fraud_evaluate_batch = FraudStep()
 
 
 def fraud_alerts_raise(*, tenant: str, events: Sequence[dict[str, Any]]) -> list[FraudAlert]:
     """Record the batch in the rule windows; create and return the alerts not raised before."""
+    return fraud_alerts_begin(tenant=tenant, events=events).finish()
+
+
+class PendingAlerts:
+    """A batch sent to the rule windows: `finish` reads the hits and writes their alerts."""
+
+    def __init__(self, *, tenant: str, keys: list[tuple[RuleConfig, str]], hits: PendingHits | None) -> None:
+        self._tenant = tenant
+        self._keys = keys
+        self._hits = hits
+
+    def finish(self) -> list[FraudAlert]:
+        if self._hits is None:
+            return []
+        hits = self._hits.result()
+        candidates = [
+            _alert(tenant=self._tenant, config=config, subject=subject, hit=hit)
+            for (config, subject), subject_hits in zip(self._keys, hits, strict=True)
+            for hit in subject_hits
+        ]
+        if not candidates:
+            return []
+        created = _alerts_create(tenant=self._tenant, candidates=candidates)
+        if created:
+            platform_incr_many(
+                "cloudscale_fraud_detected_total",
+                [
+                    ({"event_type": event_type}, n)
+                    for event_type, n in Counter(
+                        a.event_type if a.event_type in EVENT_TYPES else CUSTOM_METRIC_LABEL for a in created
+                    ).items()
+                ],
+            )
+        return created
+
+    def abandon(self) -> None:
+        if self._hits is not None:
+            self._hits.abandon()
+
+
+def fraud_alerts_begin(*, tenant: str, events: Sequence[dict[str, Any]]) -> PendingAlerts:
+    """Send the batch to the rule windows (fraud/windows.py) without waiting for the hits."""
     configs = [config for config in fraud_rule_configs(tenant=tenant).values() if config.enabled]
     # Windows by (index in `configs`, subject): a RuleConfig key would be hashed field by field for
     # every event and rule.
@@ -65,7 +120,7 @@ def fraud_alerts_raise(*, tenant: str, events: Sequence[dict[str, Any]]) -> list
             if known is None or (entry.at, entry.event_id) > (known.at, known.event_id):
                 entries[entry.user_id] = entry
     if not grouped:
-        return []
+        return PendingAlerts(tenant=tenant, keys=[], hits=None)
 
     keys = [(configs[index], subject) for index, subject in grouped]
     updates = [
@@ -80,27 +135,8 @@ def fraud_alerts_raise(*, tenant: str, events: Sequence[dict[str, Any]]) -> list
         )
         for (config, subject), entries in zip(keys, grouped.values(), strict=True)
     ]
-    hits = get_fraud_window_store().add_and_evaluate(updates=updates)
-
-    candidates = [
-        _alert(tenant=tenant, config=config, subject=subject, hit=hit)
-        for (config, subject), subject_hits in zip(keys, hits, strict=True)
-        for hit in subject_hits
-    ]
-    if not candidates:
-        return []
-    created = _alerts_create(tenant=tenant, candidates=candidates)
-    if created:
-        platform_incr_many(
-            "cloudscale_fraud_detected_total",
-            [
-                ({"event_type": event_type}, n)
-                for event_type, n in Counter(
-                    a.event_type if a.event_type in EVENT_TYPES else CUSTOM_METRIC_LABEL for a in created
-                ).items()
-            ],
-        )
-    return created
+    hits = get_fraud_window_store().begin_add_and_evaluate(updates=updates)
+    return PendingAlerts(tenant=tenant, keys=keys, hits=hits)
 
 
 def _alert(*, tenant: str, config: RuleConfig, subject: str, hit: Hit) -> FraudAlert:

@@ -161,9 +161,26 @@ class WindowUpdate:
     distinct_users: bool  # one entry per user (the distinct-users rule), not per event
 
 
+class PendingHits(Protocol):
+    """An evaluation sent to the window store whose reply has not been read yet."""
+
+    def result(self) -> list[list[Hit]]:
+        """Wait for the reply: per update, the hits of windows holding a new entry."""
+        ...
+
+    def abandon(self) -> None:
+        """Drop the reply unread. The entries may or may not be recorded; recording them again
+        (the batch's retry) adds nothing and finds the same hits."""
+        ...
+
+
 class FraudWindowStore(Protocol):
     def add_and_evaluate(self, *, updates: Sequence[WindowUpdate]) -> list[list[Hit]]:
         """Record the new entries; return, per update, the hits of windows holding a new entry."""
+        ...
+
+    def begin_add_and_evaluate(self, *, updates: Sequence[WindowUpdate]) -> PendingHits:
+        """`add_and_evaluate`, sent now and read later: the caller works while the store does."""
         ...
 
 
@@ -217,14 +234,28 @@ def _hit(update: WindowUpdate, row: list[Any]) -> Hit:
 
 class RedisFraudWindows:
     def __init__(self, client: redis.Redis, *, lateness_seconds: int) -> None:
+        self._client = client
         self._script = client.register_script(_SCRIPT)
         # How far behind the newest event of a subject an event may arrive and still be judged
         # against a complete window; older entries are trimmed so a busy subject stays bounded.
         self._lateness = lateness_seconds
 
     def add_and_evaluate(self, *, updates: Sequence[WindowUpdate]) -> list[list[Hit]]:
+        return self.begin_add_and_evaluate(updates=updates).result()
+
+    def begin_add_and_evaluate(self, *, updates: Sequence[WindowUpdate]) -> PendingHits:
+        """Send the script on a connection of its own and return; `result()` reads the reply.
+
+        The script runs in Redis while the worker writes the batch to the database (the pipeline
+        starts this step before the store and finishes it after): waiting for it was 13 % of a
+        500-event message's wall time (docs/benchmarks.md, "Levers, seventh round").
+        """
         if not updates:
-            return []
+            return _NoHits()
+        keys, argument = self._arguments(updates)
+        return _PendingScript(self._client, self._script, updates=updates, keys=keys, argument=argument)
+
+    def _arguments(self, updates: Sequence[WindowUpdate]) -> tuple[list[str], bytes]:
         keys: list[str] = []
         documents: list[Any] = []
         # An event counts for several rules: its time and member are encoded once, not per rule.
@@ -245,9 +276,74 @@ class RedisFraudWindows:
                     member = members[entry] = _member(entry)
                 entries.append([at, member, ""])
             documents.append([update.window_seconds, update.threshold, int(update.distinct_users), entries])
-        argument = orjson.dumps([repr(time.time()), self._lateness, MAX_ALERT_EVENT_IDS, documents])
-        replies = self._script(keys=keys, args=[argument])
-        return [[_hit(update, row) for row in hits] for update, hits in zip(updates, replies, strict=True)]
+        return keys, orjson.dumps([repr(time.time()), self._lateness, MAX_ALERT_EVENT_IDS, documents])
+
+
+class _NoHits:
+    def result(self) -> list[list[Hit]]:
+        return []
+
+    def abandon(self) -> None:
+        pass
+
+
+class _PendingScript:
+    """One `EVALSHA` in flight on a connection taken from the client's pool until it is read."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        script: Any,
+        *,
+        updates: Sequence[WindowUpdate],
+        keys: list[str],
+        argument: bytes,
+    ) -> None:
+        self._client = client
+        self._script = script
+        self._updates = updates
+        self._keys = keys
+        self._argument = argument
+        self._pool = client.connection_pool
+        # The pool hands out a connection it checked: one the server closed is connected again.
+        self._connection: Any = self._pool.get_connection()
+        try:
+            self._send()
+        except BaseException:
+            self._give_back(broken=True)
+            raise
+
+    def _send(self) -> None:
+        self._connection.send_command(
+            "EVALSHA", self._script.sha, len(self._keys), *self._keys, self._argument
+        )
+
+    def _give_back(self, *, broken: bool) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        if broken:
+            connection.disconnect()  # a reply may still be on its way: never reuse it
+        self._pool.release(connection)
+
+    def result(self) -> list[list[Hit]]:
+        if self._connection is None:
+            raise RuntimeError("the script's reply was already read or abandoned")
+        try:
+            replies = self._client.parse_response(self._connection, "EVALSHA")
+        except redis.exceptions.NoScriptError:
+            self._give_back(broken=False)
+            # A Redis that lost its scripts (restarted, flushed): the client's Script loads it.
+            replies = self._script(keys=self._keys, args=[self._argument])
+        except BaseException:
+            self._give_back(broken=True)
+            raise
+        else:
+            self._give_back(broken=False)
+        return [[_hit(u, row) for row in hits] for u, hits in zip(self._updates, replies, strict=True)]
+
+    def abandon(self) -> None:
+        self._give_back(broken=True)
 
 
 def get_fraud_window_store() -> FraudWindowStore:

@@ -110,6 +110,84 @@ def test_it_runs_the_steps_in_order_with_only_the_good_events() -> None:
     assert calls == [(step, [good["event_id"]]) for step in ("fraud", "scoring", "store", "actions")]
 
 
+class BegunStep:
+    """A step the pipeline begins before the store and finishes after it (as it runs fraud)."""
+
+    def __init__(self, calls: list[str], *, fail_finish: bool = False) -> None:
+        self.calls = calls
+        self.fail_finish = fail_finish
+
+    def __call__(self, *, tenant: str, events: Sequence[Event]) -> None:
+        raise AssertionError("a step with begin() is begun, not called")
+
+    def begin(self, *, tenant: str, events: Sequence[Event]) -> BegunStep:
+        self.calls.append("begin")
+        return self
+
+    def finish(self) -> None:
+        self.calls.append("finish")
+        if self.fail_finish:
+            raise ConnectionError("the reply never came")
+
+    def abandon(self) -> None:
+        self.calls.append("abandon")
+
+
+def test_a_begun_step_is_finished_after_the_store_write_and_before_the_actions() -> None:
+    calls: list[str] = []
+
+    class RecordingStore(OrmEventStore):
+        def write_many(self, events: Sequence[Event]) -> set[str]:
+            calls.append("store")
+            return super().write_many(events)
+
+    def recorder(name: str) -> Any:
+        def step(*, tenant: str, events: Sequence[Event]) -> None:
+            calls.append(name)
+
+        return step
+
+    event = enriched_event()
+    pipeline = Pipeline(
+        store=RecordingStore(),
+        before_store=(BegunStep(calls), recorder("scoring")),
+        after_store=(recorder("actions"),),
+    )
+    outcome = batch_process_message(
+        args=(), kwargs=batch_kwargs("acme", [event]), attempt=1, pipeline=pipeline
+    )
+
+    assert calls == ["begin", "scoring", "store", "finish", "actions"]
+    assert outcome.stored == [event["event_id"]]
+
+
+def test_a_begun_step_is_abandoned_when_the_store_fails_and_run_again_on_the_retry() -> None:
+    calls: list[str] = []
+    event = enriched_event()
+    store = FlakyStore(failures=1)
+    outcome, countdowns = run_like_the_task(
+        batch_kwargs("acme", [event]), Pipeline(store=store, before_store=(BegunStep(calls),))
+    )
+
+    assert calls == ["begin", "abandon", "begin", "finish"]
+    assert len(countdowns) == 1 and outcome.stored == [event["event_id"]]
+
+
+def test_a_begun_step_that_fails_to_finish_leaves_its_events_stored_and_is_retried() -> None:
+    """It fails after the store, like an action: counted stored once, never dead-lettered."""
+    calls: list[str] = []
+    event = enriched_event()
+    outcome, countdowns = run_like_the_task(
+        batch_kwargs("acme", [event]),
+        orm_pipeline(before_store=(BegunStep(calls, fail_finish=True),)),
+    )
+
+    assert calls[:4] == ["begin", "finish", "begin", "finish"]
+    assert len(countdowns) == django_settings.PROCESS_MAX_ATTEMPTS - 1
+    assert stored_ids() == [event["event_id"]] and not DeadLetter.objects.exists()
+    assert outcome.dead_lettered == 0
+
+
 @pytest.mark.parametrize(
     ("poison", "reason", "error"),
     [

@@ -248,7 +248,7 @@ class RedisFraudWindows:
 
         The script runs in Redis while the worker writes the batch to the database (the pipeline
         starts this step before the store and finishes it after): waiting for it was 13 % of a
-        500-event message's wall time (docs/benchmarks.md, "Levers, seventh round").
+        500-event message's wall time (docs/benchmarks.md, "Levers, sixth round").
         """
         if not updates:
             return _NoHits()

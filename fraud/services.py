@@ -59,14 +59,12 @@ def fraud_alerts_raise(*, tenant: str, events: Sequence[dict[str, Any]]) -> list
 class PendingAlerts:
     """A batch sent to the rule windows: `finish` reads the hits and writes their alerts."""
 
-    def __init__(self, *, tenant: str, keys: list[tuple[RuleConfig, str]], hits: PendingHits | None) -> None:
+    def __init__(self, *, tenant: str, keys: list[tuple[RuleConfig, str]], hits: PendingHits) -> None:
         self._tenant = tenant
         self._keys = keys
         self._hits = hits
 
     def finish(self) -> list[FraudAlert]:
-        if self._hits is None:
-            return []
         hits = self._hits.result()
         candidates = [
             _alert(tenant=self._tenant, config=config, subject=subject, hit=hit)
@@ -89,8 +87,7 @@ class PendingAlerts:
         return created
 
     def abandon(self) -> None:
-        if self._hits is not None:
-            self._hits.abandon()
+        self._hits.abandon()
 
 
 def fraud_alerts_begin(*, tenant: str, events: Sequence[dict[str, Any]]) -> PendingAlerts:
@@ -119,9 +116,6 @@ def fraud_alerts_begin(*, tenant: str, events: Sequence[dict[str, Any]]) -> Pend
             known = entries.get(entry.user_id)
             if known is None or (entry.at, entry.event_id) > (known.at, known.event_id):
                 entries[entry.user_id] = entry
-    if not grouped:
-        return PendingAlerts(tenant=tenant, keys=[], hits=None)
-
     keys = [(configs[index], subject) for index, subject in grouped]
     updates = [
         WindowUpdate(

@@ -308,15 +308,10 @@ class _PendingScript:
         # The pool hands out a connection it checked: one the server closed is connected again.
         self._connection: Any = self._pool.get_connection()
         try:
-            self._send()
+            self._connection.send_command("EVALSHA", script.sha, len(keys), *keys, argument)
         except BaseException:
             self._give_back(broken=True)
             raise
-
-    def _send(self) -> None:
-        self._connection.send_command(
-            "EVALSHA", self._script.sha, len(self._keys), *self._keys, self._argument
-        )
 
     def _give_back(self, *, broken: bool) -> None:
         connection, self._connection = self._connection, None

@@ -40,7 +40,7 @@ from carts.models import CartAbandonment, CartCheck, CartPurchase
 from carts.webhooks import DeliveryResult, webhook_post
 from cloudscale_project.dbtime import db_time, db_time_after
 from cloudscale_project.metrics import platform_incr
-from cloudscale_project.rawsql import SqlCursor, bulk_cursor
+from cloudscale_project.rawsql import SqlCursor, bulk_cursor, insert_rows
 from cloudscale_project.timeutil import isoformat_z, utcnow
 from tenants.models import Tenant
 
@@ -130,16 +130,9 @@ def _rows_insert(
     cursor: SqlCursor, model: type[Model], fields: Sequence[str], rows: Sequence[tuple[Any, ...]]
 ) -> None:
     """INSERT … ON CONFLICT DO NOTHING, what bulk_create(ignore_conflicts=True) sends."""
-    table = connection.ops.quote_name(model._meta.db_table)
-    columns = ", ".join(_column(model, name) for name in fields)
-    row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
     for start in range(0, len(rows), _INSERT_ROWS):
         chunk = rows[start : start + _INSERT_ROWS]
-        cursor.execute(
-            f"INSERT INTO {table} ({columns}) VALUES {', '.join([row_sql] * len(chunk))} "  # noqa: S608 - names are ours, values are parameters
-            "ON CONFLICT DO NOTHING",
-            [value for row in chunk for value in row],
-        )
+        cursor.execute(*insert_rows(model, fields, chunk, suffix="ON CONFLICT DO NOTHING"))
 
 
 def _checks_cancel(cursor: SqlCursor, *, tenant: str, purchases: Sequence[tuple[Any, ...]], now: Any) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 
-from cloudscale_project.rawsql import bulk_cursor
+from cloudscale_project.rawsql import bulk_cursor, insert_rows
 from cloudscale_project.timeutil import parse_iso, utcnow
 from scoring.models import ScoredEvent, UserScore
 from scoring.weights import WEIGHTS, contribution_at_epoch
@@ -36,6 +36,7 @@ from scoring.weights import WEIGHTS, contribution_at_epoch
 # Rows per INSERT statement: well under SQLite's 32,766 bound variables and PostgreSQL's 65,535.
 _UPSERT_ROWS = 500
 _COUNT_COLUMNS = [f"{event_type}_count" for event_type in WEIGHTS]
+_MARKER_FIELDS = ("tenant", "event_id", "batch", "applied_at")
 
 
 @dataclass
@@ -85,22 +86,14 @@ def _markers_insert(*, tenant: str, event_ids: list[str], token: str, now: datet
     PostgreSQL a concurrent inserter of the same event waits on the unique index, then skips it).
     """
     quote = connection.ops.quote_name
-    table = quote(ScoredEvent._meta.db_table)
-    columns = ", ".join(quote(c) for c in ("tenant", "event_id", "batch", "applied_at"))
     applied_at = connection.ops.adapt_datetimefield_value(now)
+    suffix = f"ON CONFLICT ({quote('tenant')}, {quote('event_id')}) DO NOTHING RETURNING {quote('event_id')}"
     mine: set[str] = set()
     with bulk_cursor() as cursor:
         for start in range(0, len(event_ids), _UPSERT_ROWS):
             chunk = event_ids[start : start + _UPSERT_ROWS]
-            params: list[Any] = []
-            for event_id in chunk:
-                params += [tenant, event_id, token, applied_at]
-            sql = (
-                f"INSERT INTO {table} ({columns}) VALUES {', '.join(['(%s, %s, %s, %s)'] * len(chunk))} "  # noqa: S608 - names are ours, values are parameters
-                f"ON CONFLICT ({quote('tenant')}, {quote('event_id')}) DO NOTHING "
-                f"RETURNING {quote('event_id')}"
-            )
-            cursor.execute(sql, params)
+            rows = [(tenant, event_id, token, applied_at) for event_id in chunk]
+            cursor.execute(*insert_rows(ScoredEvent, _MARKER_FIELDS, rows, suffix=suffix))
             mine.update(event_id for (event_id,) in cursor.fetchall())
     return mine
 
@@ -120,23 +113,26 @@ def _scores_add(*, tenant: str, deltas: dict[str, _UserDelta], now: datetime) ->
         f"{last} = CASE WHEN excluded.{last} > {table}.{last} THEN excluded.{last} ELSE {table}.{last} END"
     )
     updates.append(f"{quote('updated_at')} = excluded.{quote('updated_at')}")
-    row_sql = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    suffix = f"ON CONFLICT ({quote('tenant')}, {quote('user_id')}) DO UPDATE SET {', '.join(updates)}"
     users = sorted(deltas)
     with bulk_cursor() as cursor:
         for start in range(0, len(users), _UPSERT_ROWS):
-            chunk = users[start : start + _UPSERT_ROWS]
-            params: list[Any] = []
-            for user_id in chunk:
+            rows = []
+            for user_id in users[start : start + _UPSERT_ROWS]:
                 delta = deltas[user_id]
-                params += [tenant, user_id, delta.score, delta.events]
-                params += [delta.counts.get(event_type, 0) for event_type in WEIGHTS]
-                params += [adapt(delta.last_event_at), adapt(now), adapt(now)]
-            sql = (
-                f"INSERT INTO {table} ({', '.join(quote(c) for c in columns)}) "  # noqa: S608 - names are ours, values are parameters
-                f"VALUES {', '.join([row_sql] * len(chunk))} "
-                f"ON CONFLICT ({quote('tenant')}, {quote('user_id')}) DO UPDATE SET {', '.join(updates)}"
-            )
-            cursor.execute(sql, params)
+                rows.append(
+                    (
+                        tenant,
+                        user_id,
+                        delta.score,
+                        delta.events,
+                        *[delta.counts.get(event_type, 0) for event_type in WEIGHTS],
+                        adapt(delta.last_event_at),
+                        adapt(now),
+                        adapt(now),
+                    )
+                )
+            cursor.execute(*insert_rows(UserScore, columns, rows, suffix=suffix))
 
 
 def scored_events_purge(*, now: datetime | None = None) -> int:

@@ -1,14 +1,19 @@
-"""The workers' bulk cursor (cloudscale_project/rawsql.py) behaves as Django's on every database."""
+"""The workers' bulk cursor and bulk INSERTs (cloudscale_project/rawsql.py) on every database."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from django.db import IntegrityError, OperationalError, ProgrammingError, connection, transaction
 
-from cloudscale_project.rawsql import bulk_cursor
+from cloudscale_project.rawsql import UNNEST_FROM_ROWS, _column_values, bulk_cursor, insert_rows
+from cloudscale_project.timeutil import isoformat_z
+from events.stores.orm import OrmEventStore
+from scoring.models import ScoredEvent
+from tests.events.test_store_contract import make_event
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
 
@@ -68,3 +73,79 @@ def test_execute_wrappers_still_see_every_statement() -> None:
     with connection.execute_wrapper(wrapper):
         _insert("wrapped", 1)
     assert seen == ["INSERT"]
+
+
+_MARKER_FIELDS = ("tenant", "event_id", "batch", "applied_at")
+_RETURNING = "ON CONFLICT (tenant, event_id) DO NOTHING RETURNING event_id"
+_AT = datetime(2026, 11, 30, 12, 0, 0, 250000, tzinfo=UTC)
+
+
+def _marker_rows(count: int, prefix: str) -> list[tuple[Any, ...]]:
+    adapt = connection.ops.adapt_datetimefield_value
+    return [("acme", f"{prefix}-{n:03d}", "b", adapt(_AT + timedelta(seconds=n))) for n in range(count)]
+
+
+def _markers(prefix: str) -> list[tuple[str, str, str, datetime]]:
+    rows = ScoredEvent.objects.filter(event_id__startswith=f"{prefix}-").order_by("event_id")
+    return [(row.tenant, row.event_id, row.batch, row.applied_at) for row in rows]
+
+
+def test_insert_rows_stores_the_same_values_for_few_rows_and_for_many() -> None:
+    many = UNNEST_FROM_ROWS + 4
+    for prefix, count in (("few", 3), ("many", many)):
+        with bulk_cursor() as cursor:
+            cursor.execute(
+                *insert_rows(ScoredEvent, _MARKER_FIELDS, _marker_rows(count, prefix), suffix=_RETURNING)
+            )
+            assert len(cursor.fetchall()) == count  # RETURNING names every new row
+    expected = [("acme", f"many-{n:03d}", "b", _AT + timedelta(seconds=n)) for n in range(many)]
+    assert _markers("many") == expected
+    assert _markers("few") == [(t, e.replace("many", "few"), b, at) for t, e, b, at in expected[:3]]
+    # The same rows again: ON CONFLICT DO NOTHING, so RETURNING names none of them.
+    with bulk_cursor() as cursor:
+        cursor.execute(
+            *insert_rows(ScoredEvent, _MARKER_FIELDS, _marker_rows(many, "many"), suffix=_RETURNING)
+        )
+        assert cursor.fetchall() == []
+
+
+def test_on_postgresql_many_rows_go_as_one_array_per_column() -> None:
+    few_sql, few_params = insert_rows(ScoredEvent, _MARKER_FIELDS, _marker_rows(3, "f"))
+    many_sql, many_params = insert_rows(ScoredEvent, _MARKER_FIELDS, _marker_rows(UNNEST_FROM_ROWS, "m"))
+    assert "VALUES" in few_sql and len(few_params) == 3 * len(_MARKER_FIELDS)
+    if connection.vendor == "postgresql":
+        assert "unnest(" in many_sql and "VALUES" not in many_sql
+        assert len(many_params) == len(_MARKER_FIELDS)
+        assert many_params[1] == [f"m-{n:03d}" for n in range(UNNEST_FROM_ROWS)]
+    else:  # SQLite has no arrays: a VALUES list whatever the size
+        assert "VALUES" in many_sql and len(many_params) == UNNEST_FROM_ROWS * len(_MARKER_FIELDS)
+
+
+def test_a_column_of_mixed_types_goes_as_text() -> None:
+    """psycopg refuses an array of mixed Python types; such a column is sent as text instead."""
+    assert _column_values((1.5, None, 2.0)) == [1.5, None, 2.0]
+    assert _column_values(("2026-11-30T12:00:00.000000Z", None, _AT)) == [
+        "2026-11-30T12:00:00.000000Z",
+        None,
+        "2026-11-30 12:00:00.250000+00:00",
+    ]
+
+
+def test_the_event_store_writes_a_large_batch_with_an_odd_time_as_it_writes_a_small_one() -> None:
+    """On PostgreSQL a time that is not in the API's form goes in as a datetime among text times
+    (cloudscale_project/dbtime.py): the mixed column must still store every time exactly."""
+    store = OrmEventStore()
+    odd = "2026-11-26T12:00:00.5+02:00"  # the same instant as 10:00:00.500000Z, not canonical
+    for count in (2, UNNEST_FROM_ROWS + 2):
+        events = [make_event(user_id=f"u-{n}") for n in range(count)]
+        events[0]["timestamp"] = odd
+        events[1]["properties"] = {}
+        assert store.write_many(events) == {event["event_id"] for event in events}
+        first, second = (store.get(tenant="acme", event_id=event["event_id"]) for event in events[:2])
+        assert first is not None and first["timestamp"] == "2026-11-26T10:00:00.500000Z"
+        assert second is not None and second["properties"] == {}
+        last = store.get(tenant="acme", event_id=events[-1]["event_id"])
+        assert last is not None and last["timestamp"] == isoformat_z(
+            datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+        )
+        assert last["properties"] == events[-1]["properties"]

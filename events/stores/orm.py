@@ -14,7 +14,7 @@ from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from cloudscale_project.dbtime import db_time_converter
-from cloudscale_project.rawsql import bulk_cursor
+from cloudscale_project.rawsql import bulk_cursor, insert_rows
 from cloudscale_project.timeutil import isoformat_z, parse_iso
 from events.models import StoredEvent
 from events.shape import FIELDS, EventField, Kind, normalised
@@ -24,6 +24,7 @@ from events.stores.base import Event, EventPage, StoreUnavailable, decode_cursor
 _INSERT_CHUNK = 500
 # The table's columns of an event (events/shape.py), then the store's own.
 _COLUMNS = ("tenant", *(field.name for field in FIELDS), "stored_at")
+_ON_CONFLICT = "ON CONFLICT (tenant, event_id) DO NOTHING RETURNING tenant, event_id"
 
 
 def _column_converter(field: EventField, vendor: str) -> Callable[[Any], Any]:
@@ -75,23 +76,15 @@ class OrmEventStore:
         so two workers racing on a redelivered batch cannot both count an event as stored."""
         if not events:
             return set()
-        table = connection.ops.quote_name(StoredEvent._meta.db_table)
-        columns = ", ".join(connection.ops.quote_name(c) for c in _COLUMNS)
         stored_at = connection.ops.adapt_datetimefield_value(timezone.now())
-        placeholders = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
         converters = _converters(connection.vendor)
         new_ids: set[str] = set()
         try:
             with transaction.atomic():
                 for start in range(0, len(events), _INSERT_CHUNK):
                     chunk = events[start : start + _INSERT_CHUNK]
-                    sql = (
-                        f"INSERT INTO {table} ({columns}) VALUES {', '.join([placeholders] * len(chunk))} "  # noqa: S608
-                        "ON CONFLICT (tenant, event_id) DO NOTHING RETURNING tenant, event_id"
-                    )
-                    params: list[Any] = [
-                        value for event in chunk for value in _row(event, stored_at, converters)
-                    ]
+                    rows = [_row(event, stored_at, converters) for event in chunk]
+                    sql, params = insert_rows(StoredEvent, _COLUMNS, rows, suffix=_ON_CONFLICT)
                     with bulk_cursor() as cursor:
                         cursor.execute(sql, params)
                         new_ids.update(event_id for _tenant, event_id in cursor.fetchall())

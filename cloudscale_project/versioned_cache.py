@@ -2,7 +2,8 @@
 
 Every change bumps the version at once and again after its commit; an entry is used only while the
 version it was read under is still current, so every process sees a change on its next read at the
-cost of one Redis GET. If the shared state is unreachable the cache is bypassed. The TTL only
+cost of one Redis GET, or of none where the caller reads the version in a round trip it makes anyway
+(`peek`, then `get_at`). If the shared state is unreachable the cache is bypassed. The TTL only
 bounds how long an entry can outlive a bump that was lost while Redis was away.
 
 A version key that is missing (a flushed or replaced Redis) starts again from a random number, not
@@ -65,7 +66,13 @@ class VersionedCache(Generic[K, V]):
 
         `keep` decides which loaded values are cached (e.g. not the misses of random keys).
         """
-        version = self._current_version()
+        return self.get_at(key, load, version=self._current_version(), keep=keep)
+
+    def get_at(
+        self, key: K, load: Callable[[], V], *, version: int | None, keep: Callable[[V], bool] | None = None
+    ) -> V:
+        """`get` with the current version already read by the caller (None: the shared state is
+        unreachable, so the value is loaded and not cached)."""
         if version is None:
             return load()
         now = time.monotonic()
@@ -79,6 +86,15 @@ class VersionedCache(Generic[K, V]):
                     self._entries.clear()
                 self._entries[key] = (version, now, value)
         return value
+
+    def peek(self, key: K) -> tuple[int, V] | None:
+        """The cached value of `key` and the version it was read under, without asking Redis: the
+        caller reads the current version in a round trip it makes anyway, then confirms the value
+        with `get_at` (the API's rate-limit script, events/middleware.py)."""
+        hit = self._entries.get(key)
+        if hit is None or time.monotonic() - hit[1] >= self.ttl_seconds:
+            return None
+        return hit[0], hit[2]
 
     def changed(self) -> None:
         """Call after any change to what is cached: every process drops its entries.

@@ -26,7 +26,7 @@ from events.ledger import ledger_record
 from events.throttling import RateDecision, check_rate_limits
 from tenants.authentication import api_key_from_headers
 from tenants.models import Tenant
-from tenants.services import key_lookups_per_request, tenant_for_key
+from tenants.services import api_key_confirm, api_key_guess, key_lookups_per_request, tenant_for_key
 
 logger = logging.getLogger(__name__)
 
@@ -71,17 +71,30 @@ def enforce_rate_limits(
     counted `rate_limited` in the key's tenant's ledger) or BrokerUnavailable (state unreachable).
 
     The key is looked up first (the per-process key cache): a request spends the tenants' global
-    window only when it belongs to an active tenant. `events` says how many events the request
+    window only when it belongs to an active tenant. A key found in the cache is confirmed by the
+    rate-limit script itself, which reads the cache's version in the same round trip (no GET of
+    its own) and decides nothing if a tenant or key changed since: then the key is looked up again
+    and the limits are decided for what it is now. `events` says how many events the request
     carries; it is only asked when needed (the per-tenant quota or a refusal), because finding out
     may mean parsing the body. `quota=False` skips the per-tenant events/s quota; `read=True` spends
     the tenant's read budget. The SDK-compatible endpoints (compat/) call this too, with the key and
     the event count they read from their own bodies.
     """
-    tenant = tenant_for_key(key) if key else None
-    active = tenant.slug if tenant is not None and tenant.active else ""
+    guess = api_key_guess(key) if key else None
+    tenant = guess.api_key.tenant if guess is not None else (tenant_for_key(key) if key else None)
+    active = _active_slug(tenant)
     cost = events() if quota and active and settings.RATE_LIMIT_TENANT_EVENTS_PER_SECOND else 1
     try:
-        decision = check_rate_limits(ip=ip, tenant=active, events=cost, read=read)
+        cached_under = (guess.version_key, guess.version) if guess is not None else None
+        decision = check_rate_limits(ip=ip, tenant=active, events=cost, read=read, cached_under=cached_under)
+        if guess is not None:
+            # The lookup came from this process's cache; the script checked the cache's version.
+            confirmed = api_key_confirm(guess, decision.key_version if decision.stale else guess.version)
+            if decision.stale:  # the key or its tenant changed since it was cached: decide anew
+                tenant = confirmed.tenant if confirmed is not None else None
+                active = _active_slug(tenant)
+                cost = events() if quota and active and settings.RATE_LIMIT_TENANT_EVENTS_PER_SECOND else 1
+                decision = check_rate_limits(ip=ip, tenant=active, events=cost, read=read)
     except STATE_ERRORS:
         logger.warning("rate-limit state unavailable", exc_info=True)
         if read:  # nothing to publish: the read cannot reach the shared state
@@ -98,6 +111,10 @@ def enforce_rate_limits(
             decision.headers(),
         )
     return decision
+
+
+def _active_slug(tenant: Tenant | None) -> str:
+    return tenant.slug if tenant is not None and tenant.active else ""
 
 
 def _count_refused(tenant: Tenant | None, events: Callable[[], int]) -> None:

@@ -29,6 +29,7 @@ from django.conf import settings
 from cloudscale_project.state import state_redis
 
 _WINDOW_SECONDS = 60
+_STALE = 2  # the script's first reply element when a cached key lookup's version moved on
 
 _SCRIPT = """
 local t = redis.call('TIME')
@@ -39,6 +40,15 @@ local tenant_rate, cost = tonumber(ARGV[5]), tonumber(ARGV[6])
 local share_limit, contended_at = tonumber(ARGV[7]), tonumber(ARGV[8])
 local read_rate, read_burst = tonumber(ARGV[9]), tonumber(ARGV[10])
 local window_scope = ARGV[11]
+-- A cached API-key lookup read under version ARGV[12] of KEYS[6] (the key cache's version): read
+-- here, the request needs no GET of its own. If it changed, nothing is decided or spent: the caller
+-- looks the key up again and asks again for what the key is now.
+if #KEYS >= 6 then
+  local key_version = redis.call('GET', KEYS[6]) or ''
+  if key_version ~= ARGV[12] then
+    return {2, 'stale', '0', '0', '0', key_version}
+  end
+end
 
 local function refill(key, cap, per_second)
   local state = redis.call('HMGET', key, 'tokens', 'ts')
@@ -142,6 +152,10 @@ class RateDecision:
     limit: int
     remaining: int
     reset_seconds: int
+    # Nothing was decided: the version `cached_under` names is no longer current. `key_version`
+    # is the current one (None: the version key does not exist).
+    stale: bool = False
+    key_version: int | None = None
 
     def headers(self) -> dict[str, str]:
         """IETF RateLimit-* headers for the per-address bucket (the limit a client can act on)."""
@@ -173,11 +187,20 @@ def rate_limit_subject(ip: str) -> str:
     return str(address)
 
 
-def check_rate_limits(*, ip: str, tenant: str = "", events: int = 1, read: bool = False) -> RateDecision:
+def check_rate_limits(
+    *,
+    ip: str,
+    tenant: str = "",
+    events: int = 1,
+    read: bool = False,
+    cached_under: tuple[str, int] | None = None,
+) -> RateDecision:
     """Decide and consume atomically. `tenant` is the request's active tenant, "" for a request
     that has none (it spends the anonymous window, not the tenants' one). `read`: a GET, which
-    also spends the tenant's read bucket. Raises redis.RedisError when the shared state is
-    unreachable."""
+    also spends the tenant's read bucket. `cached_under` (version key, version): `tenant` comes
+    from a lookup cached under that version of the API-key cache; if the version moved on, the
+    decision is `stale` (nothing spent) and carries the current version. Raises
+    redis.RedisError when the shared state is unreachable."""
     global_limit = settings.RATE_LIMIT_GLOBAL_PER_MINUTE
     if tenant:
         window_key, window_limit, window_scope = "rl:global", global_limit, "global"
@@ -189,14 +212,17 @@ def check_rate_limits(*, ip: str, tenant: str = "", events: int = 1, read: bool 
     else:
         window_key, window_limit = "rl:anonymous", settings.RATE_LIMIT_ANONYMOUS_PER_MINUTE
         window_scope, share_limit, contended_at, tenant_rate, read_rate = "anonymous", 0, 0.0, 0, 0.0
-    allowed, limited_by, retry_after, remaining, reset = _script()(
-        keys=[
-            f"rl:ip:{rate_limit_subject(ip)}",
-            window_key,
-            f"rl:tenant:{tenant}",
-            f"rl:share:{tenant}",
-            f"rl:reads:{tenant}",
-        ],
+    keys = [
+        f"rl:ip:{rate_limit_subject(ip)}",
+        window_key,
+        f"rl:tenant:{tenant}",
+        f"rl:share:{tenant}",
+        f"rl:reads:{tenant}",
+    ]
+    if cached_under is not None:
+        keys.append(cached_under[0])
+    reply = _script()(
+        keys=keys,
         args=[
             settings.RATE_LIMIT_PER_IP_CAPACITY,
             settings.RATE_LIMIT_PER_IP_REFILL_PER_SECOND,
@@ -209,9 +235,23 @@ def check_rate_limits(*, ip: str, tenant: str = "", events: int = 1, read: bool 
             read_rate,
             max(1, settings.RATE_LIMIT_TENANT_READ_BURST),
             window_scope,
+            *([str(cached_under[1])] if cached_under is not None else []),
         ],
         client=state_redis(),
     )
+    if reply[0] == _STALE:
+        current = reply[5]
+        return RateDecision(
+            allowed=False,
+            limited_by="",
+            retry_after_seconds=0,
+            limit=settings.RATE_LIMIT_PER_IP_CAPACITY,
+            remaining=0,
+            reset_seconds=0,
+            stale=True,
+            key_version=int(current) if current else None,
+        )
+    allowed, limited_by, retry_after, remaining, reset = reply
     return RateDecision(
         allowed=bool(allowed),
         limited_by=limited_by.decode() if isinstance(limited_by, bytes) else str(limited_by),

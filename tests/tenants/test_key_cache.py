@@ -68,3 +68,38 @@ def test_a_change_committed_by_another_process_is_seen(acme: Actor, state_redis:
     state_redis.incr("cloudscale:tenants:version")  # ...but its bump after commit reaches us
     tenant = tenant_for_key(acme.key)
     assert tenant is not None and tenant.active is False
+
+
+def test_a_change_by_another_process_is_seen_by_the_next_request(
+    client: Client, acme: Actor, state_redis: Any
+) -> None:
+    """The request's lookup comes from the cache and is confirmed by the version the rate-limit
+    script read: a bump by another process refuses the very next request."""
+    assert send(client, acme) == 202  # cached
+    Tenant.objects.filter(slug="acme").update(active=False)  # another process: no bump here...
+    state_redis.incr("cloudscale:tenants:version")  # ...but its bump after commit reaches us
+    assert send(client, acme) == 403
+
+
+def test_a_request_refused_after_a_change_spends_the_anonymous_window(
+    client: Client, acme: Actor, state_redis: Any
+) -> None:
+    """The limits are decided again for what the key is now: a disabled tenant's request spends the
+    anonymous window, as any request without an active tenant does, not the tenants' one."""
+    assert send(client, acme) == 202  # cached, and one request in the tenants' window
+    tenants_window = sum(int(state_redis.get(k) or 0) for k in state_redis.scan_iter("rl:global:*"))
+    tenant_set_active(slug="acme", active=False)
+    assert send(client, acme) == 403
+    assert sum(int(state_redis.get(k) or 0) for k in state_redis.scan_iter("rl:anonymous:*")) == 1
+    assert sum(int(state_redis.get(k) or 0) for k in state_redis.scan_iter("rl:global:*")) == tenants_window
+
+
+def test_a_cached_key_still_works_when_the_version_key_was_lost(
+    client: Client, acme: Actor, state_redis: Any
+) -> None:
+    assert send(client, acme) == 202  # cached
+    state_redis.delete("cloudscale:tenants:version")  # e.g. a Redis replaced without its data
+    assert send(client, acme) == 202
+    assert state_redis.get("cloudscale:tenants:version") is not None  # started again
+    tenant_set_active(slug="acme", active=False)
+    assert send(client, acme) == 403

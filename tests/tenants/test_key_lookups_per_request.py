@@ -1,4 +1,5 @@
-"""A request looks its API key up once (one read of the key cache's version in Redis), native or SDK."""
+"""A request looks its API key up once, native or SDK: one read of the key cache's version in Redis,
+made by the rate-limit script once the key is in the process's cache."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 import pytest
 from django.test import Client
 
+import events.middleware
 from cloudscale_project.versioned_cache import VersionedCache
+from events.throttling import RateDecision
 from tests.compat.test_sdk_api import segment, track
 from tests.conftest import Actor
 
@@ -46,7 +49,26 @@ def test_an_sdk_request_reads_the_key_version_once(
     assert version_reads.count("cloudscale:tenants:version") == 1
 
 
-def test_the_next_request_reads_it_again(client: Client, acme: Actor, version_reads: list[str]) -> None:
-    for _ in range(2):
+@pytest.fixture
+def script_version_reads(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The requests whose rate-limit script checked a cached key's version: whether it was current."""
+    reads: list[bool] = []
+    real = events.middleware.check_rate_limits
+
+    def recorded(**kwargs: object) -> RateDecision:
+        decision = real(**kwargs)  # type: ignore[arg-type]
+        if kwargs.get("cached_under"):
+            reads.append(not decision.stale)
+        return decision
+
+    monkeypatch.setattr(events.middleware, "check_rate_limits", recorded)
+    return reads
+
+
+def test_the_next_request_reads_it_in_the_rate_limit_script(
+    client: Client, acme: Actor, version_reads: list[str], script_version_reads: list[bool]
+) -> None:
+    for _ in range(3):
         assert segment(client, acme.key, {"batch": [track()]}).status_code == 200
-    assert version_reads.count("cloudscale:tenants:version") == 2
+    assert version_reads.count("cloudscale:tenants:version") == 1  # the first request: not cached yet
+    assert script_version_reads == [True, True]

@@ -87,11 +87,14 @@ def _insert_head(model: type[Model], fields: tuple[str, ...], vendor: str) -> tu
     concrete = {field.name: field for field in model._meta.concrete_fields}
     quote = connection.ops.quote_name
     columns = ", ".join(quote(str(concrete[name].column)) for name in fields)
-    types = tuple(str(concrete[name].db_type(connection)) for name in fields)
+    # The base type without its modifier: an explicit cast to varchar(64) would cut a longer value
+    # short in silence, where the INSERT's own assignment to the column refuses it, as it refuses
+    # it from a VALUES list.
+    types = tuple(str(concrete[name].db_type(connection)).split("(")[0] for name in fields)
     return f"INSERT INTO {quote(model._meta.db_table)} ({columns})", types
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=128)
 def _values_sql(model: type[Model], fields: tuple[str, ...], vendor: str, rows: int, suffix: str) -> str:
     head, _ = _insert_head(model, fields, vendor)
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from django.db import IntegrityError, OperationalError, ProgrammingError, connection, transaction
+from django.db import DataError, IntegrityError, OperationalError, ProgrammingError, connection, transaction
 
 from cloudscale_project.rawsql import UNNEST_FROM_ROWS, _column_values, bulk_cursor, insert_rows
 from cloudscale_project.timeutil import isoformat_z
@@ -119,6 +119,21 @@ def test_on_postgresql_many_rows_go_as_one_array_per_column() -> None:
         assert many_params[1] == [f"m-{n:03d}" for n in range(UNNEST_FROM_ROWS)]
     else:  # SQLite has no arrays: a VALUES list whatever the size
         assert "VALUES" in many_sql and len(many_params) == UNNEST_FROM_ROWS * len(_MARKER_FIELDS)
+
+
+def test_a_value_too_long_for_its_column_is_refused_never_cut_short() -> None:
+    """An explicit cast to varchar(32)[] would truncate in silence; the statement casts to the base
+    type, so the column's own length check refuses the row, as it does from a VALUES list."""
+    rows = _marker_rows(UNNEST_FROM_ROWS, "long")
+    rows[3] = (*rows[3][:2], "b" * 40, rows[3][3])  # `batch` is varchar(32)
+    if connection.vendor == "postgresql":
+        with pytest.raises(DataError), transaction.atomic(), bulk_cursor() as cursor:
+            cursor.execute(*insert_rows(ScoredEvent, _MARKER_FIELDS, rows))
+        assert _markers("long") == []
+    else:  # SQLite does not enforce a varchar's length: the value is stored whole
+        with bulk_cursor() as cursor:
+            cursor.execute(*insert_rows(ScoredEvent, _MARKER_FIELDS, rows))
+        assert _markers("long")[3][2] == "b" * 40
 
 
 def test_a_column_of_mixed_types_goes_as_text() -> None:

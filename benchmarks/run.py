@@ -818,6 +818,12 @@ class OpenLoopResult:
     def grouping(self) -> str:
         return _grouping(self.accepted, self.messages)
 
+    def demand(self) -> str:
+        """The cores the offered rate needs at the run's CPU per request: past the machine's cores a
+        queue forms whatever the code's latency, and p99 measures that queue."""
+        cores = self.rate * self.cpu.per_thousand_total(self.requests) / 1000
+        return f"at that CPU cost {self.rate:,.0f} req/s need {cores:.2f} of the {os.cpu_count()} cores"
+
     def line(self) -> str:
         return (
             f"p50 {self.p50_ms:.1f} ms  p99 {self.p99_ms:.1f} ms  at {self.rate:,.0f} req/s offered "
@@ -1166,9 +1172,11 @@ def _rows(config: BenchConfig, stack: Platform, m: Measured, memory: MemorySampl
             ("POST /api/events, open loop", m.open_api.line()),
             ("", m.open_api.grouping()),
             ("", m.open_api.cpu.per_thousand(m.open_api.requests, "requests")),
+            ("", m.open_api.demand()),
             ("", m.open_api.cpu.others()),
             ("floor: trivial view, open loop", m.open_floor.line()),
             ("", m.open_floor.cpu.per_thousand(m.open_floor.requests, "requests")),
+            ("", m.open_floor.demand()),
         ]
     rows += [
         ("", ""),

@@ -77,6 +77,7 @@ def test_it_prints_the_table_and_ends_with_the_result_line() -> None:
     # The make-run platform's run, as that bench reports it: the caller's knobs reached it.
     assert "500 events, batches of 250, 2 clients, embedded stack" in table
     assert "the worker at up to" in table
+    assert re.search(r"at that CPU cost [\d,]+ req/s need \d+\.\d\d of the \d+ cores", table)
     figures = next(line for line in lines if line.startswith("FIGURES "))
     assert '"make_run_cpu_s_per_1k"' in figures
     assert json.loads(figures.removeprefix("FIGURES "))["reference_loop_ms"] > 0

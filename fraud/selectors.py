@@ -20,6 +20,22 @@ def fraud_rule_configs(*, tenant: str) -> dict[Rule, RuleConfig]:
     return dict(rule_configs_cache.get(tenant, lambda: _rule_configs_load(tenant)))
 
 
+def fraud_rule_configs_cached(*, tenant: str) -> tuple[dict[Rule, RuleConfig], int] | None:
+    """The tenant's cached settings and the version they were read under, without reading the
+    current version (None if not cached): for a caller that checks the version in a round trip
+    it makes anyway (the fraud script), then calls `fraud_rule_configs_at` if it moved on."""
+    hit = rule_configs_cache.peek(tenant)
+    return (dict(hit[1]), hit[0]) if hit is not None else None
+
+
+def fraud_rule_configs_at(*, tenant: str, version: int | None) -> dict[Rule, RuleConfig]:
+    """`fraud_rule_configs` when the current version is known (None: the version key is missing,
+    so the ordinary read, which starts it again)."""
+    if version is None:
+        return fraud_rule_configs(tenant=tenant)
+    return dict(rule_configs_cache.get_at(tenant, lambda: _rule_configs_load(tenant), version=version))
+
+
 def _rule_configs_load(tenant: str) -> dict[Rule, RuleConfig]:
     configs = default_configs()
     for setting in FraudRuleSetting.objects.filter(tenant__slug=tenant):

@@ -1,8 +1,11 @@
 """Fraud step of the pipeline: the velocity rules over event time, batch-wise and idempotent.
 
-Per batch: the tenant's rule settings (one Redis GET while they are cached, fraud/rulecache.py),
-one Redis call (a server-side script that records the batch in every window it touches and
-evaluates the rules there, see fraud/windows.py) and, only when a rule hits, the alert writes.
+Per batch: the tenant's rule settings (cached per process, fraud/rulecache.py), one Redis call (a
+server-side script that records the batch in every window it touches and evaluates the rules
+there, see fraud/windows.py) and, only when a rule hits, the alert writes. Settings from the cache
+go to the script with the version they were read under, and the script checks it before anything
+else: one round trip, not a GET of the version and then the script. If the version moved on, the
+script records nothing and the batch is sent again with the settings read anew.
 Redelivery of a batch adds the same members to the windows (no double count) and finds the same
 (rule, subject, bucket) keys, which the unique constraint on FraudAlert turns away; the metric
 counts only alerts this call created.
@@ -22,9 +25,10 @@ from cloudscale_project.metrics import platform_incr_many
 from cloudscale_project.timeutil import parse_iso
 from events.schemas import CUSTOM_METRIC_LABEL, EVENT_TYPES
 from fraud.models import FraudAlert
-from fraud.rules import Entry, Hit, RuleConfig, rule_subject
-from fraud.selectors import fraud_rule_configs
-from fraud.windows import PendingHits, WindowUpdate, get_fraud_window_store
+from fraud.rulecache import VERSION_KEY
+from fraud.rules import Entry, Hit, Rule, RuleConfig, rule_subject
+from fraud.selectors import fraud_rule_configs, fraud_rule_configs_at, fraud_rule_configs_cached
+from fraud.windows import PendingHits, VersionChanged, WindowUpdate, get_fraud_window_store
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +63,25 @@ def fraud_alerts_raise(*, tenant: str, events: Sequence[dict[str, Any]]) -> list
 class PendingAlerts:
     """A batch sent to the rule windows: `finish` reads the hits and writes their alerts."""
 
-    def __init__(self, *, tenant: str, keys: list[tuple[RuleConfig, str]], hits: PendingHits) -> None:
+    def __init__(
+        self,
+        *,
+        tenant: str,
+        events: Sequence[dict[str, Any]],
+        keys: list[tuple[RuleConfig, str]],
+        hits: PendingHits,
+    ) -> None:
         self._tenant = tenant
+        self._events = events
         self._keys = keys
         self._hits = hits
 
     def finish(self) -> list[FraudAlert]:
-        hits = self._hits.result()
+        try:
+            hits = self._hits.result()
+        except VersionChanged as changed:  # nothing was recorded: again, with the settings of now
+            configs = fraud_rule_configs_at(tenant=self._tenant, version=changed.current)
+            return _begin(tenant=self._tenant, events=self._events, configs=configs, only_at=None).finish()
         candidates = [
             _alert(tenant=self._tenant, config=config, subject=subject, hit=hit)
             for (config, subject), subject_hits in zip(self._keys, hits, strict=True)
@@ -92,10 +108,22 @@ class PendingAlerts:
 
 def fraud_alerts_begin(*, tenant: str, events: Sequence[dict[str, Any]]) -> PendingAlerts:
     """Send the batch to the rule windows (fraud/windows.py) without waiting for the hits."""
-    configs = [config for config in fraud_rule_configs(tenant=tenant).values() if config.enabled]
+    cached = fraud_rule_configs_cached(tenant=tenant)
+    if cached is None:
+        return _begin(tenant=tenant, events=events, configs=fraud_rule_configs(tenant=tenant), only_at=None)
+    configs, version = cached
+    return _begin(tenant=tenant, events=events, configs=configs, only_at=version)
+
+
+def _begin(
+    *, tenant: str, events: Sequence[dict[str, Any]], configs: dict[Rule, RuleConfig], only_at: int | None
+) -> PendingAlerts:
+    """Send the batch, with `configs` read under version `only_at` of the settings (None: known
+    to be current)."""
+    enabled = [config for config in configs.values() if config.enabled]
     # Windows by (index in `configs`, subject): a RuleConfig key would be hashed field by field for
     # every event and rule.
-    rules = [(index, config.spec) for index, config in enumerate(configs)]
+    rules = [(index, config.spec) for index, config in enumerate(enabled)]
     grouped: dict[tuple[int, str], dict[str, Entry]] = defaultdict(dict)
     for event in events:
         entry = Entry(
@@ -116,7 +144,7 @@ def fraud_alerts_begin(*, tenant: str, events: Sequence[dict[str, Any]]) -> Pend
             known = entries.get(entry.user_id)
             if known is None or (entry.at, entry.event_id) > (known.at, known.event_id):
                 entries[entry.user_id] = entry
-    keys = [(configs[index], subject) for index, subject in grouped]
+    keys = [(enabled[index], subject) for index, subject in grouped]
     updates = [
         WindowUpdate(
             tenant=tenant,
@@ -129,8 +157,15 @@ def fraud_alerts_begin(*, tenant: str, events: Sequence[dict[str, Any]]) -> Pend
         )
         for (config, subject), entries in zip(keys, grouped.values(), strict=True)
     ]
-    hits = get_fraud_window_store().begin_add_and_evaluate(updates=updates)
-    return PendingAlerts(tenant=tenant, keys=keys, hits=hits)
+    if only_at is not None and not updates:
+        # No script to check the version with, and cached settings may hide a rule enabled since:
+        # confirm them with a read of the version (the database only if they changed).
+        return _begin(tenant=tenant, events=events, configs=fraud_rule_configs(tenant=tenant), only_at=None)
+    store = get_fraud_window_store()
+    hits = store.begin_add_and_evaluate(
+        updates=updates, only_at=(VERSION_KEY, only_at) if only_at is not None else None
+    )
+    return PendingAlerts(tenant=tenant, events=events, keys=keys, hits=hits)
 
 
 def _alert(*, tenant: str, config: RuleConfig, subject: str, hit: Hit) -> FraudAlert:

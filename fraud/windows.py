@@ -56,9 +56,17 @@ SCRIPT_TIMEOUT_SECONDS = 5.0
 #       [window, threshold, distinct (1/0), entries], each entry [time, member, detail]. Times are
 #       strings: Redis turns a Lua number into a command argument with 14 digits, which would
 #       round an epoch time with microseconds.
+# KEYS after them, ARGV[2] (optional): a version key and the version the caller expects there.
 # Reply: per update a list of hits, each {end, count, window rows (member, score...), members at
 #        end, details of the window rows, details of the members at end} (details: distinct only).
 _SCRIPT = """
+-- Evaluated only while the key after the windows' keys holds ARGV[2] (the rule settings' version
+-- the caller's cached settings were read under): otherwise nothing is added and the reply is
+-- {-1, current version}, so the caller reads the settings again and sends the batch again.
+if ARGV[2] then
+  local current = redis.call('GET', KEYS[#KEYS]) or ''
+  if current ~= ARGV[2] then return {-1, current} end
+end
 local doc = cjson.decode(ARGV[1])
 local now, lateness, max_members = tonumber(doc[1]), doc[2], doc[3]
 local function fmt(x) return string.format('%.17g', x) end
@@ -161,11 +169,20 @@ class WindowUpdate:
     distinct_users: bool  # one entry per user (the distinct-users rule), not per event
 
 
+class VersionChanged(Exception):
+    """The evaluation was sent for a version that is no longer current: nothing was recorded."""
+
+    def __init__(self, current: int | None) -> None:
+        super().__init__(f"the version moved on to {current}")
+        self.current = current  # None: the version key does not exist
+
+
 class PendingHits(Protocol):
     """An evaluation sent to the window store whose reply has not been read yet."""
 
     def result(self) -> list[list[Hit]]:
-        """Wait for the reply: per update, the hits of windows holding a new entry."""
+        """Wait for the reply: per update, the hits of windows holding a new entry. Raises
+        VersionChanged when sent `only_at` a version that was no longer current."""
         ...
 
     def abandon(self) -> None:
@@ -179,8 +196,14 @@ class FraudWindowStore(Protocol):
         """Record the new entries; return, per update, the hits of windows holding a new entry."""
         ...
 
-    def begin_add_and_evaluate(self, *, updates: Sequence[WindowUpdate]) -> PendingHits:
-        """`add_and_evaluate`, sent now and read later: the caller works while the store does."""
+    def begin_add_and_evaluate(
+        self, *, updates: Sequence[WindowUpdate], only_at: tuple[str, int] | None = None
+    ) -> PendingHits:
+        """`add_and_evaluate`, sent now and read later: the caller works while the store does.
+
+        `only_at` (key, version): record and evaluate only while that shared-state key holds that
+        version (the updates were built from settings cached under it), in the same round trip.
+        """
         ...
 
 
@@ -243,7 +266,9 @@ class RedisFraudWindows:
     def add_and_evaluate(self, *, updates: Sequence[WindowUpdate]) -> list[list[Hit]]:
         return self.begin_add_and_evaluate(updates=updates).result()
 
-    def begin_add_and_evaluate(self, *, updates: Sequence[WindowUpdate]) -> PendingHits:
+    def begin_add_and_evaluate(
+        self, *, updates: Sequence[WindowUpdate], only_at: tuple[str, int] | None = None
+    ) -> PendingHits:
         """Send the script on a connection of its own and return; `result()` reads the reply.
 
         The script runs in Redis while the worker writes the batch to the database (the pipeline
@@ -251,9 +276,15 @@ class RedisFraudWindows:
         500-event message's wall time (docs/benchmarks.md, "Levers, sixth round").
         """
         if not updates:
+            if only_at is not None:
+                raise ValueError("nothing to send the version with: confirm it before, with a read")
             return _NoHits()
         keys, argument = self._arguments(updates)
-        return _PendingScript(self._client, self._script, updates=updates, keys=keys, argument=argument)
+        args: list[Any] = [argument]
+        if only_at is not None:
+            keys.append(only_at[0])
+            args.append(str(only_at[1]))
+        return _PendingScript(self._client, self._script, updates=updates, keys=keys, args=args)
 
     def _arguments(self, updates: Sequence[WindowUpdate]) -> tuple[list[str], bytes]:
         keys: list[str] = []
@@ -297,18 +328,18 @@ class _PendingScript:
         *,
         updates: Sequence[WindowUpdate],
         keys: list[str],
-        argument: bytes,
+        args: list[Any],
     ) -> None:
         self._client = client
         self._script = script
         self._updates = updates
         self._keys = keys
-        self._argument = argument
+        self._args = args
         self._pool = client.connection_pool
         # The pool hands out a connection it checked: one the server closed is connected again.
         self._connection: Any = self._pool.get_connection()
         try:
-            self._connection.send_command("EVALSHA", script.sha, len(keys), *keys, argument)
+            self._connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
         except BaseException:
             self._give_back(broken=True)
             raise
@@ -329,12 +360,14 @@ class _PendingScript:
         except redis.exceptions.NoScriptError:
             self._give_back(broken=False)
             # A Redis that lost its scripts (restarted, flushed): the client's Script loads it.
-            replies = self._script(keys=self._keys, args=[self._argument])
+            replies = self._script(keys=self._keys, args=self._args)
         except BaseException:
             self._give_back(broken=True)
             raise
         else:
             self._give_back(broken=False)
+        if replies and replies[0] == -1:  # see _SCRIPT: the version moved on, nothing was added
+            raise VersionChanged(int(replies[1]) if replies[1] else None)
         return [[_hit(u, row) for row in hits] for u, hits in zip(self._updates, replies, strict=True)]
 
     def abandon(self) -> None:

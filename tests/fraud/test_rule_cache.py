@@ -12,6 +12,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
+from cloudscale_project.versioned_cache import VersionedCache
 from fraud.models import FraudAlert, FraudRuleSetting
 from fraud.rulecache import VERSION_KEY, rule_configs_cache
 from fraud.rules import Rule, RuleConfig, default_configs
@@ -168,3 +169,67 @@ def test_without_shared_state_every_read_asks_the_database(
     setting.threshold = 4
     setting.save()  # the bump fails (logged); the read does not depend on it
     assert threshold() == 4
+
+
+@pytest.fixture
+def version_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The keys whose version was read with a GET of its own (the fraud script's check is not one)."""
+    reads: list[str] = []
+    real = VersionedCache._current_version
+
+    def counted(self: VersionedCache[object, object]) -> int | None:
+        reads.append(self.version_key)
+        return real(self)
+
+    monkeypatch.setattr(VersionedCache, "_current_version", counted)
+    return reads
+
+
+def test_a_batch_with_cached_settings_reads_no_version_of_its_own(
+    setting: FraudRuleSetting, version_reads: list[str]
+) -> None:
+    """The fraud script checks the version the cached settings were read under (fraud/services.py)."""
+    for n in range(3):
+        fraud_evaluate_batch(tenant="acme", events=burst("purchase", 2, user=f"u{n}"))
+    assert version_reads.count(VERSION_KEY) == 1  # the first batch: nothing cached yet
+
+
+def _raw_update(sql_set: str, rule: Rule = PURCHASE) -> None:
+    """An edit by another process: no bump in this one (the test bumps as that process would)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {FraudRuleSetting._meta.db_table} SET {sql_set} WHERE rule = %s",  # noqa: S608
+            [rule.value],
+        )
+
+
+def test_a_change_by_another_process_is_used_by_the_very_next_batch(
+    setting: FraudRuleSetting, state_redis: redis.Redis
+) -> None:
+    fraud_evaluate_batch(tenant="acme", events=burst("purchase", 3, user="first"))  # cached: 5
+    assert FraudAlert.objects.count() == 0
+    _raw_update("threshold = 1")
+    state_redis.incr(VERSION_KEY)
+    fraud_evaluate_batch(tenant="acme", events=burst("purchase", 3, user="second"))
+    alert = FraudAlert.objects.get()
+    # The bucket's first hit: the second purchase makes 2 > 1.
+    assert (alert.subject, alert.threshold, alert.event_count) == ("second", 1, 2)
+    # Sent twice (the first time under the old version, which recorded nothing), recorded once.
+    assert state_redis.zcard(f"fraud:acme:{PURCHASE.value}:second") == 3
+
+
+def test_a_rule_enabled_by_another_process_runs_even_when_the_cached_settings_send_nothing(
+    acme: Actor, state_redis: redis.Redis
+) -> None:
+    """With every rule disabled a batch sends no script, so nothing would check the cached
+    settings' version there: such a batch reads the version itself."""
+    tenant = Tenant.objects.get(slug="acme")
+    for rule in Rule:
+        FraudRuleSetting.objects.create(
+            tenant=tenant, rule=rule, threshold=1, window_seconds=600, enabled=False
+        )
+    fraud_evaluate_batch(tenant="acme", events=burst("purchase", 3, user="first"))  # cached: all off
+    _raw_update("enabled = %s" % ("1" if connection.vendor == "sqlite" else "true"))
+    state_redis.incr(VERSION_KEY)
+    fraud_evaluate_batch(tenant="acme", events=burst("purchase", 3, user="second"))
+    assert FraudAlert.objects.get().subject == "second"

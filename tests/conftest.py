@@ -266,3 +266,20 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
         time.sleep(interval)
+
+
+@pytest.fixture
+def version_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The version keys of the per-process caches read with a GET of their own, in order (a
+    version checked inside another script, the rate limiter's or the fraud windows', is not one)."""
+    from cloudscale_project.versioned_cache import VersionedCache
+
+    reads: list[str] = []
+    real = VersionedCache._current_version
+
+    def counted(self: VersionedCache[object, object]) -> int | None:
+        reads.append(self.version_key)
+        return real(self)
+
+    monkeypatch.setattr(VersionedCache, "_current_version", counted)
+    return reads

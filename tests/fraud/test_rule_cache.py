@@ -12,7 +12,6 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from cloudscale_project.versioned_cache import VersionedCache
 from fraud.models import FraudAlert, FraudRuleSetting
 from fraud.rulecache import VERSION_KEY, rule_configs_cache
 from fraud.rules import Rule, RuleConfig, default_configs
@@ -169,20 +168,6 @@ def test_without_shared_state_every_read_asks_the_database(
     setting.threshold = 4
     setting.save()  # the bump fails (logged); the read does not depend on it
     assert threshold() == 4
-
-
-@pytest.fixture
-def version_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The keys whose version was read with a GET of its own (the fraud script's check is not one)."""
-    reads: list[str] = []
-    real = VersionedCache._current_version
-
-    def counted(self: VersionedCache[object, object]) -> int | None:
-        reads.append(self.version_key)
-        return real(self)
-
-    monkeypatch.setattr(VersionedCache, "_current_version", counted)
-    return reads
 
 
 def test_a_batch_with_cached_settings_reads_no_version_of_its_own(

@@ -9,25 +9,11 @@ import pytest
 from django.test import Client
 
 import events.middleware
-from cloudscale_project.versioned_cache import VersionedCache
 from events.throttling import RateDecision
 from tests.compat.test_sdk_api import segment, track
 from tests.conftest import Actor
 
 pytestmark = [pytest.mark.django_db, pytest.mark.core]
-
-
-@pytest.fixture
-def version_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    reads: list[str] = []
-    real = VersionedCache._current_version
-
-    def counted(self: VersionedCache[object, object]) -> int | None:
-        reads.append(self.version_key)
-        return real(self)
-
-    monkeypatch.setattr(VersionedCache, "_current_version", counted)
-    return reads
 
 
 def test_a_native_request_reads_the_key_version_once(

@@ -90,7 +90,8 @@ class VersionedCache(Generic[K, V]):
     def peek(self, key: K) -> tuple[int, V] | None:
         """The cached value of `key` and the version it was read under, without asking Redis: the
         caller reads the current version in a round trip it makes anyway, then confirms the value
-        with `get_at` (the API's rate-limit script, events/middleware.py)."""
+        with `get_at` (the API's rate-limit script, events/middleware.py; the fraud script,
+        fraud/services.py)."""
         hit = self._entries.get(key)
         if hit is None or time.monotonic() - hit[1] >= self.ttl_seconds:
             return None

@@ -121,7 +121,7 @@ def _begin(
     """Send the batch, with `configs` read under version `only_at` of the settings (None: known
     to be current)."""
     enabled = [config for config in configs.values() if config.enabled]
-    # Windows by (index in `configs`, subject): a RuleConfig key would be hashed field by field for
+    # Windows by (index in `enabled`, subject): a RuleConfig key would be hashed field by field for
     # every event and rule.
     rules = [(index, config.spec) for index, config in enumerate(enabled)]
     grouped: dict[tuple[int, str], dict[str, Entry]] = defaultdict(dict)

@@ -1,0 +1,43 @@
+"""Every Redis client of ours parses replies with hiredis (a declared dependency, `redis[hiredis]`).
+
+redis-py falls back to its pure-Python parser, silently, when hiredis cannot be imported; each Redis
+call then costs the calling process about a quarter more CPU (docs/benchmarks.md, "Levers, ninth
+round"). These tests make that fallback visible.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.conf import settings
+from redis._parsers import _HiredisParser
+
+from cloudscale_project.celery import app
+from cloudscale_project.state import state_redis
+
+pytestmark = [pytest.mark.core]
+
+
+def test_the_shared_state_client_parses_replies_with_hiredis() -> None:
+    client = state_redis()
+    assert client.ping()
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        assert isinstance(connection._parser, _HiredisParser)
+    finally:
+        pool.release(connection)
+
+
+def test_the_redis_broker_client_parses_replies_with_hiredis() -> None:
+    if settings.BROKER_SCHEME != "redis":
+        pytest.skip("the Redis transport is only used with a redis:// broker")
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        client = channel.client  # type: ignore[attr-defined]
+        assert client.ping()
+        pool = client.connection_pool
+        connection = pool.get_connection()
+        try:
+            assert isinstance(connection._parser, _HiredisParser)
+        finally:
+            pool.release(connection)

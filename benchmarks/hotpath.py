@@ -13,6 +13,12 @@ single events arrive after the API's group commit, where each message's own cost
   fraud      fraud_alerts_raise: the rule windows on an embedded Redis of the run's own
   pipeline   the whole task body (batch_process_message): every step above, the ledger, metrics
 
+Then the task body once more, with each part of it timed as the worker runs it (rows `body.*`):
+decode, each pipeline step (by app: fraud from sending the script to writing the alerts, scoring,
+carts), the store, the metrics and what is left (`other`: outcome lists, logging, spans). The
+`body.gc` row is the cyclic garbage collector's own time, read with `gc.callbacks`; it happens
+inside the other rows and is counted there too.
+
 With `--a-tree`/`--b-tree` it alternates two checkouts (e.g. a `git worktree` of the commit before
 a lever and this one), `--rounds` times each, and prints the medians side by side with B/A.
 
@@ -26,6 +32,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import socket
@@ -41,6 +48,8 @@ from typing import Any, cast
 
 BATCH = 500  # events per measured unit: the bench's batches
 STAGES = ("api", "decode", "store", "scoring", "carts", "fraud", "pipeline")
+# The task body's parts (`_body_sections`), printed under `pipeline`.
+BODY_SECTIONS = ("decode", "fraud", "scoring", "store", "carts", "metrics", "other", "gc")
 
 
 def _per_event_us(run: Callable[[], object], *, rounds: int) -> float:
@@ -171,7 +180,112 @@ def _measure_stages(rounds: int, message_size: int) -> dict[str, float]:
     )
     batches = [fresh() for _ in range(rounds + 1)]
     figures["pipeline"] = _per_event_us(lambda: process(batches.pop()), rounds=rounds)
+    figures.update(_body_sections([fresh() for _ in range(rounds + 1)], message_size))
     return figures
+
+
+class _Clock:
+    """Process CPU per named part of the task body, and the garbage collector's own."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = dict.fromkeys(BODY_SECTIONS, 0.0)
+        self._gc_started = 0.0
+
+    def timed(self, name: str, call: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            started = time.process_time()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                self.spent[name] = self.spent.get(name, 0.0) + time.process_time() - started
+
+        return run
+
+    def on_gc(self, phase: str, _info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.process_time()
+        else:
+            self.spent["gc"] += time.process_time() - self._gc_started
+
+
+class _TimedBegun:
+    """A begun step (fraud: `begin`, then `finish` after the store) with both halves timed."""
+
+    def __init__(self, step: Any, clock: _Clock, name: str) -> None:
+        self._step, self._clock, self._name = step, clock, name
+
+    def begin(self, **kwargs: Any) -> Any:
+        pending = self._clock.timed(self._name, self._step.begin)(**kwargs)
+        clock, name = self._clock, self._name
+
+        class Pending:
+            def finish(self) -> Any:
+                return clock.timed(name, pending.finish)()
+
+            def abandon(self) -> Any:
+                return pending.abandon()
+
+        return Pending()
+
+
+def _step_name(step: Any) -> str:
+    """A pipeline step by its app (fraud, scoring, carts)."""
+    return str(getattr(step, "__module__", type(step).__module__)).split(".")[0]
+
+
+def _body_sections(batches: list[list[dict[str, Any]]], message_size: int) -> dict[str, float]:
+    """µs per event of each part of the task body, over `batches` (each cut into messages)."""
+    import events.pipeline as pipeline_module
+    from events.pipeline import Pipeline, batch_process_message, default_pipeline
+
+    clock = _Clock()
+    default = default_pipeline()
+    store = default.store
+    store.write_many = clock.timed("store", store.write_many)  # type: ignore[method-assign]
+    # The wrappers call the steps as the pipeline would; they are not BatchSteps by type.
+    before: tuple[Any, ...] = tuple(
+        _TimedBegun(step, clock, name) if hasattr(step, "begin") else clock.timed(name, step)
+        for step, name in ((step, _step_name(step)) for step in default.before_store)
+    )
+    after: tuple[Any, ...] = tuple(clock.timed(_step_name(step), step) for step in default.after_store)
+    timed_pipeline = Pipeline(store=store, before_store=before, after_store=after)
+    patched = {
+        "decode_batch": clock.timed("decode", pipeline_module.decode_batch),
+        "platform_incr_many": clock.timed("metrics", pipeline_module.platform_incr_many),
+    }
+    originals = {name: getattr(pipeline_module, name) for name in patched}
+
+    def process(events: list[Any]) -> None:
+        batch_process_message(
+            args=(),
+            kwargs={"tenant": "hotpath", "events": events, "correlation_id": "c"},
+            attempt=1,
+            pipeline=timed_pipeline,
+        )
+
+    run = _in_messages(process, message_size)
+    for name, replacement in patched.items():
+        setattr(pipeline_module, name, replacement)
+    try:
+        run(batches.pop())  # warm-up, not counted
+        clock.spent = dict.fromkeys(BODY_SECTIONS, 0.0)
+        gc.callbacks.append(clock.on_gc)
+        try:
+            started = time.process_time()
+            events = 0
+            while batches:
+                batch = batches.pop()
+                run(batch)
+                events += len(batch)
+            total = time.process_time() - started
+        finally:
+            gc.callbacks.remove(clock.on_gc)
+    finally:
+        for name, original in originals.items():
+            setattr(pipeline_module, name, original)
+    named = sum(spent for name, spent in clock.spent.items() if name not in {"other", "gc"})
+    clock.spent["other"] = max(total - named, 0.0)
+    return {f"body.{name}": round(spent * 1e6 / events, 2) for name, spent in clock.spent.items()}
 
 
 def _free_port() -> int:
@@ -260,10 +374,11 @@ def main(argv: list[str] | None = None) -> int:
         + "".join(f"{side + ' (median)':>14}" for side in trees)
         + ("     B/A" if "A" in trees else "")
     )
-    for stage in STAGES:
+    for stage in (*STAGES, *(f"body.{name}" for name in BODY_SECTIONS)):
         medians = {side: statistics.median(r[stage] for r in results[side]) for side in trees}
         ratio = f"{medians['B'] / medians['A']:8.2f}" if "A" in trees and medians["A"] else ""
         print(f"{stage:<18}" + "".join(f"{medians[side]:>14.1f}" for side in trees) + ratio)
+    print("(body.*: the task body's parts as the worker runs it; body.gc is inside the other rows)")
     return 0
 
 

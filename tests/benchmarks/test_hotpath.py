@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from benchmarks.hotpath import STAGES
+from benchmarks.hotpath import BODY_SECTIONS, STAGES
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.slow]
@@ -38,6 +38,23 @@ def test_it_measures_every_stage_of_two_trees_side_by_side() -> None:
         a, b, ratio = (float(value) for value in rows[stage])
         assert a > 0 and b > 0, (stage, rows[stage])
         assert ratio == pytest.approx(b / a, rel=0.05, abs=0.02)  # the table rounds each figure
+    for section in BODY_SECTIONS:
+        assert len(rows[f"body.{section}"]) == 3, rows
+
+
+def test_it_splits_the_task_body_into_its_parts() -> None:
+    """The body.* rows time each part of the task body as the worker runs it, and add up to it."""
+    done = hotpath()
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = rows_of(done.stdout)
+    body = {section: float(rows[f"body.{section}"][0]) for section in BODY_SECTIONS}
+    assert all(body[part] > 0 for part in ("decode", "fraud", "scoring", "store", "carts")), body
+    assert all(value >= 0 for value in body.values()), body
+    # The parts (the collector's time is inside them) make one whole body, measured in a pass of
+    # its own: the same order as the pipeline row, on one batch of toy runs.
+    parts = sum(value for section, value in body.items() if section != "gc")
+    assert 0.5 < parts / float(rows["pipeline"][0]) < 2.0, (parts, rows["pipeline"])
 
 
 def test_it_measures_the_worker_stages_in_smaller_messages() -> None:

@@ -1,7 +1,7 @@
 """Every Redis client of ours parses replies with hiredis (a declared dependency, `redis[hiredis]`).
 
 redis-py falls back to its pure-Python parser, silently, when hiredis cannot be imported; each Redis
-call then costs the calling process about a quarter more CPU (docs/benchmarks.md, "Levers, ninth
+call then costs the calling process a fifth to a third more CPU (docs/benchmarks.md, "Levers, ninth
 round"). These tests make that fallback visible.
 """
 

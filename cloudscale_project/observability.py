@@ -224,7 +224,15 @@ def tracer() -> trace.Tracer:
 def start_span(
     name: str, attributes: Mapping[str, Any] | None = None, *, kind: SpanKind = SpanKind.INTERNAL
 ) -> Iterator[Span]:
-    """A child span of the work in hand (a no-op span when tracing is not configured)."""
+    """A child span of the work in hand (a no-op span when tracing is not configured).
+
+    Without tracing the no-op span is not made current either: OpenTelemetry's no-op tracer still
+    builds a span and attaches a context on every call, 22 µs a call against 2.8 on a slow machine
+    (docs/benchmarks.md, "Levers, ninth round"), for a span nothing reads.
+    """
+    if not _configured:
+        yield trace.INVALID_SPAN
+        return
     attrs = dict(attributes or {})
     correlation_id = get_correlation_id()
     if correlation_id:

@@ -156,19 +156,21 @@ import django, sys
 django.setup()
 from opentelemetry import trace
 from opentelemetry.instrumentation.redis import RedisInstrumentor
-from cloudscale_project.observability import configure_tracing
+from cloudscale_project.observability import configure_tracing, start_span
 on = configure_tracing(service_name="probe", instrument_django=True)
 with trace.get_tracer("probe").start_as_current_span("work") as span:
     recording = span.is_recording()
-print(on, recording, RedisInstrumentor().is_instrumented_by_opentelemetry)
+with start_span("event_store.write_many") as ours:  # our own spans follow the same rule
+    ours_recording = ours.is_recording() and trace.get_current_span() is ours
+print(on, recording, RedisInstrumentor().is_instrumented_by_opentelemetry, ours_recording)
 """
 
 
 @pytest.mark.parametrize(
     ("extra_env", "expected"),
     [
-        ({}, "False False False"),  # nowhere to export: no provider, no instrumentation, no spans
-        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}, "True True True"),
+        ({}, "False False False False"),  # nowhere to export: no provider, no instrumentation, no spans
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}, "True True True True"),
     ],
 )
 def test_spans_are_made_only_when_they_have_somewhere_to_go(extra_env: dict[str, str], expected: str) -> None:

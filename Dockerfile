@@ -8,14 +8,20 @@ WORKDIR /src
 RUN python -m venv /opt/venv
 # Dependencies first: this layer is rebuilt only when pyproject.toml changes.
 COPY pyproject.toml README.md ./
-RUN mkdir cloudscale_project events fraud scoring ops \
+RUN mkdir cloudscale_project tenants events fraud scoring carts compat ops benchmarks \
  && /opt/venv/bin/pip install . \
  && /opt/venv/bin/pip uninstall -y cloudscale
+# Every app of INSTALLED_APPS (benchmarks holds `manage.py loadgen`); their templates and static
+# files go into the wheel by pyproject.toml's package-data (tests/test_deploy.py checks both).
 COPY cloudscale_project ./cloudscale_project
+COPY tenants ./tenants
 COPY events ./events
 COPY fraud ./fraud
 COPY scoring ./scoring
+COPY carts ./carts
+COPY compat ./compat
 COPY ops ./ops
+COPY benchmarks ./benchmarks
 RUN /opt/venv/bin/pip install --no-deps .
 
 # --- runtime ----------------------------------------------------------------------------------------

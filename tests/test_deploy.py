@@ -7,9 +7,15 @@ order, the trusted-proxy address, the Azure profile. tests/ops/test_nginx.py run
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import re
 import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +205,59 @@ def test_it_builds_a_slim_non_root_image() -> None:
     assert cmd and "gunicorn" in cmd[-1] and "deploy/gunicorn.conf.py" in cmd[-1]
     # Build tools stay in the build stage: the runtime stage only copies the virtualenv.
     assert any(op == "COPY" and arg.startswith("--from=build /opt/venv") for op, arg in final_stage)
+
+
+def _our_packages() -> set[str]:
+    """The project's top-level packages: every app of INSTALLED_APPS that lives here, and the project."""
+    from django.conf import settings
+
+    apps = {app.split(".")[0] for app in settings.INSTALLED_APPS}
+    return {name for name in apps | {"cloudscale_project"} if (ROOT / name / "__init__.py").is_file()}
+
+
+def test_the_image_holds_every_app_the_settings_install() -> None:
+    """An app missing from the image stops every process at start-up (Django imports them all)."""
+    instructions = _dockerfile_instructions()
+    second_from = [i for i, (op, _) in enumerate(instructions) if op == "FROM"][1]
+    copied = {
+        arg.split()[0] for op, arg in instructions[:second_from] if op == "COPY" and not arg.startswith("--")
+    }
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    included = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = _our_packages()
+
+    assert {"tenants", "events", "carts", "compat", "ops", "benchmarks"} <= packages
+    assert packages <= copied, sorted(packages - copied)
+    assert not packages & ignored, sorted(packages & ignored)
+    assert all(any(fnmatch.fnmatch(name, pattern) for pattern in included["include"]) for name in packages)
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_apps_templates_and_static_files(tmp_path: Path) -> None:
+    """The image installs the project as a wheel (`pip install --no-deps .`), so whatever the wheel
+    leaves out is missing in production: the admin's dead-letter form, the operator overview."""
+    packages = _our_packages()
+    tracked = subprocess.run(
+        ["git", "ls-files", *sorted(packages)], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    data_files = {path for path in tracked if not path.endswith(".py")}
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for package in packages:
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", str(source), "-w", str(tmp_path / "dist")],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("cloudscale-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+
+    assert {"ops/templates/ops/overview.html", "ops/static/ops/vendor/chart.umd.min.js"} <= data_files
+    assert data_files <= names, sorted(data_files - names)
+    assert {name.split("/")[0] for name in names} >= packages
 
 
 def test_it_keeps_local_state_and_secrets_out_of_the_build_context() -> None:

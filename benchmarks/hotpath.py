@@ -214,18 +214,22 @@ class _TimedBegun:
     def __init__(self, step: Any, clock: _Clock, name: str) -> None:
         self._step, self._clock, self._name = step, clock, name
 
-    def begin(self, **kwargs: Any) -> Any:
+    def begin(self, **kwargs: Any) -> _TimedPending:
         pending = self._clock.timed(self._name, self._step.begin)(**kwargs)
-        clock, name = self._clock, self._name
+        return _TimedPending(pending, self._clock, self._name)
 
-        class Pending:
-            def finish(self) -> Any:
-                return clock.timed(name, pending.finish)()
 
-            def abandon(self) -> Any:
-                return pending.abandon()
+class _TimedPending:
+    """The begun step's second half, timed under the same name."""
 
-        return Pending()
+    def __init__(self, pending: Any, clock: _Clock, name: str) -> None:
+        self._pending, self._clock, self._name = pending, clock, name
+
+    def finish(self) -> Any:
+        return self._clock.timed(self._name, self._pending.finish)()
+
+    def abandon(self) -> Any:
+        return self._pending.abandon()
 
 
 def _step_name(step: Any) -> str:
@@ -283,6 +287,7 @@ def _body_sections(batches: list[list[dict[str, Any]]], message_size: int) -> di
     finally:
         for name, original in originals.items():
             setattr(pipeline_module, name, original)
+        del store.write_many  # the store (shared in this process) is itself again
     named = sum(spent for name, spent in clock.spent.items() if name not in {"other", "gc"})
     clock.spent["other"] = max(total - named, 0.0)
     return {f"body.{name}": round(spent * 1e6 / events, 2) for name, spent in clock.spent.items()}

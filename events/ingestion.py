@@ -6,6 +6,7 @@ and each decision is counted in the ledger and the metrics.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import Counter
@@ -30,10 +31,12 @@ from events.enrichment import enrich_event
 from events.ledger import Commit, late_commits, ledger_commit_all, ledger_record
 from events.publishing import (
     GroupCommitter,
+    PublishUncertain,
     events_size,
     few_enough_to_group,
     groupable,
     publish_events,
+    publish_landed,
     split_for_broker,
 )
 from events.schemas import metric_event_type, validate_event
@@ -246,6 +249,9 @@ def _publish(tenant: str, requests: list[_Request]) -> None:
         return
     try:
         publish_events(tenant=tenant, events=events, correlation_id=requests[0].context.correlation_id)
+    except PublishUncertain as exc:
+        _keep_uncertain(exc, _commits(tenant, requests))
+        raise
     except BrokerUnavailable:
         _release(tenant, [event["event_id"] for event in events])
         for request in requests:
@@ -258,7 +264,8 @@ def _publish_in_messages(
 ) -> list[dict[str, Any]]:
     """Publish the accepted events, in as many messages as the broker's size limit needs.
 
-    If the first message fails, nothing is in the broker: 503 for the whole request. If a later one
+    If the first message fails, nothing is in the broker: 503 for the whole request (when the
+    broker may have it after all, the request waits for its receipt: `_keep_uncertain`). If a later one
     fails (only possible when a request is split), the events already published stay accepted and
     the rest get a `rejected` receipt saying so: each event's receipt stays true.
     """
@@ -267,6 +274,20 @@ def _publish_in_messages(
     for position, chunk in enumerate(chunks):
         try:
             publish_events(tenant=context.tenant, events=chunk, correlation_id=context.correlation_id)
+        except PublishUncertain as exc:
+            # Only a transport with a size limit splits a request (Service Bus), and only Redis
+            # writes publish receipts, so an uncertain publish is always the request's first.
+            later = [event for rest in chunks[1:] for event in rest]
+            _release(context.tenant, [event["event_id"] for event in later])
+            uncertain = Commit(
+                tenant=context.tenant,
+                received_at=context.received_at,
+                published_ids=tuple(event["event_id"] for event in chunk),
+                duplicate=len(receipts.duplicates),
+                rejected=len(receipts.rejected) + len(later),
+            )
+            _keep_uncertain(exc, [uncertain])
+            raise
         except BrokerUnavailable:
             unpublished = [event for later in chunks[position:] for event in later]
             _release(context.tenant, [event["event_id"] for event in unpublished])
@@ -321,16 +342,7 @@ def _commit(tenant: str, live: dict[int, _Request], outcomes: list[BaseException
     stored; the requests are answered 503 and their retries are refused as in flight until the
     late commits land, then answered `duplicate`. Found by the fault suite (tests/faults/).
     """
-    commits = [
-        Commit(
-            tenant=tenant,
-            received_at=request.context.received_at,
-            published_ids=tuple(event["event_id"] for event in request.published),
-            duplicate=len(request.receipts.duplicates),
-            rejected=len(request.receipts.rejected),
-        )
-        for request in live.values()
-    ]
+    commits = _commits(tenant, list(live.values()))
     try:
         ledger_commit_all(commits)
     except STATE_ERRORS as exc:
@@ -342,6 +354,28 @@ def _commit(tenant: str, live: dict[int, _Request], outcomes: list[BaseException
             "answering 503: %s",
             sum(len(commit.published_ids) for commit in commits), tenant, exc,
         )  # fmt: skip
+
+
+def _commits(tenant: str, requests: list[_Request]) -> list[Commit]:
+    """What each request's commit writes: its published ids, its duplicates and its rejected events."""
+    return [
+        Commit(
+            tenant=tenant,
+            received_at=request.context.received_at,
+            published_ids=tuple(event["event_id"] for event in request.published),
+            duplicate=len(request.receipts.duplicates),
+            rejected=len(request.receipts.rejected),
+        )
+        for request in requests
+    ]
+
+
+def _keep_uncertain(failure: PublishUncertain, commits: list[Commit]) -> None:
+    """A publish that failed but may be in the broker (its reply was lost): keep the ids reserved
+    and the requests uncounted until the broker's receipt tells (`LateCommits.add_uncertain`).
+    Releasing them now would let a retry publish a second copy of events that may already be
+    stored, and counting them as refused could be false."""
+    late_commits.add_uncertain(commits, landed=functools.partial(publish_landed, failure.task_id))
 
 
 def _count(context: RequestContext, receipts: Receipts, published: list[dict[str, Any]]) -> None:

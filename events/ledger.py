@@ -20,16 +20,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import redis
 from django.conf import settings
 
+from cloudscale_project.publish_receipts import PUBLISHED_TTL_SECONDS
 from cloudscale_project.state import STATE_ERRORS, state_redis
 from cloudscale_project.timeutil import hour_floor, isoformat_z
-from events.dedup import seen_key
+from events.dedup import RESERVATION_SECONDS, release_event_ids, seen_key
 from events.stores.base import StoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -144,6 +145,22 @@ def ledger_commit_all(commits: Sequence[Commit]) -> None:
     _client().register_script(_COMMIT_SCRIPT)(keys=keys, args=args)
 
 
+@dataclass(eq=False)
+class _Waiting:
+    """Commits to write late. With `landed`, their publish's outcome is not known yet either: they
+    are written if the broker has the message, else their ids are released and their requests
+    counted as refused (`rejected`), as a failed publish's are at once."""
+
+    commits: tuple[Commit, ...]
+    landed: Callable[[], bool] | None = None
+    since: float = field(default_factory=time.monotonic)
+    released: bool = False
+
+    @property
+    def events(self) -> int:
+        return sum(len(commit.published_ids) for commit in self.commits)
+
+
 class LateCommits:
     """Commits of published events that could not be written when they were made.
 
@@ -151,6 +168,12 @@ class LateCommits:
     stored > accepted. A daemon thread retries them until the shared state answers again; the
     client was answered 503 and its retry is refused as in flight until then, after which it is a
     duplicate. Kept in the API process: one that dies with commits still here loses them (logged).
+
+    A publish whose reply was lost waits here too (`add_uncertain`): its ids stay reserved, so the
+    client's retries are refused as in flight, until the broker answers whether it has the message
+    (its receipt, events.publishing.publish_landed). Then the commit is written, or the ids are
+    released and the request counted as refused: either way the ledger counts what happened,
+    rather than a second copy that a retry after the reservation would publish.
     """
 
     # Retry every second, up to every 5 s while the shared state stays away.
@@ -160,19 +183,27 @@ class LateCommits:
     MAX_WAITING = 10_000
 
     def __init__(self) -> None:
-        self._waiting: list[Commit] = []
+        self._waiting: list[_Waiting] = []
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def add(self, commit: Commit) -> None:
+        self._add(_Waiting(commits=(commit,)))
+
+    def add_uncertain(self, commits: Sequence[Commit], *, landed: Callable[[], bool]) -> None:
+        """Commits of a publish that failed but may have reached the broker; `landed` asks it
+        (raising one of STATE_ERRORS while it cannot answer)."""
+        self._add(_Waiting(commits=tuple(commits), landed=landed))
+
+    def _add(self, waiting: _Waiting) -> None:
         with self._lock:
             if len(self._waiting) >= self.MAX_WAITING:
                 lost = self._waiting.pop(0)
                 logger.error(
                     "late-commit queue full; dropped the commit of %d published event(s) of %s",
-                    len(lost.published_ids), lost.tenant,
+                    lost.events, lost.commits[0].tenant,
                 )  # fmt: skip
-            self._waiting.append(commit)
+            self._waiting.append(waiting)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="ledger-late-commits", daemon=True)
                 self._thread.start()
@@ -185,20 +216,49 @@ class LateCommits:
         """Write every waiting commit that can be written now; return how many are still waiting."""
         with self._lock:
             batch, self._waiting = self._waiting, []
-        failed: list[Commit] = []
-        for commit in batch:
-            try:
-                ledger_commit(commit)
-            except STATE_ERRORS:
-                failed.append(commit)
-            else:
-                logger.info(
-                    "late commit of %d published event(s) of %s written",
-                    len(commit.published_ids), commit.tenant,
+        failed: list[_Waiting] = []
+        for waiting in batch:
+            if waiting.landed is not None and time.monotonic() - waiting.since > PUBLISHED_TTL_SECONDS:
+                # The receipt is gone by now: nothing can tell any more (docs/decisions.md,
+                # "The ledger under broker kills: publish receipts", "What is left").
+                logger.error(
+                    "gave up on the uncertain publish of %d event(s) of %s: the broker did not answer "
+                    "for %d s; they are counted neither as accepted nor as refused",
+                    waiting.events, waiting.commits[0].tenant, PUBLISHED_TTL_SECONDS,
                 )  # fmt: skip
+                continue
+            try:
+                self._resolve(waiting)
+            except STATE_ERRORS:
+                failed.append(waiting)
         with self._lock:
             self._waiting[:0] = failed
             return len(self._waiting)
+
+    def _resolve(self, waiting: _Waiting) -> None:
+        tenant = waiting.commits[0].tenant
+        if waiting.landed is None or waiting.landed():
+            ledger_commit_all(waiting.commits)
+            logger.info("late commit of %d published event(s) of %s written", waiting.events, tenant)
+            return
+        if not waiting.released:
+            # Only while the reservations are still this request's: after they expired, a retry
+            # may have reserved the ids anew, and deleting its reservation would be wrong.
+            if time.monotonic() - waiting.since < RESERVATION_SECONDS - 5:
+                release_event_ids(
+                    tenant=tenant, event_ids=[i for commit in waiting.commits for i in commit.published_ids]
+                )
+            waiting.released = True
+        pipe = _client().pipeline(transaction=True)
+        for commit in waiting.commits:
+            refused = {"rejected": len(commit.published_ids) + commit.duplicate + commit.rejected}
+            ledger_record(tenant=tenant, received_at=commit.received_at, counts=refused, pipe=pipe)
+        pipe.execute()
+        logger.info(
+            "the broker does not have the %d event(s) of %s whose publish failed: released, "
+            "counted as refused",
+            waiting.events, tenant,
+        )  # fmt: skip
 
     def _run(self) -> None:
         delay = self.RETRY_SECONDS

@@ -11,16 +11,21 @@ import contextlib
 import logging
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from functools import cache
 from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
 
 import orjson
+import redis
 from django.conf import settings
 
 from cloudscale_project.celery import app
 from cloudscale_project.errors import BrokerUnavailable
+from cloudscale_project.publish_receipts import published_key
 
 logger = logging.getLogger(__name__)
 
@@ -72,16 +77,49 @@ def groupable(*, events: int, size: int) -> bool:
     return few_enough_to_group(events) and not (settings.BROKER_MAX_MESSAGE_BYTES and size > _budget() / 4)
 
 
+class PublishUncertain(BrokerUnavailable):
+    """A failed publish that may have reached the broker: the Redis transport wrote a receipt with
+    the message if it did (`publish_landed`). The caller must not release the events' ids yet."""
+
+    def __init__(self, retry_after: int, *, task_id: str) -> None:
+        super().__init__(retry_after)
+        self.task_id = task_id
+
+
+def _publish_url() -> str:
+    url: str = app.conf.broker_write_url or app.conf.broker_url  # where the API's publishes go
+    return url
+
+
+def receipts_on_publish() -> bool:
+    """Whether the transport of the API's publishes writes a receipt with each (ours, which
+    settings register for redis:// when the configured broker is a redis:// one)."""
+    return settings.BROKER_SCHEME == "redis" and urlsplit(_publish_url()).scheme == "redis"
+
+
+@cache
+def _broker_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+
+def publish_landed(task_id: str) -> bool:
+    """Whether the broker has the message of `task_id`, from the receipt its transport wrote in the
+    same MULTI. Raises a redis-py error (or OSError) while the broker cannot answer."""
+    return bool(_broker_client(_publish_url()).exists(published_key(task_id)))
+
+
 def publish_events(*, tenant: str, events: Sequence[dict[str, Any]], correlation_id: str) -> None:
     """Durably publish the events as one `events.process_batch` message, with a short bounded
-    retry; BrokerUnavailable if not.
+    retry; BrokerUnavailable if not, PublishUncertain when the broker may have it all the same.
 
     Small requests reach this already grouped: the API's group commit (`GroupCommitter`, used by
     events/ingestion.py) publishes the events of concurrent requests of one tenant in one call.
     """
+    task_id = str(uuid.uuid4())
     try:
         app.send_task(
             TASK_NAME,
+            task_id=task_id,
             kwargs={"tenant": tenant, "events": list(events), "correlation_id": correlation_id},
             queue=settings.QUEUE_NAME,
             retry=True,
@@ -99,10 +137,21 @@ def publish_events(*, tenant: str, events: Sequence[dict[str, Any]], correlation
         )
     except _BROKER_ERRORS as exc:
         logger.warning(
-            "publish failed for %d event(s) of %s: %s", len(events), tenant, exc,
+            "publish failed for %d event(s) of %s (task %s): %s", len(events), tenant, task_id, exc,
             extra={"tenant": tenant},
         )  # fmt: skip
-        raise BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS) from exc
+        if not receipts_on_publish():
+            raise BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS) from exc
+        # The server may have applied the publish and died before answering: its receipt tells.
+        try:
+            landed = publish_landed(task_id)
+        except _BROKER_ERRORS:
+            # Not yet: the caller keeps the ids reserved and asks again once the broker answers
+            # (events.ledger.LateCommits).
+            raise PublishUncertain(settings.BROKER_RETRY_AFTER_SECONDS, task_id=task_id) from exc
+        if not landed:
+            raise BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS) from exc
+        logger.warning("the broker has task %s although its publish failed: published", task_id)
 
 
 def _summary(*, tenant: str, events: int, correlation_id: str) -> str:

@@ -40,6 +40,8 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+from cloudscale_project.publish_receipts import PUBLISHED_TTL_SECONDS, published_key
+
 logger = logging.getLogger(__name__)
 
 # kombu's type stubs (celery-types) do not describe the transport's private API we extend.
@@ -57,6 +59,13 @@ WAKE_KEY_PREFIX = "_cloudscale.wake."
 UNDECODABLE_KEY = "_cloudscale.undecodable"
 
 _POPPED, _UNDECODABLE, _EMPTY = 1, 2, 0
+
+
+def _task_id(message: Any) -> str | None:
+    headers = message.get("headers") if isinstance(message, dict) else None
+    task_id = headers.get("id") if isinstance(headers, dict) else None
+    return task_id if isinstance(task_id, str) and task_id else None
+
 
 # KEYS: unacked hash, unacked index, undecodable list, the queue keys (in BRPOP order), the wake
 # streams. ARGV: the client's clock (the index score kombu's sweep compares with its own clock),
@@ -268,17 +277,21 @@ class Channel(_kombu.Channel):
     # --- publishing ------------------------------------------------------------------------------
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
-        """LPUSH, plus a wake-up entry for waiting consumers, in one MULTI."""
+        """LPUSH, plus a wake-up entry for waiting consumers and the task's publish receipt
+        (`published_key`), in one MULTI."""
         pri = self._get_message_priority(message, reverse=False)
         key = self._q_for_pri(queue, pri)
         body = _kombu.dumps(message)
         wake = wake_key(queue)
         expires = self._expires.get(queue) if self._expires else None
+        task_id = _task_id(message)
         publish_batch = kwargs.pop("_publish_batch", None)
         if publish_batch is not None:
             publish_batch.add("lpush", key, body)
             publish_batch.add("xadd", wake, {"m": "1"}, "*", WAKE_STREAM_MAXLEN, True)
             publish_batch.add("expire", wake, WAKE_STREAM_TTL_SECONDS)
+            if task_id:
+                publish_batch.add("set", published_key(task_id), 1, PUBLISHED_TTL_SECONDS)
             for p in self.priority_steps if expires else ():
                 publish_batch.add("pexpire", self._q_for_pri(queue, p), expires)
             return
@@ -286,6 +299,8 @@ class Channel(_kombu.Channel):
             pipe.lpush(key, body)
             pipe.xadd(wake, {"m": "1"}, maxlen=WAKE_STREAM_MAXLEN, approximate=True)
             pipe.expire(wake, WAKE_STREAM_TTL_SECONDS)
+            if task_id:
+                pipe.set(published_key(task_id), 1, ex=PUBLISHED_TTL_SECONDS)
             for p in self.priority_steps if expires else ():
                 pipe.pexpire(self._q_for_pri(queue, p), expires)
             pipe.execute()

@@ -21,6 +21,7 @@ import events.publishing
 from cloudscale_project.timeutil import isoformat_z, parse_iso, utcnow
 from compat.models import IngestionWarning
 from compat.tasks import purge_expired_warnings
+from events.ledger import late_commits
 from events.models import StoredEvent
 from events.pipeline import batch_process_message
 from fraud.models import FraudAlert, FraudRuleSetting
@@ -28,7 +29,7 @@ from fraud.rules import Rule
 from scoring.models import UserScore
 from tenants.models import Tenant
 from tenants.services import tenant_set_active
-from tests.conftest import Actor
+from tests.conftest import Actor, wait_until
 from tests.events.test_ingest_api import queued_messages
 
 pytestmark = [pytest.mark.django_db, pytest.mark.core]
@@ -312,6 +313,8 @@ def test_503_with_retry_after_when_the_broker_is_down_and_the_retry_is_accepted(
     sdk_error(refused, 503, "broker_unavailable", posthog_path=True)
     assert int(refused["Retry-After"]) >= 1
     monkeypatch.undo()
+    # Until the broker answers that the failed publish did not reach it, the id is in flight.
+    wait_until(lambda: late_commits.flush() == 0, timeout=10, message="the failed publish resolved")
     assert posthog(client, body).json()["accepted"] == 1
     assert IngestionWarning.objects.count() == 0
 

@@ -17,9 +17,11 @@ from django.test import Client
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 import events.ingestion
+from cloudscale_project.publish_receipts import PUBLISHED_TTL_SECONDS
 from cloudscale_project.state import state_redis
 from cloudscale_project.timeutil import hour_floor, isoformat_z, utcnow
-from events.ledger import late_commits, ledger_record, ledger_window, retention_start
+from events.dedup import RESERVATION_SECONDS, Claim, reserve_event_ids
+from events.ledger import Commit, late_commits, ledger_record, ledger_window, retention_start
 from events.publishing import publish_events
 from events.tasks import process_batch
 from ops.embedded_redis import start_embedded_redis
@@ -178,3 +180,72 @@ def test_the_ledger_is_a_503_not_a_500_while_the_shared_state_is_down(
     assert response.status_code == 503, response.content
     assert response.json()["error"]["code"] == "store_unavailable"
     assert int(response["Retry-After"]) >= 1
+
+
+def _uncertain_commit(tenant: str, event_ids: list[str]) -> Commit:
+    reserve_event_ids(tenant=tenant, event_ids=event_ids)  # as the request did before its publish
+    return Commit(
+        tenant=tenant, received_at=utcnow(), published_ids=tuple(event_ids), duplicate=1, rejected=2
+    )
+
+
+def _hour_counts(tenant: str) -> dict[str, int]:
+    client = state_redis()
+    counts: dict[str, int] = {}
+    for key in client.scan_iter(f"ledger:{tenant}:*"):
+        for field, value in client.hgetall(key).items():
+            name = field.decode() if isinstance(field, bytes) else field
+            counts[name] = counts.get(name, 0) + int(value)
+    return counts
+
+
+def test_an_uncertain_publish_waits_for_the_broker_and_is_committed_when_it_landed() -> None:
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    answers: list[bool | Exception] = [redis.ConnectionError("the broker is away"), True]
+
+    def landed() -> bool:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    late_commits.add_uncertain([_uncertain_commit("acme", ids)], landed=landed)
+    assert late_commits.flush() == 1, "kept while the broker cannot answer"
+    assert _hour_counts("acme") == {}
+    assert late_commits.flush() == 0
+    assert _hour_counts("acme") == {"received": 6, "accepted": 3, "duplicate": 1, "rejected": 2}
+    assert reserve_event_ids(tenant="acme", event_ids=ids) == [Claim.DUPLICATE] * 3
+
+
+def test_an_uncertain_publish_that_did_not_land_is_released_and_counted_as_refused() -> None:
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    late_commits.add_uncertain([_uncertain_commit("acme", ids)], landed=lambda: False)
+    assert late_commits.flush() == 0
+    assert _hour_counts("acme") == {"received": 6, "rejected": 6}
+    assert reserve_event_ids(tenant="acme", event_ids=ids) == [Claim.NEW] * 3, "released: a retry is new"
+
+
+def test_an_uncertain_publish_leaves_reservations_alone_once_they_may_be_someone_elses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(2)]
+    late_commits.add_uncertain([_uncertain_commit("acme", ids)], landed=lambda: False)
+    # The reservation expired meanwhile and a retry reserved the ids anew: only counting is left.
+    late_commits._waiting[0].since -= RESERVATION_SECONDS
+    assert late_commits.flush() == 0
+    assert reserve_event_ids(tenant="acme", event_ids=ids) == [Claim.IN_FLIGHT] * 2
+    assert _hour_counts("acme") == {"received": 5, "rejected": 5}
+
+
+def test_an_uncertain_publish_is_given_up_once_its_receipt_would_be_gone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def never_answers() -> bool:
+        raise redis.ConnectionError("the broker is away")
+
+    late_commits.add_uncertain([_uncertain_commit("acme", [str(uuid.uuid4())])], landed=never_answers)
+    assert late_commits.flush() == 1
+    late_commits._waiting[0].since -= PUBLISHED_TTL_SECONDS + 1
+    assert late_commits.flush() == 0
+    assert "gave up on the uncertain publish of 1 event(s) of acme" in caplog.text
+    assert _hour_counts("acme") == {}

@@ -1,19 +1,22 @@
 """The ledger when a publish's outcome cannot be known: the broker applied it, the reply was lost.
 
 On the embedded stack one Redis server is the broker and the shared state. A SIGKILL that lands
-after the server wrote a publish's MULTI (LPUSH + wake-up XADD) to its append-only file but before
-it wrote the reply leaves the message in the broker while the API sees a dead connection. kombu's
-publish retries cannot reconnect while the server is down, so the API answers 503; it cannot release
-the request's dedup reservations either (same server), so they stand for RESERVATION_SECONDS and the
-client's retries are refused as in flight meanwhile. The worker stores the message; nothing counts
-it as accepted until a retry after the reservation expired publishes it again and commits. A client
-that stops retrying before that leaves the hour's `pending` below zero by the batch's size: the
-outcome the 30-kill fault test (tests/faults/test_faults.py) saw once, docs/decisions.md,
-"Open: the ledger under broker kills".
+after the server wrote a publish's MULTI (LPUSH + wake-up XADD + the publish's receipt) to its
+append-only file but before it wrote the reply leaves the message in the broker while the API sees a
+dead connection. kombu's publish retries cannot reconnect while the server is down, so the API
+answers 503. Before the receipt, the API could not tell whether the broker had the message: the
+worker stored it, nothing counted it as accepted until a retry after the reservation expired
+published a second copy, and a client that stopped retrying left the ledger short by the batch
+for good (the 30-kill fault test, tests/faults/test_faults.py, saw it). Now the API keeps the ids
+reserved and asks the broker, once it answers, for the publish's receipt
+(`events.publishing.publish_landed`): present, the commit is written late and the retry is a
+duplicate; absent, the ids are released and the request counted as refused (docs/decisions.md,
+"The ledger under broker kills: publish receipts").
 
 The kill is reproduced exactly with a proxy between the API process and the run's embedded server:
 it forwards everything, swallows the reply to the publish's EXEC (the server has applied it), closes
-every connection and refuses new ones until the test "restarts" it.
+every connection and refuses new ones until the test "restarts" it. Or it drops the publish itself
+before the server saw it, and dies the same way.
 """
 
 from __future__ import annotations
@@ -22,21 +25,22 @@ import contextlib
 import json
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
+from django.conf import settings
 from django.test import Client
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from cloudscale_project.celery import app
 from cloudscale_project.state import state_redis
 from events.dedup import RESERVATION_SECONDS, seen_key
+from events.ledger import late_commits
 from events.tasks import process_batch
-from tests.conftest import Actor
+from tests.conftest import Actor, wait_until
 from tests.events.pipeline_support import take_one_message
 from tests.netutil import TcpProxy
 
@@ -52,6 +56,7 @@ class DyingServerProxy(TcpProxy):
 
     def __init__(self, *, upstream_port: int) -> None:
         self.stays_down = True  # False: back at once, within kombu's publish retries
+        self.applies_publish = True  # False: the server dies before it reads the publish
         self.killed = threading.Event()
         self.down = threading.Event()
         self.direct: redis.Redis | None = None
@@ -75,6 +80,10 @@ class DyingServerProxy(TcpProxy):
                 if not chunk:
                     return
                 if not self.killed.is_set() and b"LPUSH" in chunk:
+                    if not self.applies_publish:
+                        self.killed.set()
+                        self._kill()
+                        return
                     armed.set()
                 target.sendall(chunk)
             except OSError:
@@ -91,10 +100,11 @@ class DyingServerProxy(TcpProxy):
                 self._kill()
                 return
             if armed.is_set() and not self.killed.is_set():
-                # Hold the MULTI's replies until the EXEC's array arrives: the server has applied
-                # (and, with appendfsync always, written) the publish. Then "die" without answering.
+                # Hold the MULTI's replies until the EXEC's array (LPUSH, XADD, EXPIRE and the
+                # receipt's SET) arrives: the server has applied (and, with appendfsync always,
+                # written) the publish. Then "die" without answering.
                 pending += chunk
-                if b"*3\r\n" in pending:
+                if b"*4\r\n" in pending:
                     self.killed.set()
                     self._kill()
                     return
@@ -158,6 +168,11 @@ def post_batch(client: Client, actor: Actor, events: list[dict[str, Any]]) -> An
     )
 
 
+def assert_no_message_waits() -> None:
+    waiting = redis.Redis.from_url(settings.CELERY_BROKER_URL).llen(settings.QUEUE_NAME)
+    assert waiting == 0, f"{waiting} message(s) still in the ingestion queue"
+
+
 def ledger_totals(client: Client, actor: Actor) -> dict[str, int]:
     response = client.get("/api/ledger", **actor.headers)
     assert response.status_code == 200, response.content
@@ -165,7 +180,7 @@ def ledger_totals(client: Client, actor: Actor) -> dict[str, int]:
     return totals
 
 
-def test_a_publish_whose_reply_died_with_the_server_is_stored_but_counted_only_by_a_later_retry(
+def test_a_publish_whose_reply_died_with_the_server_is_counted_once_the_broker_shows_its_receipt(
     client: Client, acme: Actor, dying_server: DyingServerProxy
 ) -> None:
     state = dying_server.direct
@@ -176,41 +191,86 @@ def test_a_publish_whose_reply_died_with_the_server_is_stored_but_counted_only_b
     first = post_batch(client, acme, events)
     assert dying_server.killed.is_set(), "the server applied the publish and died before answering"
     assert first.status_code == 503 and first.json()["error"]["code"] == "broker_unavailable"
-    # The release could not reach the server either: every id is still reserved, not confirmed.
+    # The ids stay reserved, not confirmed, and the request is not counted yet: the API waits for
+    # the broker to say whether it has the message.
     keys = [seen_key("acme", event_id) for event_id in ids]
     assert state.mget(keys) == [b"reserved"] * BATCH
     assert all(0 < state.ttl(key) <= RESERVATION_SECONDS for key in keys)
+    assert late_commits.flush() == 1, "the broker cannot answer while it is down"
+    assert not list(state.scan_iter("ledger:acme:*")), "nothing counted yet"
 
-    dying_server.restart()  # the server is back, from its append-only file
-    # While the reservations stand, the client's retry is refused as in flight ...
+    dying_server.restart()  # the server is back, from its append-only file, with the receipt
+    wait_until(lambda: late_commits.flush() == 0, timeout=10, message="the uncertain publish resolved")
+    assert state.mget(keys) == [b"1"] * BATCH, "confirmed: the broker has the message"
+
+    # The client's retry is a duplicate: nothing is published a second time.
     retry = post_batch(client, acme, events)
-    assert retry.status_code == 503 and retry.json()["error"]["code"] == "broker_unavailable"
+    assert retry.status_code == 202, retry.content
+    assert retry.json()["event_ids"] == []
+    assert sorted(d["event_id"] for d in retry.json()["duplicates"]) == sorted(ids)
 
-    # ... but the batch is in the broker, and the worker stores it.
     message = take_one_message()
     args, kwargs, _embed = message.payload
     assert sorted(e["event_id"] for e in kwargs["events"]) == sorted(ids)
     process_batch(*args, **kwargs)
+    assert_no_message_waits()
 
-    # A client that stops retrying here (the fault suite's gives up 100 s after a batch's first
-    # attempt) leaves the ledger short by the batch for good: stored, never counted as accepted.
-    # Nothing in the API will count it: no late commit was kept (the publish "failed").
+    # Counted once, in the first request's hour, whether or not the client ever retried.
     totals = ledger_totals(client, acme)
-    assert (totals["accepted"], totals["stored"], totals["pending"]) == (0, BATCH, -BATCH)
+    assert (
+        totals["received"],
+        totals["accepted"],
+        totals["duplicate"],
+        totals["stored"],
+        totals["pending"],
+    ) == (
+        2 * BATCH,
+        BATCH,
+        BATCH,
+        BATCH,
+        0,
+    )
 
-    # A client that retries past the reservation (its expiry is brought forward here: the test
-    # does not wait 60 s) gets the batch accepted: published again, counted once, stored once.
-    for key in keys:
-        state.pexpire(key, 1)
-    time.sleep(0.05)
-    accepted = post_batch(client, acme, events)
-    assert accepted.status_code == 202, accepted.content
-    assert sorted(accepted.json()["event_ids"]) == sorted(ids)
-    message = take_one_message()
-    args, kwargs, _embed = message.payload
+
+def test_a_publish_the_server_died_before_reading_is_released_and_counted_as_refused_once_it_answers(
+    client: Client, acme: Actor, dying_server: DyingServerProxy
+) -> None:
+    """The other half of an uncertain publish: no receipt, so no message. The ids are released and
+    the request counted as refused (as a failed publish is at once); the retry is accepted."""
+    dying_server.applies_publish = False
+    state = dying_server.direct
+    assert state is not None
+    events = a_batch()
+    ids = sorted(e["event_id"] for e in events)
+
+    first = post_batch(client, acme, events)
+    assert dying_server.killed.is_set()
+    assert first.status_code == 503 and first.json()["error"]["code"] == "broker_unavailable"
+
+    dying_server.restart()
+    wait_until(lambda: late_commits.flush() == 0, timeout=10, message="the uncertain publish resolved")
+    assert state.mget([seen_key("acme", event_id) for event_id in ids]) == [None] * BATCH, "released"
+    assert_no_message_waits()
+
+    retry = post_batch(client, acme, events)
+    assert retry.status_code == 202, retry.content
+    assert sorted(retry.json()["event_ids"]) == ids
+    args, kwargs, _embed = take_one_message().payload
     process_batch(*args, **kwargs)
     totals = ledger_totals(client, acme)
-    assert (totals["accepted"], totals["stored"], totals["pending"]) == (BATCH, BATCH, 0)
+    assert (
+        totals["received"],
+        totals["accepted"],
+        totals["rejected"],
+        totals["stored"],
+        totals["pending"],
+    ) == (
+        2 * BATCH,
+        BATCH,
+        BATCH,
+        BATCH,
+        0,
+    )
 
 
 def test_a_publish_whose_reply_died_is_sent_again_by_kombu_when_the_server_is_back_in_time_and_counted_once(

@@ -122,10 +122,9 @@ class Receipts:
 class TrafficSender(threading.Thread):
     """POSTs batches until stopped (or `max_batches`); retries each batch with the same ids."""
 
-    # A batch is retried for this long at most. It must outlast the API's dedup reservation
+    # A batch is retried for this long at most. It outlasts the API's dedup reservation
     # (events.dedup.RESERVATION_SECONDS, 60 s): a batch whose publish could not be confirmed is
-    # refused as "in flight" until its reservation expires, and only a client that retries past
-    # that gets it accepted (and counted in the ledger).
+    # refused as "in flight" until the broker's receipt settles it or the reservation expires.
     RETRY_FOR_SECONDS = 100.0
     RETRY_SLEEP_CAP_SECONDS = 2.0  # a client honours Retry-After; the suite caps it to stay quick
     REQUEST_TIMEOUT_SECONDS = 15.0
@@ -403,7 +402,7 @@ def settle_and_check(
         and report["totals"]["stored"] == len(stored)
     ):
         # Nothing was lost or stored twice (asserted above), but an acceptance was never counted:
-        # the open gap of docs/decisions.md, "Open: the ledger under broker kills". Reported, not hidden.
+        # what is left of docs/decisions.md, "The ledger under broker kills: publish receipts".
         pytest.xfail(f"known ledger gap under broker kills: {report['totals']}")
     if known_ledger_undercount and hours_shifted_only(report):
         # The totals balance and nothing is pending, but a batch counted as accepted in one hour was

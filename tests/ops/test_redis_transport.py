@@ -24,6 +24,7 @@ from django.conf import settings
 from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 
 from cloudscale_project.celery import app
+from cloudscale_project.publish_receipts import PUBLISHED_KEY_PREFIX, PUBLISHED_TTL_SECONDS, published_key
 from ops.redis_transport import UNDECODABLE_KEY, Transport
 from tests.netutil import TcpProxy
 
@@ -270,3 +271,17 @@ def test_publishes_and_acks_share_one_client_until_the_pool_is_replaced(scratch:
         assert after.connection_pool is channel.pool
         assert after.ping()
         assert channel._create_client(asynchronous=True) is not after  # the consuming pool's own
+
+
+def test_every_publish_leaves_its_receipt_beside_the_message(scratch: redis.Redis) -> None:
+    """The receipt is written in the publish's MULTI, so it exists exactly when the message was
+    pushed: what a publisher whose reply was lost asks afterwards (events.publishing.publish_landed)."""
+    queue = _queue()
+    task_id = str(uuid.uuid4())
+    _publish(queue, {"n": 1}, id=task_id)
+    _publish(queue, {"n": 2})  # a message without a task id (not Celery's) gets no receipt
+
+    assert scratch.llen(queue.name) == 2
+    assert scratch.get(published_key(task_id)) == b"1"
+    assert 0 < scratch.ttl(published_key(task_id)) <= PUBLISHED_TTL_SECONDS
+    assert scratch.keys(f"{PUBLISHED_KEY_PREFIX}*") == [published_key(task_id).encode()]

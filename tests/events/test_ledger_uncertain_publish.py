@@ -168,6 +168,12 @@ def post_batch(client: Client, actor: Actor, events: list[dict[str, Any]]) -> An
     )
 
 
+def assert_totals(client: Client, actor: Actor, **expected: int) -> None:
+    """The ledger's totals hold `expected`, with nothing pending."""
+    totals = ledger_totals(client, actor)
+    assert {key: totals[key] for key in [*expected, "pending"]} == {**expected, "pending": 0}, totals
+
+
 def assert_no_message_waits() -> None:
     waiting = redis.Redis.from_url(settings.CELERY_BROKER_URL).llen(settings.QUEUE_NAME)
     assert waiting == 0, f"{waiting} message(s) still in the ingestion queue"
@@ -216,20 +222,7 @@ def test_a_publish_whose_reply_died_with_the_server_is_counted_once_the_broker_s
     assert_no_message_waits()
 
     # Counted once, in the first request's hour, whether or not the client ever retried.
-    totals = ledger_totals(client, acme)
-    assert (
-        totals["received"],
-        totals["accepted"],
-        totals["duplicate"],
-        totals["stored"],
-        totals["pending"],
-    ) == (
-        2 * BATCH,
-        BATCH,
-        BATCH,
-        BATCH,
-        0,
-    )
+    assert_totals(client, acme, received=2 * BATCH, accepted=BATCH, duplicate=BATCH, rejected=0, stored=BATCH)
 
 
 def test_a_publish_the_server_died_before_reading_is_released_and_counted_as_refused_once_it_answers(
@@ -257,20 +250,7 @@ def test_a_publish_the_server_died_before_reading_is_released_and_counted_as_ref
     assert sorted(retry.json()["event_ids"]) == ids
     args, kwargs, _embed = take_one_message().payload
     process_batch(*args, **kwargs)
-    totals = ledger_totals(client, acme)
-    assert (
-        totals["received"],
-        totals["accepted"],
-        totals["rejected"],
-        totals["stored"],
-        totals["pending"],
-    ) == (
-        2 * BATCH,
-        BATCH,
-        BATCH,
-        BATCH,
-        0,
-    )
+    assert_totals(client, acme, received=2 * BATCH, accepted=BATCH, duplicate=0, rejected=BATCH, stored=BATCH)
 
 
 def test_a_publish_whose_reply_died_is_sent_again_by_kombu_when_the_server_is_back_in_time_and_counted_once(

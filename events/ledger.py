@@ -29,7 +29,7 @@ from django.conf import settings
 
 from cloudscale_project.publish_receipts import PUBLISHED_TTL_SECONDS
 from cloudscale_project.state import STATE_ERRORS, state_redis
-from cloudscale_project.timeutil import hour_floor, isoformat_z
+from cloudscale_project.timeutil import hour_floor, isoformat_z, utcnow
 from events.dedup import RESERVATION_SECONDS, release_event_ids, seen_key
 from events.stores.base import StoreUnavailable
 
@@ -242,9 +242,11 @@ class LateCommits:
             logger.info("late commit of %d published event(s) of %s written", waiting.events, tenant)
             return
         if not waiting.released:
-            # Only while the reservations are still this request's: after they expired, a retry
-            # may have reserved the ids anew, and deleting its reservation would be wrong.
-            if time.monotonic() - waiting.since < RESERVATION_SECONDS - 5:
+            # Only while the reservations are surely still this request's: after they expired, a
+            # retry may have reserved the ids anew, and deleting its reservation would be wrong.
+            # A request reserves after it was received, so its age from `received_at` errs long.
+            oldest = min(commit.received_at for commit in waiting.commits)
+            if (utcnow() - oldest).total_seconds() < RESERVATION_SECONDS - 5:
                 release_event_ids(
                     tenant=tenant, event_ids=[i for commit in waiting.commits for i in commit.published_ids]
                 )

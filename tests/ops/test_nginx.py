@@ -123,6 +123,19 @@ def _listening(port: int) -> bool:
         return False
 
 
+def _serving(port: int) -> bool:
+    """The API answers, not only listens: gunicorn binds before its worker has loaded Django, and a
+    replica that fails nginx's first request to it is left out for `fail_timeout` (10 s)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", "/healthz")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
 @pytest.fixture
 def stack(django_db_setup: None, tmp_path: Path) -> Iterator[Stack]:
     api_ports = [free_port() for _ in range(API_COUNT)]
@@ -151,7 +164,7 @@ def stack(django_db_setup: None, tmp_path: Path) -> Iterator[Stack]:
     try:
         for api, port in zip(apis, api_ports, strict=True):
             wait_until(
-                lambda port=port: _listening(port), timeout=60, message=f"API on {port}: {api.log()[-2000:]}"
+                lambda port=port: _serving(port), timeout=60, message=f"API on {port}: {api.log()[-2000:]}"
             )
         wait_until(lambda: _listening(listen_port), timeout=20, message="nginx listening")
         yield Stack(listen_port, apis, nginx)

@@ -8,7 +8,7 @@ Per hour of `received_at`:
 - dead_lettered: counted from the dead-letter table (pending or discarded, not requeued);
 - pending = accepted - stored - dead_lettered: accepted events still in the broker or a retry.
 
-`accepted` is counted per event id, when its publish is confirmed (`ledger_commit`): a confirm
+`accepted` is counted per event id, when its publish is confirmed (`ledger_commit_all`): a confirm
 that could not be written is kept and written late (`LateCommits`), and a confirm of an id that
 is already confirmed counts it as a duplicate, so every event that reaches the store was counted
 as accepted exactly once. The report never reaches before the retention window: older hours have
@@ -126,13 +126,9 @@ class Commit:
     rejected: int
 
 
-def ledger_commit(commit: Commit) -> None:
-    """Confirm the published ids (dedup) and count the request in the ledger, in one atomic step."""
-    ledger_commit_all([commit])
-
-
 def ledger_commit_all(commits: Sequence[Commit]) -> None:
-    """`ledger_commit` for several requests (a group commit's members) in one script call."""
+    """Confirm the published ids (dedup) and count each request in the ledger, in one atomic step:
+    one script call for one request or all the members of a group commit."""
     if not commits:
         return
     keys: list[str] = []

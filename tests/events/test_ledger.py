@@ -124,12 +124,12 @@ def test_an_id_already_confirmed_by_another_request_is_counted_once(
     client: Client, acme: Actor, state_redis: redis.Redis
 ) -> None:
     """A late commit and the client's retry may both publish an event: it is accepted once."""
-    from events.ledger import Commit, ledger_commit
+    from events.ledger import ledger_commit_all
 
     event_id = str(uuid.uuid4())
     commit = Commit(tenant="acme", received_at=utcnow(), published_ids=(event_id,), duplicate=0, rejected=0)
-    ledger_commit(commit)
-    ledger_commit(commit)
+    ledger_commit_all([commit])
+    ledger_commit_all([commit])
     counts = totals(client, acme)
     assert (counts["received"], counts["accepted"], counts["duplicate"]) == (2, 1, 1)
     assert state_redis.get(f"seen:acme:{event_id}") == b"1"

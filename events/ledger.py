@@ -181,6 +181,9 @@ class LateCommits:
     def __init__(self) -> None:
         self._waiting: list[_Waiting] = []
         self._lock = threading.Lock()
+        # One flush at a time: a flush that returns 0 means every commit is written, not that
+        # another flush (the thread's) holds them half done.
+        self._flushing = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def add(self, commit: Commit) -> None:
@@ -210,6 +213,10 @@ class LateCommits:
 
     def flush(self) -> int:
         """Write every waiting commit that can be written now; return how many are still waiting."""
+        with self._flushing:
+            return self._flush()
+
+    def _flush(self) -> int:
         with self._lock:
             batch, self._waiting = self._waiting, []
         failed: list[_Waiting] = []

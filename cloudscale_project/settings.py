@@ -125,16 +125,30 @@ TEMPLATES = [
 # --- Database -----------------------------------------------------------------------------
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{STATE_DIR / 'cloudscale.sqlite3'}")
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+# SQLite only: pages of write-ahead log between automatic checkpoints (4 KiB pages: about 80 MB),
+# and the size the log file is trimmed back to once a checkpoint has emptied it.
+SQLITE_WAL_AUTOCHECKPOINT_PAGES = 20_000
+SQLITE_WAL_SIZE_LIMIT_BYTES = 96 * 1024 * 1024
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # API, worker and beat share one file: WAL lets readers run beside the writer, IMMEDIATE
     # transactions take the write lock up front (no deadlock on lock upgrade), and the timeout
     # lets a writer wait for another instead of failing with "database is locked".
     # Tests need a file, not SQLite's in-memory default: live worker processes share the database.
+    # synchronous=FULL syncs the log at every commit: a worker acks a message only after its
+    # commit, so that commit must survive a power loss too, not only a crash of the process
+    # (NORMAL syncs at checkpoints only). A checkpoint every SQLITE_WAL_AUTOCHECKPOINT_PAGES pages
+    # of log rather than SQLite's 1,000: an index page that several batches change is copied into
+    # the database once, not once per batch. The size limit trims the log file back after a
+    # checkpoint that followed a long read (docs/decisions.md, "SQLite's durability and checkpoints").
     DATABASES["default"]["TEST"] = {"NAME": str(STATE_DIR / "test-cloudscale.sqlite3")}
     DATABASES["default"]["OPTIONS"] = {
         "timeout": 30,
         "transaction_mode": "IMMEDIATE",
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "init_command": (
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; "
+            f"PRAGMA wal_autocheckpoint={SQLITE_WAL_AUTOCHECKPOINT_PAGES}; "
+            f"PRAGMA journal_size_limit={SQLITE_WAL_SIZE_LIMIT_BYTES};"
+        ),
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

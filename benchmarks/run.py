@@ -44,6 +44,9 @@ Sizes and tuning come from the environment (defaults in brackets):
   CLOUDSCALE_BENCH_OPEN_RATE [200]         requests/s of the open-loop latency runs
   CLOUDSCALE_BENCH_OPEN_REQUESTS [2000]    requests per open-loop run (API and floor each)
   CLOUDSCALE_BENCH_HOT_EVENTS [events]     events of the one-address batched run
+  CLOUDSCALE_BENCH_PREFILL_EVENTS [0]      events stored, unmeasured, for each batched run's tenant before
+                                           the warm-up (the task body's database steps, no fraud windows):
+                                           tables as old as a deployment's (docs/benchmarks.md)
   CLOUDSCALE_BENCH_STACK [embedded]        embedded (SQLite + Redis) or postgres (PostgreSQL + RabbitMQ)
   CLOUDSCALE_BENCH_ONE_ADDRESS [unset]     1: every event from the bench's own address (no X-Forwarded-For)
   CLOUDSCALE_BENCH_PROFILE [unset]         a folder: py-spy records API and worker during the batched run
@@ -157,6 +160,7 @@ class BenchConfig:
     open_rate: float = field(default_factory=lambda: float(env_int("CLOUDSCALE_BENCH_OPEN_RATE", 200)))
     open_requests: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_OPEN_REQUESTS", 2_000))
     hot_events: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_HOT_EVENTS", 0))
+    prefill_events: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_PREFILL_EVENTS", 0))
     stack: str = field(default_factory=lambda: os.environ.get("CLOUDSCALE_BENCH_STACK", "") or "embedded")
     profile_dir: str = field(default_factory=lambda: os.environ.get("CLOUDSCALE_BENCH_PROFILE", ""))
     one_address: bool = field(default_factory=lambda: os.environ.get("CLOUDSCALE_BENCH_ONE_ADDRESS") == "1")
@@ -666,7 +670,7 @@ def run_sdk(stack: Platform, config: BenchConfig, *, events: int, tenant: str) -
     return E2EResult(events=events, seconds=done - summary.started, ingest_seconds=summary.elapsed, cpu=cpu)
 
 
-def _enriched_events(n: int, *, one_address: bool) -> list[dict[str, Any]]:
+def _enriched_events(n: int, *, one_address: bool, tenant: str = TENANT) -> list[dict[str, Any]]:
     """Events as the API would publish them (its own validation and enrichment), made in advance."""
     from benchmarks.loadgen import TrafficGenerator
     from cloudscale_project.timeutil import utcnow
@@ -680,7 +684,7 @@ def _enriched_events(n: int, *, one_address: bool) -> list[dict[str, Any]]:
         enriched.append(
             enrich_event(
                 valid,
-                tenant=TENANT,
+                tenant=tenant,
                 received_at=utcnow(),
                 ip="127.0.0.1" if one_address else planned.client_ip,
                 user_agent="bench",
@@ -1000,9 +1004,71 @@ class Measured:
     open_api: OpenLoopResult | None = None
 
 
+PREFILL_CHUNK = 5_000
+
+
+def prefill(config: BenchConfig) -> None:
+    """Age the tables: `prefill_events` events for each tenant a batched run writes, stored by the
+    task body's own steps in this process (store, scoring, the cart step), not measured.
+
+    The fraud step is left out, and so are the API and broker: the windows of the fraud rules keep
+    only the last minutes, and events of the bench's 2,000 users packed into the seconds before a
+    run would hold them far fuller than any deployment's. What a deployment has and a fresh bench
+    has not is old rows under the database's indexes. (The `make run` run starts a platform of its
+    own, which is not aged.)"""
+    import orjson
+
+    from cloudscale_project.serialization import orjson_dumps
+    from events.pipeline import BatchMessage, Pipeline, batch_process, default_pipeline
+    from tenants.models import Tenant
+
+    full = default_pipeline()
+    without_fraud = Pipeline(
+        store=full.store,
+        before_store=tuple(step for step in full.before_store if not _is_fraud(step)),
+        after_store=full.after_store,
+    )
+    tenants = [
+        (tenant, name)
+        for tenant, name, phase in (
+            (TENANT, "", "batched"),
+            (SDK_TENANT, "SDK benchmark", "sdk"),
+            (HOT_TENANT, "one-address benchmark", "hot"),
+        )
+        if phase in config.phases
+    ]
+    for tenant, name in tenants:
+        if name and not Tenant.objects.filter(slug=tenant).exists():
+            _fresh_tenant_key(tenant, name)
+        stored = 0
+        while stored < config.prefill_events:
+            n = min(PREFILL_CHUNK, config.prefill_events - stored)
+            events = orjson.loads(orjson_dumps(_enriched_events(n, one_address=False, tenant=tenant)))
+            outcome = batch_process(
+                message=BatchMessage(tenant=tenant, events=events, correlation_id="bench-prefill"),
+                attempt=1,
+                pipeline=without_fraud,
+            )
+            if len(outcome.stored) != n:
+                raise RuntimeError(f"prefill: {len(outcome.stored)} of {n} events stored: {outcome.counts()}")
+            stored += n
+            if stored % 50_000 == 0 or stored == config.prefill_events:
+                _step(f"prefill: {stored:,} of {config.prefill_events:,} events stored for tenant {tenant}")
+
+
+def _is_fraud(step: Any) -> bool:
+    return str(getattr(step, "__module__", "")).startswith("fraud.")
+
+
+def _aged(config: BenchConfig) -> str:
+    return f", tables aged by {config.prefill_events:,} events a tenant" if config.prefill_events else ""
+
+
 def measure(stack: Platform, config: BenchConfig) -> Measured:
     """Every chosen run of the bench, one after the other, after a warm-up."""
     phases, m = config.phases, Measured()
+    if config.prefill_events:
+        prefill(config)
     _step("warm-up (forks, imports, first connections)")
     run_batched(stack, config, events=min(WARMUP_BATCHES * config.batch, config.events))
     if "hot" in phases:  # its tenant gets the same warm-up as the batched run's
@@ -1108,7 +1174,8 @@ def _rows(config: BenchConfig, stack: Platform, m: Measured, memory: MemorySampl
     if batched is not None:
         rows += [
             ("batched e2e (POST /api/events/batch)", f"{batched.per_second:,.0f} events/s"),
-            ("", f"{batched.events:,} events, batches of {config.batch}, {config.clients} clients"),
+            ("", f"{batched.events:,} events, batches of {config.batch}, {config.clients} clients"
+                 f"{_aged(config)}"),
             ("", f"all stored after {batched.seconds:.1f} s, accepted after {batched.ingest_seconds:.1f} s"),
             ("", batched.cpu.per_thousand(batched.events)),
             ("", batched.cpu.others()),
@@ -1197,7 +1264,7 @@ def _figures(config: BenchConfig, m: Measured, memory: MemorySampler) -> dict[st
     if m.batched is not None:
         figures |= {
             "run": f"{m.batched.events:,} events, batches of {config.batch}, {config.clients} clients, "
-            f"{config.stack} stack",
+            f"{config.stack} stack{_aged(config)}",
             "e2e_events_per_s": round(m.batched.per_second),
             "cpu_s_per_1k": round(m.batched.cpu.per_thousand_total(m.batched.events), 3),
             "cpu_line": m.batched.cpu.per_thousand(m.batched.events),

@@ -29,6 +29,7 @@ TINY = {
     "CLOUDSCALE_BENCH_OPEN_REQUESTS": "100",
     "CLOUDSCALE_BENCH_TIMEOUT": "120",
     "CLOUDSCALE_BENCH_MAKE_RUN_EVENTS": "500",
+    "CLOUDSCALE_BENCH_PREFILL_EVENTS": "1500",
 }
 
 
@@ -73,7 +74,11 @@ def test_it_prints_the_table_and_ends_with_the_result_line() -> None:
         "reference loop (CPU speed)",
     ):
         assert label in table
-    assert "1,000 events, batches of 250, 2 clients" in table
+    assert "1,000 events, batches of 250, 2 clients, tables aged by 1,500 events a tenant" in table
+    # Every tenant a batched run writes was aged first (the bench fails if a prefilled event is
+    # not stored).
+    for tenant in ("demo", "demo-sdk", "demo-hot"):
+        assert f"prefill: 1,500 of 1,500 events stored for tenant {tenant}" in done.stderr
     # The make-run platform's run, as that bench reports it: the caller's knobs reached it.
     assert "500 events, batches of 250, 2 clients, embedded stack" in table
     assert "the worker at up to" in table

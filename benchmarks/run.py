@@ -102,6 +102,8 @@ _CALLER_ENV = dict(os.environ)
 TENANT = "demo"
 SDK_TENANT = "demo-sdk"
 HOT_TENANT = "demo-hot"
+# The runs' own tenants (the batched run's is the demo tenant), by the name each is created under.
+RUN_TENANT_NAMES = {SDK_TENANT: "SDK benchmark", HOT_TENANT: "one-address benchmark"}
 READY_TIMEOUT_SECONDS = 120.0
 POLL_SECONDS = 0.1
 RSS_SAMPLE_SECONDS = 0.5
@@ -616,7 +618,7 @@ def run_batched(
     before = _stored_mark()
     load = LoadConfig(
         url=stack.url,
-        key=stack.api_key if tenant == TENANT else _fresh_tenant_key(tenant, "one-address benchmark"),
+        key=stack.api_key if tenant == TENANT else _fresh_tenant_key(tenant),
         events=events,
         batch=config.batch,
         concurrency=config.clients,
@@ -632,7 +634,7 @@ def run_batched(
     return E2EResult(events=events, seconds=done - summary.started, ingest_seconds=summary.elapsed, cpu=cpu)
 
 
-def _fresh_tenant_key(slug: str, name: str) -> str:
+def _fresh_tenant_key(slug: str) -> str:
     """A tenant of the run's own: its fraud windows and scores start empty, as the batched run's
     do, so no run pays for another's history (a window's cost grows with the events it holds)."""
     from tenants.models import Tenant
@@ -640,7 +642,7 @@ def _fresh_tenant_key(slug: str, name: str) -> str:
 
     if Tenant.objects.filter(slug=slug).exists():
         return tenant_rotate_key(slug=slug).key
-    return tenant_create(slug=slug, name=name).key
+    return tenant_create(slug=slug, name=RUN_TENANT_NAMES.get(slug, slug)).key
 
 
 def run_sdk(stack: Platform, config: BenchConfig, *, events: int, tenant: str) -> E2EResult:
@@ -649,7 +651,7 @@ def run_sdk(stack: Platform, config: BenchConfig, *, events: int, tenant: str) -
     from benchmarks.loadgen import TrafficGenerator, plan_requests
     from benchmarks.sdk_load import run_segment_load
 
-    key = stack.api_key if tenant == TENANT else _fresh_tenant_key(SDK_TENANT, "SDK benchmark")
+    key = stack.api_key if tenant == TENANT else _fresh_tenant_key(SDK_TENANT)
     traffic = TrafficGenerator(seed=7).take(events)  # the batched run's events (on another tenant)
     batches = list(plan_requests(traffic, total=events, batch=config.batch))
     before = _stored_mark()
@@ -1020,7 +1022,6 @@ def prefill(config: BenchConfig) -> None:
 
     from cloudscale_project.serialization import orjson_dumps
     from events.pipeline import BatchMessage, Pipeline, batch_process, default_pipeline
-    from tenants.models import Tenant
 
     full = default_pipeline()
     without_fraud = Pipeline(
@@ -1029,17 +1030,13 @@ def prefill(config: BenchConfig) -> None:
         after_store=full.after_store,
     )
     tenants = [
-        (tenant, name)
-        for tenant, name, phase in (
-            (TENANT, "", "batched"),
-            (SDK_TENANT, "SDK benchmark", "sdk"),
-            (HOT_TENANT, "one-address benchmark", "hot"),
-        )
+        tenant
+        for tenant, phase in ((TENANT, "batched"), (SDK_TENANT, "sdk"), (HOT_TENANT, "hot"))
         if phase in config.phases
     ]
-    for tenant, name in tenants:
-        if name and not Tenant.objects.filter(slug=tenant).exists():
-            _fresh_tenant_key(tenant, name)
+    for tenant in tenants:
+        if tenant != TENANT:
+            _fresh_tenant_key(tenant)  # created before its events, under its own name
         stored = 0
         while stored < config.prefill_events:
             n = min(PREFILL_CHUNK, config.prefill_events - stored)

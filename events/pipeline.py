@@ -44,7 +44,7 @@ from events.schemas import EVENT_TYPES as CATALOG
 from events.schemas import is_custom_event_type, metric_event_type
 from events.shape import TIME_FIELDS, checked_strings
 from events.stores import EventStore, StoreUnavailable, get_event_store
-from events.stores.base import Event
+from events.stores.base import Event, StoreWithSteps
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,14 @@ class BatchStep(Protocol):
     """
 
     def __call__(self, *, tenant: str, events: Sequence[Event]) -> None: ...
+
+
+class StoredStep(BatchStep, Protocol):
+    """A step that can also run inside the store's transaction (`apply_stored`), on the events
+    that transaction newly stored: then it needs no record of its own of which events it applied,
+    since the stored row is that record and commits with its effect."""
+
+    def apply_stored(self, *, tenant: str, events: Sequence[Event]) -> None: ...
 
 
 class PendingStep(Protocol):
@@ -321,19 +329,26 @@ class StoredThenFailed(Exception):
 
 
 def _run_steps(*, pipeline: Pipeline, tenant: str, events: list[Event]) -> set[str]:
-    """decode is done; fraud → scoring → store → actions. Returns the ids newly stored."""
+    """decode is done; fraud → scoring → store → actions. Returns the ids newly stored.
+
+    A step with `apply_stored` (scoring) runs inside the store's transaction instead, on the
+    events that transaction newly stored, when the store offers it (`StoreWithSteps`).
+    """
     if not events:
         return set()
+    in_store = _steps_in_store_transaction(pipeline)
     begun: list[PendingStep] = []
     try:
         for step in pipeline.before_store:
+            if step in in_store:
+                continue
             begin = getattr(step, "begin", None)
             if begin is None:
                 step(tenant=tenant, events=events)
             else:
                 begun.append(begin(tenant=tenant, events=events))
         with start_span("event_store.write_many", {ATTR_TENANT: tenant, "cloudscale.events": len(events)}):
-            new_ids = pipeline.store.write_many(events)
+            new_ids = _store_write(pipeline.store, tenant=tenant, events=events, steps=in_store)
     except BaseException:
         for pending in begun:
             pending.abandon()
@@ -348,6 +363,27 @@ def _run_steps(*, pipeline: Pipeline, tenant: str, events: list[Event]) -> set[s
         existing = {event["event_id"] for event in events} - new_ids
         raise StoredThenFailed(stored_ids=new_ids, existing_ids=existing, cause=exc) from exc
     return new_ids
+
+
+def _steps_in_store_transaction(pipeline: Pipeline) -> tuple[StoredStep, ...]:
+    """The before-store steps to run inside the store's transaction: those that can (a step with
+    `apply_stored`), when the store can (`runs_steps_in_transaction`)."""
+    if not getattr(pipeline.store, "runs_steps_in_transaction", False):
+        return ()
+    return tuple(cast(StoredStep, step) for step in pipeline.before_store if hasattr(step, "apply_stored"))
+
+
+def _store_write(
+    store: EventStore, *, tenant: str, events: list[Event], steps: tuple[StoredStep, ...]
+) -> set[str]:
+    if not steps:
+        return store.write_many(events)
+
+    def apply_stored(new_events: list[Event]) -> None:
+        for step in steps:
+            step.apply_stored(tenant=tenant, events=new_events)
+
+    return cast(StoreWithSteps, store).write_many(events, then=apply_stored)
 
 
 def _finish(begun: list[PendingStep]) -> None:

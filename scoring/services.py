@@ -1,26 +1,30 @@
 """Scoring step of the pipeline: add each event's contribution to its user's score exactly once.
 
-Idempotency and atomicity, in one database transaction per batch (two statements):
-1. insert a ScoredEvent row per event, `ON CONFLICT DO NOTHING RETURNING event_id`: the rows the
-   database returns are the ones this call inserted, the events mine to apply (a redelivered event
-   already has its row, so it is skipped); the row carries this call's token for operators;
-2. one multi-row upsert that ADDS the per-user deltas of only those events
-   (`score = score + excluded.score`, counts likewise).
-The marker and the score change commit together or not at all, so a crash between them cannot
-lose or double an event. Concurrent workers: the unique index makes the second inserter of an
-event wait and then skip it; the upsert's row lock makes the second updater of a user add to the
-committed value (PostgreSQL re-reads the row under READ COMMITTED; SQLite's IMMEDIATE transactions
-serialise writers). Users and events are written in sorted order so two batches take row locks in
-the same order and cannot deadlock each other.
+Two ways to know an event was applied, both committing with the score change:
+- **On the ORM store** (`apply_stored`): the pipeline runs the step inside the store's write
+  transaction with the events that write newly stored. The stored row is the record; a redelivered
+  event is not new to the store and is not scored again (docs/decisions.md, "Scoring inside the
+  store's transaction").
+- **Elsewhere** (the step called, `scores_apply`), in one transaction per batch: insert a
+  ScoredEvent marker per event, `ON CONFLICT DO NOTHING RETURNING event_id` (the rows returned are
+  the events mine to apply; the row carries this call's token for operators), then apply those.
+
+Applying is one multi-row upsert that ADDS the per-user deltas (`score = score + excluded.score`,
+counts likewise). Concurrent workers: the unique index makes the second inserter of an event (row
+or marker) wait and then skip it; the upsert's row lock makes the second updater of a user add to
+the committed value (PostgreSQL re-reads the row under READ COMMITTED; SQLite's IMMEDIATE
+transactions serialise writers). Users and events are written in sorted order so two batches take
+row locks in the same order and cannot deadlock each other.
 
 Why SQL and not a Redis script: the score lives in the database the API and admin read, and a
-Redis marker could not commit atomically with a database update.
+Redis record could not commit atomically with a database update.
 """
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -47,9 +51,23 @@ class _UserDelta:
     last_event_at: datetime | None = None
 
 
-def score_apply_batch(*, tenant: str, events: Sequence[Mapping[str, Any]]) -> None:
-    """Pipeline step: apply the engagement-score contributions of a batch (idempotent per event)."""
-    scores_apply(tenant=tenant, events=events)
+class ScoreStep:
+    """Pipeline step: add each event's contribution to its user's score exactly once.
+
+    Called, it keeps its own record of applied events (the markers). Where the event store writes
+    in this database, the pipeline calls `apply_stored` instead, inside the store's transaction
+    with the events that transaction newly stored: the store's unique row is then the record, and
+    no marker is written (docs/decisions.md, "Scoring inside the store's transaction").
+    """
+
+    def __call__(self, *, tenant: str, events: Sequence[Mapping[str, Any]]) -> None:
+        scores_apply(tenant=tenant, events=events)
+
+    def apply_stored(self, *, tenant: str, events: Sequence[Mapping[str, Any]]) -> None:
+        scores_apply_stored(tenant=tenant, events=events)
+
+
+score_apply_batch = ScoreStep()
 
 
 def scores_apply(*, tenant: str, events: Sequence[Mapping[str, Any]]) -> int:
@@ -62,20 +80,58 @@ def scores_apply(*, tenant: str, events: Sequence[Mapping[str, Any]]) -> int:
     event_ids = sorted(by_id)
     with transaction.atomic():
         mine = _markers_insert(tenant=tenant, event_ids=event_ids, token=token, now=now)
-        deltas: dict[str, _UserDelta] = {}
-        for event_id in event_ids:
-            if event_id not in mine:
-                continue
-            event = by_id[event_id]
-            at = parse_iso(event["timestamp"])
-            event_type = str(event["event_type"])
-            delta = deltas.setdefault(str(event["user_id"]), _UserDelta())
-            delta.score += contribution_at_epoch(event_type=event_type, at=at)
-            delta.events += 1
-            delta.counts[event_type] = delta.counts.get(event_type, 0) + 1
-            delta.last_event_at = at if delta.last_event_at is None else max(delta.last_event_at, at)
-        _scores_add(tenant=tenant, deltas=deltas, now=now)
+        _scores_add(
+            tenant=tenant,
+            deltas=_deltas(by_id[event_id] for event_id in event_ids if event_id in mine),
+            now=now,
+        )
     return len(mine)
+
+
+def scores_apply_stored(*, tenant: str, events: Sequence[Mapping[str, Any]]) -> int:
+    """Add the contributions of events the caller's open transaction has just stored for the first
+    time; return how many were applied. It must run inside that transaction: the stored row is
+    what says the event was applied, so both commit or neither does. An event scored earlier by
+    `scores_apply` (its marker exists: an older worker scored it before a store write that did
+    not commit) is skipped, so a deployment that switches paths counts nothing twice."""
+    by_id = {str(event["event_id"]): event for event in events}
+    if not by_id:
+        return 0
+    scored = _markers_existing(tenant=tenant, event_ids=list(by_id))
+    mine = sorted(event_id for event_id in by_id if event_id not in scored)
+    _scores_add(tenant=tenant, deltas=_deltas(by_id[event_id] for event_id in mine), now=utcnow())
+    return len(mine)
+
+
+def _deltas(events: Iterable[Mapping[str, Any]]) -> dict[str, _UserDelta]:
+    deltas: dict[str, _UserDelta] = {}
+    for event in events:
+        at = parse_iso(event["timestamp"])
+        event_type = str(event["event_type"])
+        delta = deltas.setdefault(str(event["user_id"]), _UserDelta())
+        delta.score += contribution_at_epoch(event_type=event_type, at=at)
+        delta.events += 1
+        delta.counts[event_type] = delta.counts.get(event_type, 0) + 1
+        delta.last_event_at = at if delta.last_event_at is None else max(delta.last_event_at, at)
+    return deltas
+
+
+def _markers_existing(*, tenant: str, event_ids: list[str]) -> set[str]:
+    """The ids among `event_ids` that have a marker (read only: nothing is locked or written)."""
+    quote = connection.ops.quote_name
+    found: set[str] = set()
+    with bulk_cursor() as cursor:
+        for start in range(0, len(event_ids), _UPSERT_ROWS):
+            chunk = event_ids[start : start + _UPSERT_ROWS]
+            cursor.execute(_marker_select(quote(ScoredEvent._meta.db_table), len(chunk)), [tenant, *chunk])
+            found.update(event_id for (event_id,) in cursor.fetchall())
+    return found
+
+
+@functools.lru_cache(maxsize=64)
+def _marker_select(table: str, ids: int) -> str:
+    placeholders = ", ".join(["%s"] * ids)
+    return f"SELECT event_id FROM {table} WHERE tenant = %s AND event_id IN ({placeholders})"  # noqa: S608 - names are ours, values are parameters
 
 
 def _markers_insert(*, tenant: str, event_ids: list[str], token: str, now: datetime) -> set[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -80,3 +80,18 @@ class EventStore(Protocol):
 
     def ping(self) -> None:
         """Raise if the store does not answer."""
+
+
+# Steps a store runs inside its write's transaction, on the events that write newly stored.
+NewEventsHook = Callable[[list[Event]], None]
+
+
+class StoreWithSteps(EventStore, Protocol):
+    """A store that writes to the database the pipeline's steps write to (the ORM store), and says
+    so with `runs_steps_in_transaction = True`: its `write_many` then takes `then`, called inside
+    the write's transaction with the events it newly stored. What `then` writes commits with those
+    rows or not at all, so the stored row itself records that the step ran for its event."""
+
+    runs_steps_in_transaction: bool
+
+    def write_many(self, events: Sequence[Event], *, then: NewEventsHook | None = None) -> set[str]: ...

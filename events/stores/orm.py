@@ -18,7 +18,14 @@ from cloudscale_project.rawsql import bulk_cursor, insert_rows
 from cloudscale_project.timeutil import isoformat_z, parse_iso
 from events.models import StoredEvent
 from events.shape import FIELDS, EventField, Kind, normalised
-from events.stores.base import Event, EventPage, StoreUnavailable, decode_cursor, encode_cursor
+from events.stores.base import (
+    Event,
+    EventPage,
+    NewEventsHook,
+    StoreUnavailable,
+    decode_cursor,
+    encode_cursor,
+)
 
 # One INSERT per chunk: 500 rows x 16 columns stays under SQLite's 32,766 bound parameters.
 _INSERT_CHUNK = 500
@@ -70,10 +77,14 @@ def _as_event(row: StoredEvent) -> Event:
 
 class OrmEventStore:
     name = "orm"
+    runs_steps_in_transaction = True  # StoreWithSteps: the steps write to this same database
 
-    def write_many(self, events: Sequence[Event]) -> set[str]:
+    def write_many(self, events: Sequence[Event], *, then: NewEventsHook | None = None) -> set[str]:
         """INSERT … ON CONFLICT DO NOTHING RETURNING: the database itself says which rows are new,
-        so two workers racing on a redelivered batch cannot both count an event as stored."""
+        so two workers racing on a redelivered batch cannot both count an event as stored.
+
+        `then` runs inside the same transaction with the events this call stored (StoreWithSteps).
+        """
         if not events:
             return set()
         stored_at = connection.ops.adapt_datetimefield_value(timezone.now())
@@ -88,6 +99,8 @@ class OrmEventStore:
                     with bulk_cursor() as cursor:
                         cursor.execute(sql, params)
                         new_ids.update(event_id for _tenant, event_id in cursor.fetchall())
+                if then is not None:
+                    then([event for event in events if event["event_id"] in new_ids])
         except OperationalError as exc:  # locked, connection lost, server gone: transient
             raise StoreUnavailable(f"database unavailable: {exc}") from exc
         return new_ids

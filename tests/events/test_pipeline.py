@@ -29,7 +29,7 @@ from events.pipeline import (
     default_pipeline,
     retry_countdown,
 )
-from events.stores.base import Event, StoreUnavailable
+from events.stores.base import Event, NewEventsHook, StoreUnavailable
 from events.stores.orm import OrmEventStore
 from events.tasks import process_batch, purge_expired_events
 from tests.events.pipeline_support import (
@@ -91,9 +91,9 @@ def test_it_runs_the_steps_in_order_with_only_the_good_events() -> None:
         return step
 
     class RecordingStore(OrmEventStore):
-        def write_many(self, events: Sequence[Event]) -> set[str]:
+        def write_many(self, events: Sequence[Event], *, then: NewEventsHook | None = None) -> set[str]:
             calls.append(("store", [e["event_id"] for e in events]))
-            return super().write_many(events)
+            return super().write_many(events, then=then)
 
     good = enriched_event()
     pipeline = Pipeline(
@@ -137,9 +137,9 @@ def test_a_begun_step_is_finished_after_the_store_write_and_before_the_actions()
     calls: list[str] = []
 
     class RecordingStore(OrmEventStore):
-        def write_many(self, events: Sequence[Event]) -> set[str]:
+        def write_many(self, events: Sequence[Event], *, then: NewEventsHook | None = None) -> set[str]:
             calls.append("store")
-            return super().write_many(events)
+            return super().write_many(events, then=then)
 
     def recorder(name: str) -> Any:
         def step(*, tenant: str, events: Sequence[Event]) -> None:
@@ -479,8 +479,8 @@ def test_a_store_that_gives_up_part_way_gets_its_stored_events_counted_once_and_
     class HalfWritingStore(OrmEventStore):
         """Stores the first event of every call, then gives up (like Cosmos's PartialWrite)."""
 
-        def write_many(self, events: Sequence[Event]) -> set[str]:
-            new = super().write_many(events[:1])
+        def write_many(self, events: Sequence[Event], *, then: NewEventsHook | None = None) -> set[str]:
+            new = super().write_many(events[:1], then=then)
             raise PartialWrite(stored_ids=new, existing_ids={events[0]["event_id"]} - new)
 
     first, second = enriched_event(), enriched_event()

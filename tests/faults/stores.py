@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from datetime import datetime
+from typing import cast
 
 from events.stores import build_event_store
-from events.stores.base import Event, EventPage, EventStore, StoreUnavailable
+from events.stores.base import Event, EventPage, EventStore, NewEventsHook, StoreUnavailable, StoreWithSteps
 
 # What a throttled or unreachable store would suggest; the fault suite's outage outlasts it.
 FAULT_RETRY_AFTER_SECONDS = 1.0
@@ -36,6 +37,8 @@ class FaultSwitchStore:
         self.inner = inner
         self.fault_file = fault_file
         self.name = inner.name
+        # The ORM store runs scoring inside its write's transaction; the fault suite tests that path.
+        self.runs_steps_in_transaction = getattr(inner, "runs_steps_in_transaction", False)
 
     def _check(self) -> None:
         if os.path.exists(self.fault_file):
@@ -43,9 +46,11 @@ class FaultSwitchStore:
                 f"injected store fault ({self.fault_file} exists)", retry_after=FAULT_RETRY_AFTER_SECONDS
             )
 
-    def write_many(self, events: Sequence[Event]) -> set[str]:
+    def write_many(self, events: Sequence[Event], *, then: NewEventsHook | None = None) -> set[str]:
         self._check()
-        return self.inner.write_many(events)
+        if then is None:
+            return self.inner.write_many(events)
+        return cast(StoreWithSteps, self.inner).write_many(events, then=then)
 
     def ping(self) -> None:
         self._check()

@@ -3,7 +3,9 @@
     decode by type → fraud → scoring → event-store write → scheduled actions → (ack by Celery)
 
 Fraud is begun in its place and finished after the store write (`PendingStep`): its Redis script
-runs while the worker writes the batch to the database, and its alerts are written after it.
+runs while the worker writes the batch to the database, and its alerts are written after it. On
+the ORM store, scoring runs inside the store write's transaction on the events it newly stored
+(`StoredStep`), so the stored row is its record of which events it applied.
 
 Plain functions over plain dicts. The task in `events/tasks.py` only translates between Celery and
 `batch_process_message`; tests call these functions directly with their own store.

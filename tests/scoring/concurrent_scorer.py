@@ -1,7 +1,9 @@
 """A scoring worker process for the concurrency test (run with `python -m`, not collected by pytest).
 
-argv: ready-file go-file first last — scores events [first, last) of `shared_events()` in batches of
-BATCH once the go-file appears, so two such processes hit the same user at the same moment.
+argv: ready-file go-file first last [how] — scores events [first, last) of `shared_events()` in
+batches of BATCH once the go-file appears, so two such processes hit the same user at the same
+moment. `how`: `markers` (the step called, as before a store that writes elsewhere; the default) or
+`stored` (the ORM store's write with scoring inside its transaction, as the pipeline runs it there).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ def main() -> None:
     django.setup()
     from scoring.services import score_apply_batch
 
+    how = sys.argv[5] if len(sys.argv) > 5 else "markers"
+    score = score_apply_batch if how == "markers" else _store_and_score
     events = shared_events(first, last)
     ready.touch()
     deadline = time.monotonic() + 60
@@ -59,7 +63,18 @@ def main() -> None:
             raise SystemExit("no go signal")
         time.sleep(0.005)
     for start in range(0, len(events), BATCH):
-        score_apply_batch(tenant="acme", events=events[start : start + BATCH])
+        score(tenant="acme", events=events[start : start + BATCH])
+
+
+def _store_and_score(*, tenant: str, events: list[dict[str, Any]]) -> None:
+    from events.stores.orm import OrmEventStore
+    from scoring.services import score_apply_batch
+    from tests.events.pipeline_support import enriched_event
+
+    stored = [enriched_event(**event) for event in events]  # the events name their tenant
+    OrmEventStore().write_many(
+        stored, then=lambda new: score_apply_batch.apply_stored(tenant=tenant, events=new)
+    )
 
 
 if __name__ == "__main__":

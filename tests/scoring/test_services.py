@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from cloudscale_project.timeutil import isoformat_z
+from events.models import StoredEvent
 from scoring.models import ScoredEvent, UserScore
 from scoring.selectors import user_score_get
 from scoring.services import score_apply_batch, scored_events_purge, scores_apply
@@ -110,17 +111,29 @@ class TestScoreApply:
 
 
 @pytest.mark.core
+@pytest.mark.parametrize("how", ["markers", "stored"])
 def test_it_loses_no_update_when_two_processes_score_the_same_user(
-    transactional_db: None, tmp_path: Path
+    transactional_db: None, tmp_path: Path, how: str
 ) -> None:
-    """Two worker processes, overlapping event ranges, the same user, at the same moment."""
+    """Two worker processes, overlapping event ranges, the same user, at the same moment: scoring
+    with its markers, and scoring inside the ORM store's write (each event once, by whichever
+    process stored it)."""
     ranges = [(0, 300), (150, 450)]
     go = tmp_path / "go"
     env = child_env(DJANGO_SETTINGS_MODULE="tests.settings")
     processes = []
     for index, (first, last) in enumerate(ranges):
         ready = tmp_path / f"ready-{index}"
-        argv = [sys.executable, "-m", concurrent_scorer.__name__, str(ready), str(go), str(first), str(last)]
+        argv = [
+            sys.executable,
+            "-m",
+            concurrent_scorer.__name__,
+            str(ready),
+            str(go),
+            str(first),
+            str(last),
+            how,
+        ]
         processes.append(subprocess.Popen(argv, cwd=ROOT, env=env, stderr=subprocess.PIPE))
     try:
         deadline = datetime.now(UTC) + timedelta(seconds=60)
@@ -150,4 +163,8 @@ def test_it_loses_no_update_when_two_processes_score_the_same_user(
         score_at(score_at_epoch=expected, now=now),
         rel_tol=1e-9,
     )
-    assert ScoredEvent.objects.filter(tenant="acme").count() == 450
+    if how == "markers":
+        assert ScoredEvent.objects.filter(tenant="acme").count() == 450
+    else:
+        assert not ScoredEvent.objects.exists()
+        assert StoredEvent.objects.filter(tenant="acme").count() == 450

@@ -23,6 +23,22 @@ from django.conf import settings
 from ops.embedded_redis import start_embedded_redis
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_python(code: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`code` in a fresh interpreter at the repository root: for what only happens at import time
+    (settings read from `env`, hooks run once per process)."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 # Fixture modules shared by several test packages.

@@ -9,13 +9,12 @@ it off.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from gunicorn.app.base import Application
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import ROOT, run_python
+
 CONFIG = ROOT / "deploy" / "gunicorn.conf.py"
 
 # The hook as a gunicorn worker runs it: Django set up, the application loaded, then the hook.
@@ -35,15 +34,7 @@ def _hook_in_a_worker_like_process(tmp_path: Path, *, freeze: str) -> tuple[int,
         "CLOUDSCALE_STATE_DIR": str(tmp_path),
         "GUNICORN_GC_FREEZE": freeze,
     }
-    done = subprocess.run(
-        [sys.executable, "-c", _RUN_HOOK, str(CONFIG)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_python(_RUN_HOOK, str(CONFIG), env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     frozen, views_loaded = done.stdout.split()[-2:]
     return int(frozen), views_loaded == "True"

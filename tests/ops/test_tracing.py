@@ -175,22 +175,12 @@ print(on, recording, RedisInstrumentor().is_instrumented_by_opentelemetry, ours_
 )
 def test_spans_are_made_only_when_they_have_somewhere_to_go(extra_env: dict[str, str], expected: str) -> None:
     import os
-    import subprocess
-    import sys
 
-    from tests.conftest import ROOT
+    from tests.conftest import run_python
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "APPLICATIONINSIGHTS"))}
     env |= {"DJANGO_SETTINGS_MODULE": "cloudscale_project.settings", **extra_env}
-    done = subprocess.run(
-        [sys.executable, "-c", _PROBE],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_python(_PROBE, env=env)
 
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == expected

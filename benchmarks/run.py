@@ -69,6 +69,7 @@ Besides the RESULT line it prints `FIGURES {json}`: every figure of the run, for
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import platform
@@ -472,6 +473,35 @@ class CpuMeter:
     def ceiling(self, events: int, cores: int) -> float:
         """Events/s this machine could carry at this CPU cost per event, if nothing else ran on it."""
         return cores * events / sum(self.seconds.values())
+
+
+class CollectorPauses:
+    """The bench process's own full garbage collections while it measures: it is the load generator,
+    so such a pause delays sending and reading, and the open loop counts that as latency."""
+
+    def __init__(self) -> None:
+        self.durations_ms: list[float] = []
+        self._started = 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.durations_ms.append((time.perf_counter() - self._started) * 1000)
+
+    def __enter__(self) -> CollectorPauses:
+        gc.callbacks.append(self._on_gc)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        gc.callbacks.remove(self._on_gc)
+
+    def line(self) -> str:
+        if not self.durations_ms:
+            return "none"
+        return f"{len(self.durations_ms)}, the longest {max(self.durations_ms):.0f} ms"
 
 
 class MemorySampler:
@@ -1321,7 +1351,7 @@ def main() -> int:
     try:
         stack.start()
         _setup_django(stack)
-        with MemorySampler(stack) as memory:
+        with MemorySampler(stack) as memory, CollectorPauses() as pauses:
             m = measure(stack, config)
     except BaseException:
         _step("failed; stopping the platform")
@@ -1351,6 +1381,7 @@ def main() -> int:
             "(2M additions in Python; lower is faster)",
         ),
         ("bench wall time", f"{time.monotonic() - started:.0f} s"),
+        ("load generator's full GCs", pauses.line()),
         ("load average (1 min)", f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (ours included)"),
     ]
     print("CloudScale benchmark")

@@ -74,6 +74,7 @@ def test_it_prints_the_table_and_ends_with_the_result_line() -> None:
         "reference loop (CPU speed)",
     ):
         assert label in table
+    assert re.search(r"load generator's full GCs\s+(none|\d+, the longest \d+ ms)", table)
     assert "1,000 events, batches of 250, 2 clients, tables aged by 1,500 events a tenant" in table
     # Every tenant a batched run writes was aged first (the bench fails if a prefilled event is
     # not stored).
@@ -91,3 +92,16 @@ def test_it_prints_the_table_and_ends_with_the_result_line() -> None:
         if p.pid not in before and "cloudscale-bench-" in " ".join(p.info["cmdline"] or [])
     ]  # fmt: skip
     assert leftovers == [], "the bench left processes behind"
+
+
+def test_the_bench_times_its_own_full_collections_only() -> None:
+    import gc
+
+    from benchmarks.run import CollectorPauses
+
+    with CollectorPauses() as pauses:
+        gc.collect(0)  # a young generation: not a pause of the whole heap
+        gc.collect()
+    assert len(pauses.durations_ms) == 1
+    assert pauses.line().startswith("1, the longest ")
+    assert CollectorPauses().line() == "none"

@@ -74,7 +74,9 @@ def test_it_prints_the_table_and_ends_with_the_result_line() -> None:
         "reference loop (CPU speed)",
     ):
         assert label in table
-    assert re.search(r"load generator's full GCs\s+(none|\d+, the longest \d+ ms)", table)
+    assert re.search(
+        r"load generator's full GCs\s+(none|\d+, the longest \d+ ms) \(in the measured runs\)", table
+    )
     assert "1,000 events, batches of 250, 2 clients, tables aged by 1,500 events a tenant" in table
     # Every tenant a batched run writes was aged first (the bench fails if a prefilled event is
     # not stored).

@@ -23,6 +23,10 @@ from django.conf import settings
 from ops.embedded_redis import start_embedded_redis
 
 ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+# Fixture modules shared by several test packages.
+pytest_plugins = ["tests.cosmos_fixtures"]
 
 
 def run_python(code: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -37,12 +41,6 @@ def run_python(code: str, *args: str, env: dict[str, str]) -> subprocess.Complet
         timeout=120,
         check=False,
     )
-
-
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-# Fixture modules shared by several test packages.
-pytest_plugins = ["tests.cosmos_fixtures"]
 
 
 def service_is_listening(host: str, port: int, timeout: float = 0.5) -> bool:

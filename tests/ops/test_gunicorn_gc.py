@@ -1,9 +1,9 @@
 """The API's gunicorn workers freeze their start-up heap out of the garbage collector's sight.
 
-Without it a full collection walked every object Django, DRF, Celery and kombu made at start-up and
-stalled all of a worker's threads for 118-356 ms under load on a slow machine (docs/benchmarks.md, "Levers, twelfth
-round"). The hook is `post_worker_init` in deploy/gunicorn.conf.py; `GUNICORN_GC_FREEZE=0` turns
-it off.
+Without it a full collection walked every object Django, DRF, Celery and kombu made at start-up
+and stalled all of a worker's threads for 118-356 ms under load on a slow machine
+(docs/benchmarks.md, "Levers, twelfth round"). The hook is `post_worker_init` in
+deploy/gunicorn.conf.py; `GUNICORN_GC_FREEZE=0` turns it off.
 """
 
 from __future__ import annotations

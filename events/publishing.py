@@ -190,11 +190,20 @@ class GroupCommitter(Generic[Member]):
     round of shared-state calls per round of concurrent requests instead of one per request: the
     group commit of databases' write-ahead logs. A group never holds more than
     `GROUP_COMMIT_MAX_EVENTS` events or the broker's size budget.
+
+    While the tenant's requests have overlapped in the last `OVERLAP_MEMORY_SECONDS` (several
+    clients at once), a new group also waits up to `GROUP_COMMIT_GATHER_SECONDS` for requests that
+    have not announced themselves yet: under a steady stream of requests that seldom overlap, most
+    groups were one request (docs/decisions.md, "Group commit of single events"). A client that
+    sends one request at a time never overlaps itself, so it is never held.
     """
 
     # How long a member waits for its leader before giving up on the process: a leader always sets
     # the outcome (finally), so this only bounds a bug, far above any publish's retry time.
     MEMBER_WAIT_SECONDS = 60.0
+
+    # How long after two of a tenant's requests last overlapped its groups still gather newcomers.
+    OVERLAP_MEMORY_SECONDS = 1.0
 
     def __init__(self, flush: Flush[Member]) -> None:
         self._flush = flush
@@ -202,6 +211,7 @@ class GroupCommitter(Generic[Member]):
         self._open: dict[str, _Group[Member]] = {}
         self._pending: Counter[str] = Counter()  # announced, not yet submitted, by tenant
         self._flushing: Counter[str] = Counter()  # groups being flushed, by tenant
+        self._overlapped: dict[str, float] = {}  # when a request last arrived beside another, by tenant
         self._waiting = 0  # leaders waiting for a change: only then is there anyone to notify
         self._local = threading.local()
 
@@ -219,6 +229,8 @@ class GroupCommitter(Generic[Member]):
     @contextmanager
     def _expecting(self, tenant: str) -> Iterator[None]:
         with self._changed:
+            if self._pending[tenant] or self._flushing[tenant] or tenant in self._open:
+                self._overlapped[tenant] = time.monotonic()
             self._pending[tenant] += 1
         self._local.pending = tenant
         try:
@@ -269,6 +281,16 @@ class GroupCommitter(Generic[Member]):
         if self._waiting:
             self._changed.notify_all()
 
+    def _gather_seconds(self, tenant: str, now: float) -> float:
+        """How long a new group of `tenant` waits for requests not yet announced: the gather window
+        while the tenant's requests have overlapped lately (several clients), else nothing.
+
+        Called with the lock released: a stale read only shifts one group's wait."""
+        overlapped = self._overlapped.get(tenant)
+        if overlapped is None or now - overlapped > self.OVERLAP_MEMORY_SECONDS:
+            return 0.0
+        return min(settings.GROUP_COMMIT_GATHER_SECONDS, settings.GROUP_COMMIT_LINGER_SECONDS)
+
     def _fits(self, group: _Group[Member], events: int, size: int) -> bool:
         budget = _budget()
         within_bytes = budget <= 0 or group.bytes + size <= budget
@@ -276,11 +298,17 @@ class GroupCommitter(Generic[Member]):
 
     def _lead(self, group: _Group[Member]) -> None:
         tenant = group.tenant
-        deadline = time.monotonic() + settings.GROUP_COMMIT_LINGER_SECONDS
+        opened = time.monotonic()
+        deadline = opened + settings.GROUP_COMMIT_LINGER_SECONDS
+        gather_until = opened + self._gather_seconds(tenant, opened)
         try:
             with self._changed:
-                while not group.full and (self._pending[tenant] > 0 or self._flushing[tenant] > 0):
-                    remaining = deadline - time.monotonic()
+                while not group.full:
+                    now = time.monotonic()
+                    if self._pending[tenant] > 0 or self._flushing[tenant] > 0:
+                        remaining = deadline - now
+                    else:
+                        remaining = gather_until - now
                     if remaining <= 0:
                         break
                     self._waiting += 1

@@ -15,7 +15,7 @@ import events.ingestion
 from cloudscale_project.errors import BrokerUnavailable
 from cloudscale_project.timeutil import utcnow
 from events.ingestion import Receipts, RequestContext, ingest_events
-from events.publishing import publish_events, split_for_broker
+from events.publishing import GroupCommitter, publish_events, split_for_broker
 from tests.conftest import Actor
 
 pytestmark = [pytest.mark.django_db, pytest.mark.core]
@@ -421,3 +421,125 @@ def test_flower_sees_a_summary_of_the_message_not_its_events(settings: Any) -> N
     )
     assert message.headers["argsrepr"] == "()"
     assert len(message.decode()[1]["events"]) == 3  # the events themselves are all there
+
+
+# --- the gather window: waiting for requests not yet on their way -----------------------------------
+
+
+@pytest.fixture
+def fresh_groups(monkeypatch: pytest.MonkeyPatch) -> GroupCommitter[Any]:
+    """A group committer that has seen no request yet (no tenant has overlapped)."""
+    groups: GroupCommitter[Any] = GroupCommitter(events.ingestion._flush)
+    monkeypatch.setattr(events.ingestion, "_groups", groups)
+    return groups
+
+
+def _overlap(tenant: str) -> None:
+    """Two requests of `tenant` in flight at once, as when several clients send together."""
+    import threading
+
+    first_in, second_done = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with events.ingestion._groups.expecting(tenant, 1):
+            first_in.set()
+            second_done.wait(5)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert first_in.wait(5)
+    with events.ingestion._groups.expecting(tenant, 1):
+        pass
+    second_done.set()
+    thread.join(timeout=5)
+
+
+def test_a_client_sending_one_request_at_a_time_never_waits_for_the_gather(
+    settings: Any, fresh_groups: GroupCommitter[Any]
+) -> None:
+    import time
+
+    settings.GROUP_COMMIT_LINGER_SECONDS = 5.0
+    settings.GROUP_COMMIT_GATHER_SECONDS = 2.0
+    started = time.monotonic()
+
+    for i in range(3):
+        _ingest_one(i)
+
+    assert time.monotonic() - started < 1.5  # not 3 x 2 s: its requests never overlap
+    assert len(_queued_messages()) == 3
+
+
+def test_once_requests_overlap_a_leader_gathers_a_newcomer_into_its_message(
+    settings: Any, fresh_groups: GroupCommitter[Any]
+) -> None:
+    import threading
+    import time
+
+    settings.GROUP_COMMIT_LINGER_SECONDS = 5.0
+    settings.GROUP_COMMIT_GATHER_SECONDS = 2.0
+    _overlap("acme")
+    started = time.monotonic()
+    leader = threading.Thread(target=_ingest_one, args=(1,))
+    leader.start()
+    leader.join(timeout=0.3)
+    assert leader.is_alive()  # nothing announced, yet it waits: the tenant has several clients
+
+    _ingest_one(2)  # not on its way when the leader began
+    leader.join(timeout=10)
+
+    assert time.monotonic() - started < 4.0  # the gather window (2 s), not the linger (5 s)
+    messages = _queued_messages()
+    assert len(messages) == 1
+    assert sorted(e["event_id"] for e in messages[0]["events"]) == ["e-1", "e-2"]
+
+
+def test_the_gather_ends_with_its_window_and_only_the_overlapping_tenant_waits(
+    settings: Any, fresh_groups: GroupCommitter[Any]
+) -> None:
+    import time
+
+    settings.GROUP_COMMIT_LINGER_SECONDS = 5.0
+    settings.GROUP_COMMIT_GATHER_SECONDS = 0.5
+    _overlap("acme")
+
+    started = time.monotonic()
+    _ingest_one(1, tenant="globex")
+    other_tenant = time.monotonic() - started
+    started = time.monotonic()
+    _ingest_one(2)
+    gathered_alone = time.monotonic() - started
+
+    assert other_tenant < 0.4
+    assert 0.5 <= gathered_alone < 2.5
+    assert len(_queued_messages()) == 2
+
+
+def test_the_overlap_is_forgotten_after_a_while(
+    settings: Any, fresh_groups: GroupCommitter[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    settings.GROUP_COMMIT_LINGER_SECONDS = 5.0
+    settings.GROUP_COMMIT_GATHER_SECONDS = 2.0
+    monkeypatch.setattr(fresh_groups, "OVERLAP_MEMORY_SECONDS", 0.1)
+    _overlap("acme")
+    time.sleep(0.2)
+
+    started = time.monotonic()
+    _ingest_one(1)
+
+    assert time.monotonic() - started < 1.5
+
+
+def test_the_gather_never_outlasts_the_linger(settings: Any, fresh_groups: GroupCommitter[Any]) -> None:
+    import time
+
+    settings.GROUP_COMMIT_LINGER_SECONDS = 0.3
+    settings.GROUP_COMMIT_GATHER_SECONDS = 10.0
+    _overlap("acme")
+
+    started = time.monotonic()
+    _ingest_one(1)
+
+    assert time.monotonic() - started < 3.0

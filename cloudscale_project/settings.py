@@ -379,7 +379,7 @@ GROUP_COMMIT_MAX_EVENTS = env_int("CLOUDSCALE_GROUP_COMMIT_MAX_EVENTS", 100, min
 # While a tenant's requests overlap in a process (several clients at once), a group also waits this
 # long for requests not yet on their way, never past the linger: PostgreSQL's commit_delay with
 # commit_siblings. A client that sends one request at a time never overlaps itself, so never waits.
-GROUP_COMMIT_GATHER_SECONDS = env_float("CLOUDSCALE_GROUP_COMMIT_GATHER_MS", 12.0) / 1000
+GROUP_COMMIT_GATHER_SECONDS = env_float("CLOUDSCALE_GROUP_COMMIT_GATHER_MS", 16.0) / 1000
 BROKER_RETRY_AFTER_SECONDS = env_int("CLOUDSCALE_BROKER_RETRY_AFTER", 5, minimum=1)
 
 # SDK-compatible endpoints (compat/): PostHog's Python SDK sends batches up to 5 MiB, so these take

@@ -454,13 +454,20 @@ def _overlap(tenant: str) -> None:
     thread.join(timeout=5)
 
 
+def _windows(settings: Any, *, gather: float, linger: float = 5.0, overlapped: bool = True) -> None:
+    """The group commit's two waits (seconds), and acme's requests overlapped just now (or not)."""
+    settings.GROUP_COMMIT_LINGER_SECONDS = linger
+    settings.GROUP_COMMIT_GATHER_SECONDS = gather
+    if overlapped:
+        _overlap("acme")
+
+
 def test_a_client_sending_one_request_at_a_time_never_waits_for_the_gather(
     settings: Any, fresh_groups: GroupCommitter[Any]
 ) -> None:
     import time
 
-    settings.GROUP_COMMIT_LINGER_SECONDS = 5.0
-    settings.GROUP_COMMIT_GATHER_SECONDS = 2.0
+    _windows(settings, gather=2.0, overlapped=False)
     started = time.monotonic()
 
     for i in range(3):
@@ -476,9 +483,7 @@ def test_once_requests_overlap_a_leader_gathers_a_newcomer_into_its_message(
     import threading
     import time
 
-    settings.GROUP_COMMIT_LINGER_SECONDS = 5.0
-    settings.GROUP_COMMIT_GATHER_SECONDS = 2.0
-    _overlap("acme")
+    _windows(settings, gather=2.0)
     started = time.monotonic()
     leader = threading.Thread(target=_ingest_one, args=(1,))
     leader.start()
@@ -499,9 +504,7 @@ def test_the_gather_ends_with_its_window_and_only_the_overlapping_tenant_waits(
 ) -> None:
     import time
 
-    settings.GROUP_COMMIT_LINGER_SECONDS = 5.0
-    settings.GROUP_COMMIT_GATHER_SECONDS = 0.5
-    _overlap("acme")
+    _windows(settings, gather=0.5)
 
     started = time.monotonic()
     _ingest_one(1, tenant="globex")
@@ -520,10 +523,8 @@ def test_the_overlap_is_forgotten_after_a_while(
 ) -> None:
     import time
 
-    settings.GROUP_COMMIT_LINGER_SECONDS = 5.0
-    settings.GROUP_COMMIT_GATHER_SECONDS = 2.0
     monkeypatch.setattr(fresh_groups, "OVERLAP_MEMORY_SECONDS", 0.1)
-    _overlap("acme")
+    _windows(settings, gather=2.0)
     time.sleep(0.2)
 
     started = time.monotonic()
@@ -535,9 +536,7 @@ def test_the_overlap_is_forgotten_after_a_while(
 def test_the_gather_never_outlasts_the_linger(settings: Any, fresh_groups: GroupCommitter[Any]) -> None:
     import time
 
-    settings.GROUP_COMMIT_LINGER_SECONDS = 0.3
-    settings.GROUP_COMMIT_GATHER_SECONDS = 10.0
-    _overlap("acme")
+    _windows(settings, gather=10.0, linger=0.3)
 
     started = time.monotonic()
     _ingest_one(1)

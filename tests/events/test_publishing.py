@@ -428,8 +428,10 @@ def test_flower_sees_a_summary_of_the_message_not_its_events(settings: Any) -> N
 
 @pytest.fixture
 def fresh_groups(monkeypatch: pytest.MonkeyPatch) -> GroupCommitter[Any]:
-    """A group committer that has seen no request yet (no tenant has overlapped)."""
+    """A group committer that has seen no request yet (no tenant has overlapped), and remembers an
+    overlap long enough that a slow test machine cannot outlast it."""
     groups: GroupCommitter[Any] = GroupCommitter(events.ingestion._flush)
+    groups.OVERLAP_MEMORY_SECONDS = 30.0
     monkeypatch.setattr(events.ingestion, "_groups", groups)
     return groups
 

@@ -75,6 +75,23 @@ def _as_event(row: StoredEvent) -> Event:
     return normalised({"tenant": row.tenant, **values})
 
 
+def _stored_tenants() -> list[str]:
+    """The tenants that have stored events, each found by one index seek past the one before (a
+    recursive query, SQLite and PostgreSQL alike) rather than a scan of every row: tenants that
+    were deleted since are included, so their events expire too."""
+    table = connection.ops.quote_name(StoredEvent._meta.db_table)
+    sql = (
+        f"WITH RECURSIVE stored(tenant) AS ("  # noqa: S608 (a table name, no values)
+        f"SELECT MIN(tenant) FROM {table} "
+        f"UNION ALL SELECT (SELECT MIN(tenant) FROM {table} WHERE tenant > stored.tenant) "
+        f"FROM stored WHERE stored.tenant IS NOT NULL"
+        f") SELECT tenant FROM stored WHERE tenant IS NOT NULL"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        return [tenant for (tenant,) in cursor.fetchall()]
+
+
 class OrmEventStore:
     name = "orm"
     runs_steps_in_transaction = True  # StoreWithSteps: the steps write to this same database
@@ -151,7 +168,12 @@ class OrmEventStore:
         return {row["hour"]: row["n"] for row in rows}
 
     def purge_expired(self, *, older_than: datetime) -> int:
-        deleted, _ = StoredEvent.objects.filter(received_at__lt=older_than).delete()
+        """Tenant by tenant, each through the (tenant, received_at) index: the table keeps no
+        index of arrival alone, which every insert would pay for and only this daily purge read."""
+        deleted = 0
+        for tenant in _stored_tenants():
+            count, _ = StoredEvent.objects.filter(tenant=tenant, received_at__lt=older_than).delete()
+            deleted += count
         return deleted
 
     def ping(self) -> None:

@@ -10,7 +10,9 @@ the same server-side step as the pop, and the visibility-timeout sweep hands it 
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -25,7 +27,7 @@ from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 
 from cloudscale_project.celery import app
 from cloudscale_project.publish_receipts import PUBLISHED_KEY_PREFIX, PUBLISHED_TTL_SECONDS, published_key
-from ops.redis_transport import UNDECODABLE_KEY, Transport
+from ops.redis_transport import ENVELOPE_HEAD_LUA, UNDECODABLE_KEY, Transport
 from tests.netutil import TcpProxy
 
 pytestmark = [pytest.mark.core]
@@ -247,6 +249,89 @@ def test_it_keeps_an_unreadable_queue_entry_instead_of_dropping_it(scratch: redi
     received = _receive(_url(settings.EMBEDDED_REDIS_PORT), queue, timeout=5)
     assert [m.decode() for m in received] == [{"good": 1}]
     assert scratch.lrange(UNDECODABLE_KEY, 0, -1) == [b"\x00 not a kombu message"]
+
+
+def _envelope(body: str, *, body_first: bool = True) -> bytes:
+    """A queue entry as kombu writes one (`dumps` of the message, body first), or with another order."""
+    properties = {
+        "delivery_tag": str(uuid.uuid4()),
+        "delivery_info": {"exchange": "", "routing_key": "q"},
+        "body_encoding": "base64" if body_first else None,
+    }
+    parts = {
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {},
+        "properties": properties,
+    }
+    return json.dumps({"body": body, **parts} if body_first else {**parts, "body": body}).encode()
+
+
+@pytest.mark.parametrize(
+    ("entry", "reads_body"),
+    [
+        (_envelope(base64.b64encode(b'{"n": 1}' * 5000).decode()), False),  # kombu's: the head alone
+        (_envelope(""), False),
+        (_envelope('{"quoted": "a \\"b\\" c"}'), True),  # a quote inside the body: read whole
+        (_envelope("ends in a backslash \\"), True),
+        (_envelope("properties first", body_first=False), True),
+    ],
+)
+def test_the_pop_script_reads_a_body_only_when_it_cannot_tell_where_it_ends(
+    scratch: redis.Redis, entry: bytes, reads_body: bool
+) -> None:
+    script = ENVELOPE_HEAD_LUA + "local ok, m = envelope_head(ARGV[1]); return cjson.encode({ok, m})"
+    ok, message = json.loads(scratch.eval(script, 0, entry))
+    whole = json.loads(entry)
+    assert ok is True
+    assert message["properties"] == whole["properties"]
+    assert ("body" in message) is reads_body
+    if reads_body:
+        assert message == whole
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        base64.b64encode(b"payload" * 1000).decode(),
+        '{"quoted": "a \\"b\\" c"}',
+    ],
+)
+def test_a_message_comes_through_whole_whichever_way_the_script_read_it(
+    scratch: redis.Redis, body: str
+) -> None:
+    queue = _queue()
+    _publish(queue, {"warm": "up"})  # declares the queue
+    assert _receive(_url(settings.EMBEDDED_REDIS_PORT), queue, timeout=5)
+    entry = json.loads(_envelope(body))
+    entry["properties"]["delivery_info"]["routing_key"] = queue.routing_key
+    if not body.startswith("{"):
+        entry["content-type"] = "application/data"
+        entry["properties"]["body_encoding"] = "base64"
+    else:
+        entry["properties"].pop("body_encoding")
+    scratch.lpush(queue.name, json.dumps(entry))
+    (message,) = _receive(_url(settings.EMBEDDED_REDIS_PORT), queue, timeout=5)
+    expected = base64.b64decode(body) if not body.startswith("{") else body.encode()
+    assert message.body == expected
+    assert message.delivery_tag == entry["properties"]["delivery_tag"]
+    assert scratch.hlen("unacked") == 0, "acked"
+
+
+def test_an_entry_whose_head_reads_but_whose_whole_does_not_is_moved_aside_not_redelivered(
+    scratch: redis.Redis,
+) -> None:
+    queue = _queue()
+    _publish(queue, {"good": 1})
+    # kombu's shape and a readable head, but a raw control character in the body: Lua's JSON reader
+    # takes it (the script pops the entry), Python's does not.
+    bad = _envelope("a raw control character: <here>").replace(b"<here>", b"\x01")
+    assert b"\x01" in bad
+    scratch.rpush(queue.name, bad)  # served before the good one (RPOP end)
+    received = _receive(_url(settings.EMBEDDED_REDIS_PORT), queue, timeout=5)
+    assert [m.decode() for m in received] == [{"good": 1}]
+    assert scratch.lrange(UNDECODABLE_KEY, 0, -1) == [bad]
+    assert scratch.hlen("unacked") == 0 and scratch.zcard("unacked_index") == 0, "no copy left to sweep back"
 
 
 def test_a_redis_url_means_the_atomic_transport_and_still_reads_redis(scratch: redis.Redis) -> None:

@@ -169,7 +169,7 @@ class OrmEventStore:
 
     def purge_expired(self, *, older_than: datetime) -> int:
         """Tenant by tenant, each through the (tenant, received_at) index: the table keeps no
-        index of arrival alone, which every insert would pay for and only this daily purge read."""
+        index of arrival alone, which every insert would pay for and only this hourly purge read."""
         deleted = 0
         for tenant in _stored_tenants():
             count, _ = StoredEvent.objects.filter(tenant=tenant, received_at__lt=older_than).delete()

@@ -266,31 +266,29 @@ class Channel(_kombu.Channel):
         if kind == _UNDECODABLE:
             _report_moved_aside(dest)
             raise Empty()
-        payload = self._popped_payload(reply, dest)
-        if payload is None:
-            raise Empty()
-        self.recorded_by_pop[payload["properties"]["delivery_tag"]] = True
-        self.connection._deliver(payload, dest)
+        self.connection._deliver(self._popped_payload(reply, dest), dest)
         return True
 
     def _popped_payload(self, reply: Any, dest: str) -> Any:
-        """The envelope of a message the script popped, or None. The script reads only what it
-        needs (the properties), and Lua's JSON reader takes text Python's refuses (a raw control
-        character in a string): a message whose whole text does not decode here is moved aside
-        as the script moves what it cannot read, its unacked copy with it, rather than left for
-        the visibility sweep to hand out again forever."""
-        item = reply[2]
+        """The envelope of a message the script popped, its tag noted as recorded by the pop.
+
+        The script reads only what it needs (the properties), and Lua's JSON reader takes text
+        Python's refuses (a raw control character in a string): a message whose whole text does
+        not decode here is moved aside as the script moves what it cannot read, its unacked copy
+        with it, rather than left for the visibility sweep to hand out again forever (Empty)."""
+        item, tag = reply[2], bytes_to_str(reply[3])
         try:
-            return loads(bytes_to_str(item))
+            payload = loads(bytes_to_str(item))
         except ValueError:  # not JSON to Python
-            tag = bytes_to_str(reply[3])
             with self.conn_or_acquire() as client, client.pipeline(transaction=True) as pipe:
                 pipe.lpush(UNDECODABLE_KEY, item)
                 pipe.hdel(self.unacked_key, tag)
                 pipe.zrem(self.unacked_index_key, tag)
                 pipe.execute()
             _report_moved_aside(dest)
-            return None
+            raise Empty() from None
+        self.recorded_by_pop[tag] = True
+        return payload
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
         """kombu's basic_get; a no-ack get also drops the unacked copy the pop script wrote.
@@ -317,11 +315,7 @@ class Channel(_kombu.Channel):
             self._maybe_update_queues_expire(client, queue)
         if int(reply[0]) != _POPPED:
             raise Empty()
-        payload = self._popped_payload(reply, queue)
-        if payload is None:
-            raise Empty()
-        self.recorded_by_pop[payload["properties"]["delivery_tag"]] = True
-        return payload
+        return self._popped_payload(reply, queue)
 
     # --- publishing ------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from django import db
 from kombu.message import Message
 from vine import promise
 
+from events.coalescing import Coalescer
 from events.deadletters import DeadLetterInput, deadletter_record_many
 from events.models import DeadLetter
 
@@ -29,6 +30,13 @@ _V2_BODY_LENGTH = 3  # protocol 2 bodies are [args, kwargs, embed]
 
 class DeadLetteringConsumer(Consumer):
     connection_errors: tuple[type[BaseException], ...]  # set by Consumer.__init__
+    controller: Any  # the WorkController, set by Consumer.__init__
+    on_task_request: Callable[[Any], Any]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Small batch messages that wait for a pool process go to it together (events/coalescing.py).
+        self.on_task_request = Coalescer(controller=self.controller, fallback=self.on_task_request)
 
     def on_decode_error(self, message: Message, exc: Exception) -> None:
         self._dead_letter(message, f"message body could not be decoded: {type(exc).__name__}: {exc}")

@@ -12,6 +12,7 @@ died with their worker.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from cloudscale_project.state import STATE_ERRORS, state_redis
 
@@ -34,20 +35,28 @@ _uncleared: set[str] = set()
 def delivery_started(*, task_id: str, retries: int) -> int | None:
     """Count this delivery; the number of deliveries so far, or None if the shared state is away
     (then the batch simply runs: its own steps will meet the same outage and retry)."""
-    key = _key(task_id, retries)
-    leftovers = sorted(_uncleared)  # this very key too: its last delivery finished, it was not lost
+    return deliveries_started([(task_id, retries)])[0]
+
+
+def deliveries_started(deliveries: Sequence[tuple[str, int]]) -> list[int | None]:
+    """`delivery_started` for several messages of one job (task id, retries each), in one round
+    trip; the counts in order, or Nones if the shared state is away."""
+    keys = [_key(task_id, retries) for task_id, retries in deliveries]
+    leftovers = sorted(_uncleared)  # these very keys too: their last delivery finished, unlost
     try:
         pipe = state_redis().pipeline(transaction=True)
         if leftovers:
             pipe.delete(*leftovers)
-        pipe.incr(key)
-        pipe.expire(key, COUNT_TTL_SECONDS)
+        for key in keys:
+            pipe.incr(key)
+            pipe.expire(key, COUNT_TTL_SECONDS)
         results = pipe.execute()
     except STATE_ERRORS:
-        logger.warning("could not count the delivery of task %s; running it uncounted", task_id)
-        return None
+        logger.warning("could not count the delivery of %d message(s); running uncounted", len(keys))
+        return [None] * len(keys)
     _uncleared.difference_update(leftovers)
-    return int(results[-2])
+    counts = results[1:] if leftovers else results
+    return [int(count) for count in counts[0::2]]
 
 
 def delivery_finished(*, task_id: str, retries: int) -> None:

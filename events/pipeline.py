@@ -473,8 +473,27 @@ def batch_process(*, message: BatchMessage, attempt: int, pipeline: Pipeline) ->
     if decoded.rejected:
         # Recorded first: a rejected event must survive whatever happens to the rest of the batch.
         deadletter_record_many(letters=_rejection_letters(message, decoded.rejected))
-        outcome.dead_lettered += len(decoded.rejected)
-        metrics += _count(OUTCOME_DEAD_LETTERED, [raw for raw, _ in decoded.rejected])
+        metrics += _counted_rejections(decoded, outcome)
+    return _process_decoded(
+        message=message, decoded=decoded, attempt=attempt, pipeline=pipeline, outcome=outcome, metrics=metrics
+    )
+
+
+def _counted_rejections(decoded: DecodedBatch, outcome: BatchOutcome) -> list[tuple[dict[str, str], int]]:
+    outcome.dead_lettered += len(decoded.rejected)
+    return _count(OUTCOME_DEAD_LETTERED, [raw for raw, _ in decoded.rejected])
+
+
+def _process_decoded(
+    *,
+    message: BatchMessage,
+    decoded: DecodedBatch,
+    attempt: int,
+    pipeline: Pipeline,
+    outcome: BatchOutcome,
+    metrics: list[tuple[dict[str, str], int]],
+) -> BatchOutcome:
+    """The run of a message whose rejected events are already dead letters."""
     try:
         new_ids = _run_steps(pipeline=pipeline, tenant=message.tenant, events=decoded.events)
     except Exception as exc:
@@ -485,21 +504,8 @@ def batch_process(*, message: BatchMessage, attempt: int, pipeline: Pipeline) ->
         found_stored = set(getattr(exc, "existing_ids", ())) - written_now
         stored_events = [e for e in decoded.events if e["event_id"] in written_now]
         if attempt < settings.PROCESS_MAX_ATTEMPTS:
-            countdown = countdown_for(attempt=attempt, error=exc)
-            logger.warning(
-                "batch of tenant %s failed on attempt %d/%d, retrying in %.1fs: %s",
-                message.tenant,
-                attempt,
-                settings.PROCESS_MAX_ATTEMPTS,
-                countdown,
-                _describe(exc),
-            )
-            platform_incr_many(
-                _PROCESSED_METRIC,
-                metrics + _count(OUTCOME_RETRIED, decoded.events) + _count(OUTCOME_STORED, stored_events),
-            )
-            raise RetryBatch(
-                message=message, events=decoded.events, countdown=countdown, cause=_describe(exc)
+            raise _retry_after_failure(
+                message=message, events=decoded.events, attempt=attempt, exc=exc, metrics=metrics
             ) from exc
         duplicate_events = [e for e in decoded.events if e["event_id"] in found_stored]
         if _soft_limited(exc):
@@ -533,6 +539,37 @@ def batch_process(*, message: BatchMessage, attempt: int, pipeline: Pipeline) ->
         attempt,
     )
     return outcome
+
+
+def _retry_after_failure(
+    *,
+    message: BatchMessage,
+    events: list[Event],
+    attempt: int,
+    exc: BaseException,
+    metrics: list[tuple[dict[str, str], int]],
+) -> RetryBatch:
+    """Attempt `attempt` failed and attempts remain: the retry of `events`, logged and counted.
+
+    What the run did store (`stored_ids` of a partial write or of a failure after the store) is
+    counted as stored now; its retry will find it there."""
+    written_now = set(getattr(exc, "stored_ids", ()))
+    countdown = countdown_for(attempt=attempt, error=exc)
+    logger.warning(
+        "batch of tenant %s failed on attempt %d/%d, retrying in %.1fs: %s",
+        message.tenant,
+        attempt,
+        settings.PROCESS_MAX_ATTEMPTS,
+        countdown,
+        _describe(exc),
+    )
+    platform_incr_many(
+        _PROCESSED_METRIC,
+        metrics
+        + _count(OUTCOME_RETRIED, events)
+        + _count(OUTCOME_STORED, [e for e in events if e["event_id"] in written_now]),
+    )
+    return RetryBatch(message=message, events=events, countdown=countdown, cause=_describe(exc))
 
 
 def _finish_written(*, pipeline: Pipeline, tenant: str, events: list[Event]) -> None:
@@ -684,6 +721,95 @@ def batch_process_message(
     except MessageRejected as exc:
         return _reject_message(args=args, kwargs=kwargs, exc=exc)
     return batch_process(message=message, attempt=attempt, pipeline=pipeline or default_pipeline())
+
+
+def batch_process_together(
+    *, messages: Sequence[BatchMessage], pipeline: Pipeline
+) -> list[BatchOutcome | Exception]:
+    """The first attempts of several messages of one tenant, as one pipeline run.
+
+    A worker that finds small messages queued behind each other runs them together
+    (events/coalescing.py): one fraud script, one store transaction and one count of metrics
+    instead of one each. Each message keeps a result of its own, in order: its outcome, or the
+    exception its own run raised (a `RetryBatch` of its events), which the caller raises for that
+    message alone.
+
+    Only first attempts come here, so a run together is never a last attempt and never
+    dead-letters for exhaustion. A transient failure (store or Redis away, the soft time limit)
+    retries every message, as each alone would have been. Any other failure may come from one
+    message's event, so each message is then run alone at once, and only a message that fails
+    again is retried.
+    """
+    tenant = messages[0].tenant
+    if any(message.tenant != tenant for message in messages):
+        raise ValueError("messages run together must be of one tenant")
+    set_correlation_id(messages[0].correlation_id)
+    prepared: list[tuple[BatchMessage, DecodedBatch, BatchOutcome, list[tuple[dict[str, str], int]]]] = []
+    letters: list[DeadLetterInput] = []
+    for message in messages:
+        outcome = BatchOutcome(tenant=tenant, correlation_id=message.correlation_id)
+        decoded = decode_batch(tenant=tenant, events=message.events)
+        letters += _rejection_letters(message, decoded.rejected)
+        prepared.append((message, decoded, outcome, _counted_rejections(decoded, outcome)))
+    if letters:
+        deadletter_record_many(letters=letters)
+    owner: dict[str, int] = {}  # event id -> the first message that carries it
+    events: list[Event] = []
+    for index, (_, decoded, _, _) in enumerate(prepared):
+        for event in decoded.events:
+            if owner.setdefault(event["event_id"], index) == index:
+                events.append(event)
+    try:
+        new_ids = _run_steps(pipeline=pipeline, tenant=tenant, events=events)
+    except Exception as exc:
+        if isinstance(exc, TRANSIENT_ERRORS) or isinstance(exc.__cause__, TRANSIENT_ERRORS):
+            return [
+                _retry_after_failure(message=m, events=decoded.events, attempt=1, exc=exc, metrics=metrics)
+                for m, decoded, _, metrics in prepared
+            ]
+        logger.warning(
+            "%d messages of tenant %s failed together, running each alone: %s",
+            len(messages),
+            tenant,
+            _describe(exc),
+        )
+        return [_process_alone(*each, pipeline=pipeline) for each in prepared]
+    counted: list[tuple[dict[str, str], int]] = []
+    for index, (_, decoded, outcome, metrics) in enumerate(prepared):
+        stored = [e for e in decoded.events if e["event_id"] in new_ids and owner[e["event_id"]] == index]
+        stored_ids = {e["event_id"] for e in stored}
+        duplicates = [e for e in decoded.events if e["event_id"] not in stored_ids] + decoded.repeated
+        outcome.stored = [e["event_id"] for e in stored]
+        outcome.duplicates += [e["event_id"] for e in duplicates]
+        counted += metrics + _count(OUTCOME_STORED, stored) + _count(OUTCOME_DUPLICATE, duplicates)
+    platform_incr_many(_PROCESSED_METRIC, counted)
+    outcomes = [outcome for _, _, outcome, _ in prepared]
+    logger.info(
+        "processed %d messages of tenant %s together: stored=%d duplicate=%d dead_lettered=%d",
+        len(messages),
+        tenant,
+        sum(len(o.stored) for o in outcomes),
+        sum(len(o.duplicates) for o in outcomes),
+        sum(o.dead_lettered for o in outcomes),
+    )
+    return list(outcomes)
+
+
+def _process_alone(
+    message: BatchMessage,
+    decoded: DecodedBatch,
+    outcome: BatchOutcome,
+    metrics: list[tuple[dict[str, str], int]],
+    *,
+    pipeline: Pipeline,
+) -> BatchOutcome | Exception:
+    set_correlation_id(message.correlation_id)
+    try:
+        return _process_decoded(
+            message=message, decoded=decoded, attempt=1, pipeline=pipeline, outcome=outcome, metrics=metrics
+        )
+    except Exception as exc:
+        return exc
 
 
 def batch_give_up_after_worker_losses(

@@ -20,6 +20,7 @@ from celery.worker.request import Request
 from django.conf import settings
 from django.utils import timezone
 
+from events.coalescing import current_job
 from events.deliveries import deliveries_flush, delivery_finished, delivery_started
 from events.pipeline import (
     RetryBatch,
@@ -79,10 +80,17 @@ def process_batch(self: BatchTask, *args: Any, **kwargs: Any) -> dict[str, int]:
     retries = self.request.retries
     attempt = retries + 1
     task_id = self.request.id  # None when the body is called directly (tests)
-    deliveries = delivery_started(task_id=task_id, retries=retries) if task_id else None
+    job = current_job()  # several messages came to this process as one job (events/coalescing.py)
+    member = job.member(task_id) if job is not None else None
+    if member is not None:
+        deliveries = member.deliveries  # the job counted them all at once
+    else:
+        deliveries = delivery_started(task_id=task_id, retries=retries) if task_id else None
     try:
         if deliveries is not None and deliveries > settings.WORKER_LOSSES_MAX:
             outcome = batch_give_up_after_worker_losses(args=args, kwargs=kwargs, losses=deliveries - 1)
+        elif job is not None and member is not None and member.together:
+            outcome = job.outcome(member)
         else:
             outcome = batch_process_message(args=args, kwargs=kwargs, attempt=attempt)
     except RetryBatch as retry:

@@ -1,7 +1,7 @@
 """Test-only pipeline steps: hold each batch before its first step, or between the store write
 and the ack.
 
-Worker processes started with `pause_env(seconds)` run a pause first after the store write, so a
+`refuse_marked` fails every batch that holds a marked event. Worker processes started with `pause_env(seconds)` run a pause first after the store write, so a
 test can kill a worker "mid-batch" and prove that redelivery stores nothing twice; with
 `pause_before_steps_env(seconds)` the pause comes before anything is stored. Given `while_file`,
 either pauses only while that file exists, so a test can end the pause once its kill has landed
@@ -25,10 +25,23 @@ PAUSE_WHILE_ENV = "CLOUDSCALE_TEST_PAUSE_WHILE"
 
 
 def _pause(variable: str) -> None:
+    """Sleep the pause; given a file, only while it exists (the pause ends when it goes)."""
     switch = os.environ.get(PAUSE_WHILE_ENV)
-    if switch and not os.path.exists(switch):
-        return
-    time.sleep(float(os.environ.get(variable, "0")))
+    deadline = time.monotonic() + float(os.environ.get(variable, "0"))
+    while time.monotonic() < deadline:
+        if switch and not os.path.exists(switch):
+            return
+        time.sleep(0.05)
+
+
+REFUSED_MARK = "refuse-me"
+
+
+def refuse_marked(*, tenant: str, events: Sequence[Event]) -> None:
+    """A step that fails any batch holding an event whose user_id is `REFUSED_MARK`: a bug that
+    one event triggers."""
+    if any(event.get("user_id") == REFUSED_MARK for event in events):
+        raise RuntimeError("a step refused a marked event")
 
 
 def pause_after_store(*, tenant: str, events: Sequence[Event]) -> None:

@@ -1,0 +1,264 @@
+"""Small batch messages queued behind each other in a worker run as one pipeline job.
+
+A single-event request costs the worker a message's fixed work, most of it Celery's and the
+pipeline's rather than the event's: a pool round trip, a delivery count, a fraud script, a store
+transaction (docs/benchmarks.md). Under load, messages wait in the worker's main process for a free
+pool process anyway (Celery's semaphore of pool slots). When a slot frees, the waiting
+`events.process_batch` messages that fit one batch (`MAX_BATCH_EVENTS` events in all) go to it as
+one job instead of one each; with a free slot a message goes at once, alone, as Celery sends it.
+
+In the job each message is still its own Celery task: the pool process runs Celery's tracer for
+each in turn (its signals, logging, retry and failure handling), and the main process acks,
+rejects or requeues each message by its own result. What is shared is the work: the first message
+of a tenant to run processes the events of all that tenant's messages of the job in one pipeline
+run (`events.pipeline.batch_process_together`), and the others take their result from it.
+
+Only first deliveries run together: a message that was retried or redelivered (its worker died)
+runs alone, so a message that kills its worker takes the others of its job with it once at most,
+and its own loss count (events/deliveries.py) is then its own again.
+
+Main process: `Coalescer`, installed by the worker's consumer (events/consumer.py). Pool process:
+`run_coalesced` and `current_job`, read by the task body (events/tasks.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, cast
+from weakref import ref
+
+from billiard.einfo import ExceptionInfo
+from celery import current_app
+from celery.app.trace import fast_trace_task, trace_task_ret
+from django.conf import settings
+from kombu.serialization import loads as loads_message
+from kombu.serialization import prepare_accept_content
+
+from events.deliveries import deliveries_started
+from events.pipeline import (
+    BatchMessage,
+    BatchOutcome,
+    MessageRejected,
+    batch_process_together,
+    default_pipeline,
+    parse_message,
+)
+from events.publishing import TASK_NAME
+
+logger = logging.getLogger(__name__)
+
+# What the pool process gets for one message: Celery's own arguments of its tracer.
+TraceCall = tuple[str, str, dict[str, Any], Any, str | None, str | None]
+
+
+# --- main process ------------------------------------------------------------------------------------
+
+
+class Coalescer:
+    """The worker consumer's `on_task_request`: small batch messages wait for a pool slot here,
+    and a slot takes every waiting one that fits one batch.
+
+    Each waiting message holds a place in Celery's semaphore of pool slots, as Celery's own path
+    does. A place that comes up after its message already left with an earlier job hands the slot
+    on at once (`release`), so each job still holds exactly one slot.
+    """
+
+    def __init__(self, *, controller: Any, fallback: Callable[[Any], Any]) -> None:
+        self._controller = controller
+        self._fallback = fallback  # Celery's own: every other message goes this way
+        self._waiting: deque[Any] = deque()
+
+    def __call__(self, request: Any) -> Any:
+        semaphore = getattr(self._controller, "semaphore", None)
+        if semaphore is None or not mergeable(request):
+            return self._fallback(request)
+        self._waiting.append(request)
+        semaphore.acquire(self._on_slot)
+        return None
+
+    def _on_slot(self) -> None:
+        if not self._waiting:
+            self._controller.semaphore.release()
+            return
+        job = [self._waiting.popleft()]
+        events = event_count(job[0])
+        while self._waiting and events + event_count(self._waiting[0]) <= settings.MAX_BATCH_EVENTS:
+            events += event_count(self._waiting[0])
+            job.append(self._waiting.popleft())
+        live = [request for request in job if not request.revoked()]  # revoked() acks a revoked one
+        if not live:
+            self._controller.semaphore.release()
+        elif len(live) == 1:
+            self._controller._process_task(live[0])
+        else:
+            self._execute_together(live)
+
+    def _execute_together(self, requests: list[Any]) -> None:
+        first = requests[0]
+        time_limit, soft_time_limit = first.time_limits
+        calls: list[TraceCall] = [
+            (r.type, r.id, r.request_dict, r.body, r.content_type, r.content_encoding) for r in requests
+        ]
+        result = self._controller.pool.apply_async(
+            run_coalesced,
+            args=(calls, bool(self._controller.app.use_fast_trace_task)),
+            accept_callback=lambda pid, accepted: [r.on_accepted(pid, accepted) for r in requests],
+            timeout_callback=lambda soft, timeout: [r.on_timeout(soft, timeout) for r in requests],
+            callback=lambda results: _each_result(requests, results),
+            error_callback=lambda exc_info: [r.on_failure(exc_info) for r in requests],
+            soft_timeout=soft_time_limit or first.task.soft_time_limit,
+            timeout=time_limit or first.task.time_limit,
+            correlation_id=first.id,
+        )
+        if result is not None:
+            for request in requests:
+                request._apply_result = ref(result)  # what a revoke with terminate looks up
+
+
+def _each_result(requests: Sequence[Any], results: Sequence[Any]) -> None:
+    for request, result in zip(requests, results, strict=True):
+        request.on_success(result)
+
+
+def mergeable(request: Any) -> bool:
+    """A first delivery of a batch message that leaves room in a batch for another."""
+    if request.task_name != TASK_NAME or not settings.WORKER_MERGE_MESSAGES:
+        return False
+    if settings.PROCESS_MAX_ATTEMPTS < 2:  # a run together must never be a last attempt
+        return False
+    if request.eta or request.request_dict.get("retries") or request.delivery_info.get("redelivered"):
+        return False
+    return 0 < event_count(request) < settings.MAX_BATCH_EVENTS
+
+
+def event_count(request: Any) -> int:
+    kwargs = request.kwargs
+    events = kwargs.get("events") if isinstance(kwargs, dict) else None
+    return len(events) if isinstance(events, list) else 0
+
+
+# --- pool process --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Member:
+    """One message of a job as the pool process sees it."""
+
+    task_id: str
+    retries: int
+    message: BatchMessage | None  # None: not a usable batch; it runs alone and is dead-lettered
+    deliveries: int | None = None
+    together: bool = False
+    result: BatchOutcome | Exception | None = None
+
+
+class CoalescedJob:
+    def __init__(self, members: list[Member]) -> None:
+        self._members = {member.task_id: member for member in members}
+        counts = deliveries_started([(m.task_id, m.retries) for m in members])
+        for member, count in zip(members, counts, strict=True):
+            member.deliveries = count
+        by_tenant: dict[str, list[Member]] = defaultdict(list)
+        for member in members:
+            if member.message is not None and member.retries == 0 and (member.deliveries or 1) == 1:
+                by_tenant[member.message.tenant].append(member)
+        self._by_tenant = {tenant: group for tenant, group in by_tenant.items() if len(group) > 1}
+        for group in self._by_tenant.values():
+            for member in group:
+                member.together = True
+
+    def member(self, task_id: str | None) -> Member | None:
+        return self._members.get(task_id) if task_id else None
+
+    def outcome(self, member: Member) -> BatchOutcome:
+        """The member's share of its tenant's run together; the run happens at the first ask."""
+        if member.result is None:
+            assert member.message is not None  # only usable messages run together
+            self._run(member.message.tenant)
+        result = member.result
+        if isinstance(result, Exception):
+            raise result
+        assert result is not None
+        return result
+
+    def _run(self, tenant: str) -> None:
+        group = self._by_tenant[tenant]
+        try:
+            results = batch_process_together(
+                messages=[m.message for m in group if m.message is not None], pipeline=default_pipeline()
+            )
+        except Exception as exc:
+            logger.exception("%d messages of tenant %s could not be run together", len(group), tenant)
+            results = [exc] * len(group)
+        for member, result in zip(group, results, strict=True):
+            member.result = result
+
+
+_running: list[CoalescedJob] = []  # the job of this pool process, while it runs
+
+
+def current_job() -> CoalescedJob | None:
+    """The job the pool process is running now, if several messages came as one."""
+    return _running[-1] if _running else None
+
+
+def run_coalesced(calls: list[TraceCall], fast_trace: bool) -> list[Any]:
+    """Pool process: run each message's task through Celery's tracer, in order, as one job.
+
+    The bodies are decoded once here and handed to the tracer decoded. Returns each message's
+    result as the tracer returns it, which the main process hands to that message's request.
+    """
+    trace: Callable[..., Any] = fast_trace_task if fast_trace else trace_task_ret
+    ready: list[TraceCall] = []
+    members: list[Member] = []
+    for name, task_id, request, body, content_type, content_encoding in calls:
+        try:
+            payload = body
+            if content_type:
+                payload = loads_message(body, content_type, cast(str, content_encoding), accept=_accept())
+            args, kwargs, embed = payload
+        except Exception:
+            # Left to the tracer, which reports it as it would for a message sent alone.
+            ready.append((name, task_id, request, body, content_type, content_encoding))
+            continue
+        ready.append((name, task_id, request, (args, kwargs, embed), None, None))
+        retries = int(request.get("retries") or 0)
+        members.append(Member(task_id=task_id, retries=retries, message=_parsed(args, kwargs)))
+    try:
+        job: CoalescedJob | None = CoalescedJob(members)
+    except Exception:
+        # Nothing runs together: each message runs as if it had come alone.
+        logger.exception("a job of %d messages could not be prepared; running each alone", len(calls))
+        job = None
+    results: list[Any] = []
+    if job is not None:
+        _running.append(job)
+    try:
+        for call in ready:
+            try:
+                results.append(trace(*call))
+            except Exception:
+                # The tracer handles a task's own failures; this is the tracer failing. Celery would
+                # fail the message likewise; the other messages keep their results.
+                logger.exception("the tracer failed on task %s", call[1])
+                results.append((1, ExceptionInfo(), 0.0))
+    finally:
+        if job is not None:
+            _running.pop()
+    return results
+
+
+def _parsed(args: Any, kwargs: Any) -> BatchMessage | None:
+    try:
+        return parse_message(args=args, kwargs=kwargs)
+    except (MessageRejected, AttributeError, TypeError):
+        return None
+
+
+@cache
+def _accept() -> set[str] | None:
+    return prepare_accept_content(current_app.conf.accept_content)

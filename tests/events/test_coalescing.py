@@ -1,0 +1,294 @@
+"""Small batch messages that wait in a worker run as one job and one pipeline run, each message
+still acked, retried and counted on its own (events/coalescing.py, docs/decisions.md)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from celery.exceptions import Retry
+from django.conf import settings as django_settings
+from pytest_django.fixtures import Settings as SettingsWrapper
+
+from cloudscale_project.celery import app
+from events.coalescing import run_coalesced
+from events.models import DeadLetter, StoredEvent
+from events.pipeline import BatchMessage, BatchOutcome, Pipeline, RetryBatch, batch_process_together
+from events.publishing import TASK_NAME
+from events.stores.base import Event, NewEventsHook
+from events.stores.orm import OrmEventStore
+from events.tasks import process_batch
+from tests.conftest import child_env, start_worker, wait_until
+from tests.events.pipeline_support import (
+    FlakyStore,
+    batch_kwargs,
+    enriched_event,
+    platform_counter,
+    take_one_message,
+)
+from tests.faults.steps import REFUSED_MARK, pause_before_steps_env
+
+pytestmark = [pytest.mark.core]
+
+
+@pytest.fixture(autouse=True)
+def _tiny_backoff(settings: SettingsWrapper) -> None:
+    settings.RETRY_BACKOFF_BASE_SECONDS = 0.01
+    settings.RETRY_BACKOFF_MAX_SECONDS = 0.05
+
+
+class CountingStore:
+    """The ORM store, counting its writes."""
+
+    def __init__(self) -> None:
+        self.inner = OrmEventStore()
+        self.writes = 0
+
+    def write_many(self, events: Sequence[Event], *, then: NewEventsHook | None = None) -> set[str]:
+        self.writes += 1
+        return self.inner.write_many(events, then=then)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def message(*events: Any, tenant: str = "acme") -> BatchMessage:
+    return BatchMessage(tenant=tenant, events=list(events), correlation_id=str(uuid.uuid4()))
+
+
+def stored_ids(tenant: str = "acme") -> list[str]:
+    return sorted(StoredEvent.objects.filter(tenant=tenant).values_list("event_id", flat=True))
+
+
+def failing_before_store_for(bad_id: str) -> Any:
+    def fraud_like(*, tenant: str, events: Sequence[Event]) -> None:
+        if any(e["event_id"] == bad_id for e in events):
+            raise RuntimeError("a step failed on one event")
+
+    return fraud_like
+
+
+@pytest.mark.django_db
+def test_messages_run_together_store_every_event_in_one_write_and_keep_their_own_outcomes() -> None:
+    a1, a2, b1, c1 = enriched_event(), enriched_event(), enriched_event(), enriched_event()
+    bad = enriched_event(event_type="no_such_type")
+    repeat = dict(a1)  # the same event in a second message: stored once, a duplicate there
+    store = CountingStore()
+
+    outcomes = batch_process_together(
+        messages=[message(a1, a2), message(b1, bad), message(c1, repeat)], pipeline=Pipeline(store=store)
+    )
+
+    assert store.writes == 1
+    assert stored_ids() == sorted(e["event_id"] for e in (a1, a2, b1, c1))
+    assert all(isinstance(o, BatchOutcome) for o in outcomes)
+    first, second, third = (o for o in outcomes if isinstance(o, BatchOutcome))
+    assert (sorted(first.stored), first.duplicates, first.dead_lettered) == (
+        sorted([a1["event_id"], a2["event_id"]]),
+        [],
+        0,
+    )
+    assert (second.stored, second.dead_lettered) == ([b1["event_id"]], 1)
+    assert (third.stored, third.duplicates) == ([c1["event_id"]], [a1["event_id"]])
+    assert DeadLetter.objects.get().event_id == bad["event_id"]
+    assert (
+        platform_counter("cloudscale_events_processed_total", event_type="page_view", outcome="stored") == 4
+    )
+    assert (
+        platform_counter("cloudscale_events_processed_total", event_type="page_view", outcome="duplicate")
+        == 1
+    )
+
+
+@pytest.mark.django_db
+def test_a_transient_failure_retries_each_message_with_its_own_events() -> None:
+    first, second = [enriched_event(), enriched_event()], [enriched_event()]
+
+    outcomes = batch_process_together(
+        messages=[message(*first), message(*second)], pipeline=Pipeline(store=FlakyStore(failures=None))
+    )
+
+    assert [type(o) for o in outcomes] == [RetryBatch, RetryBatch]
+    retried = [o.events for o in outcomes if isinstance(o, RetryBatch)]
+    assert retried == [first, second]
+    assert stored_ids() == []
+
+
+@pytest.mark.django_db
+def test_a_failure_of_one_event_runs_each_message_alone_and_retries_only_its_message() -> None:
+    good, other, bad = enriched_event(), enriched_event(), enriched_event()
+    store = CountingStore()
+    pipeline = Pipeline(store=store, before_store=(failing_before_store_for(bad["event_id"]),))
+
+    outcomes = batch_process_together(
+        messages=[message(good), message(bad), message(other)], pipeline=pipeline
+    )
+
+    assert isinstance(outcomes[0], BatchOutcome) and outcomes[0].stored == [good["event_id"]]
+    assert isinstance(outcomes[1], RetryBatch) and outcomes[1].events == [bad]
+    assert isinstance(outcomes[2], BatchOutcome) and outcomes[2].stored == [other["event_id"]]
+    assert stored_ids() == sorted([good["event_id"], other["event_id"]])
+    assert store.writes == 2  # the run together failed before its write; each good one wrote alone
+
+
+def test_messages_of_different_tenants_are_not_run_together() -> None:
+    with pytest.raises(ValueError, match="one tenant"):
+        batch_process_together(
+            messages=[message(enriched_event()), message(enriched_event("globex"), tenant="globex")],
+            pipeline=Pipeline(store=OrmEventStore()),
+        )
+
+
+@pytest.fixture
+def worker_app() -> None:
+    """Our Celery app as the current one with the batch task in it, as in a worker's pool process."""
+    app.set_current()
+    assert process_batch.name in app.tasks
+
+
+def trace_call(kwargs: dict[str, Any], *, retries: int = 0) -> tuple[Any, ...]:
+    task_id = str(uuid.uuid4())
+    request = {"id": task_id, "task": TASK_NAME, "retries": retries, "delivery_info": {}}
+    return (TASK_NAME, task_id, request, ([], kwargs, {}), None, None)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_runs_each_tenant_s_first_deliveries_together_and_the_rest_alone(
+    caplog: pytest.LogCaptureFixture, worker_app: None
+) -> None:
+    acme = [enriched_event() for _ in range(3)]
+    retried = enriched_event()
+    globex = enriched_event("globex")
+    calls = [trace_call(batch_kwargs("acme", [event])) for event in acme]
+    calls.insert(1, trace_call(batch_kwargs("globex", [globex])))
+    calls.append(trace_call(batch_kwargs("acme", [retried]), retries=1))
+
+    with caplog.at_level(logging.INFO, logger="events.pipeline"):
+        results = run_coalesced(calls, False)
+
+    assert [failed for failed, _, _ in results] == [0] * 5
+    assert results[0][1] == repr({"stored": 1, "duplicate": 0, "dead_lettered": 0})  # the tracer's repr
+    assert stored_ids() == sorted(e["event_id"] for e in [*acme, retried])
+    assert stored_ids("globex") == [globex["event_id"]]
+    together = [r.getMessage() for r in caplog.records if "together" in r.getMessage()]
+    assert together == ["processed 3 messages of tenant acme together: stored=3 duplicate=0 dead_lettered=0"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_message_of_a_job_that_must_retry_is_retried_alone_and_the_others_succeed(
+    settings: SettingsWrapper, worker_app: None
+) -> None:
+    settings.PIPELINE_STEPS_BEFORE_STORE = (
+        "tests.faults.steps.refuse_marked",
+        *settings.PIPELINE_STEPS_BEFORE_STORE,
+    )
+    good, bad = enriched_event(), enriched_event(user_id=REFUSED_MARK)
+    calls = [trace_call(batch_kwargs("acme", [good])), trace_call(batch_kwargs("acme", [bad]))]
+
+    results = run_coalesced(calls, False)
+
+    assert results[0][0] == 0, results[0]
+    failed, info, _ = results[1]
+    raised = getattr(info.exception, "exc", info.exception)  # as the tracer wraps it for the pipe
+    assert failed == 1 and isinstance(raised, Retry), results[1]
+    assert stored_ids() == [good["event_id"]]
+    retry = take_one_message()  # the retry, published for the failing message alone
+    assert retry.headers["id"] == calls[1][1] and retry.headers["retries"] == 1
+    assert [e["event_id"] for e in retry.payload[1]["events"]] == [bad["event_id"]]
+
+
+def queue_size() -> int:
+    with app.connection_for_write() as connection:
+        # Declared as Celery declares it: an empty Redis queue does not exist until then.
+        declared = app.amqp.queues[django_settings.QUEUE_NAME](connection.default_channel).queue_declare()
+    return int(declared.message_count)
+
+
+def send(events: Sequence[Event]) -> str:
+    task_id = str(uuid.uuid4())
+    app.send_task(
+        TASK_NAME, kwargs=batch_kwargs("acme", events), queue=django_settings.QUEUE_NAME, task_id=task_id
+    )
+    return task_id
+
+
+@pytest.mark.e2e
+def test_a_worker_runs_the_messages_waiting_for_its_pool_as_one_job_and_acks_each(
+    transactional_db: None, tmp_path: Path
+) -> None:
+    pausing = tmp_path / "pausing"  # batches wait before their steps while it exists
+    pausing.touch()
+    worker = start_worker(
+        tmp_path,
+        concurrency=1,
+        env=child_env(**pause_before_steps_env(30, while_file=pausing), CLOUDSCALE_WORKER_PREFETCH="8"),
+    )
+    try:
+        events = [enriched_event() for _ in range(5)]
+        first = send(events[:1])
+        wait_until(lambda: f"[{first}] received" in worker.log(), timeout=60, message="the first message")
+        waiting = [send([event]) for event in events[1:]]
+        wait_until(
+            lambda: all(f"[{task_id}] received" in worker.log() for task_id in waiting),
+            timeout=60,
+            message="the others waiting for the pool process",
+        )
+        pausing.unlink()
+
+        wait_until(
+            lambda: stored_ids() == sorted(e["event_id"] for e in events), timeout=90, message="all stored"
+        )
+        wait_until(
+            lambda: all(f"[{t}] succeeded" in worker.log() for t in [first, *waiting]),
+            timeout=30,
+            message="each message's own success",
+        )
+        assert "processed 4 messages of tenant acme together" in worker.log()
+    finally:
+        worker.stop()
+    assert queue_size() == 0, "a message left unacked comes back to the queue when its worker stops"
+
+
+@pytest.mark.e2e
+@pytest.mark.faults
+def test_a_job_whose_pool_process_dies_has_each_message_redelivered_and_run_alone(
+    transactional_db: None, tmp_path: Path
+) -> None:
+    pausing = tmp_path / "pausing"
+    pausing.touch()
+    worker = start_worker(
+        tmp_path,
+        concurrency=1,
+        env=child_env(**pause_before_steps_env(3, while_file=pausing), CLOUDSCALE_WORKER_PREFETCH="8"),
+    )
+    try:
+        events = [enriched_event() for _ in range(4)]
+        first = send(events[:1])
+        wait_until(lambda: f"[{first}] received" in worker.log(), timeout=60, message="the first message")
+        waiting = [send([event]) for event in events[1:]]
+        wait_until(
+            lambda: f"[{first}] succeeded" in worker.log(), timeout=60, message="the first message done"
+        )
+        time.sleep(1)  # the job of the other three has begun its pause, before anything is stored
+        assert stored_ids() == [events[0]["event_id"]]
+        for child in psutil.Process(worker.process.pid).children(recursive=True):
+            child.send_signal(signal.SIGKILL)
+        pausing.unlink()
+
+        wait_until(
+            lambda: stored_ids() == sorted(e["event_id"] for e in events), timeout=90, message="all stored"
+        )
+        log = worker.log()
+        assert "WorkerLostError" in log
+        assert "together" not in log, "redelivered messages run alone"
+        assert all(log.count(f"[{task_id}] received") == 2 for task_id in waiting)
+        assert not DeadLetter.objects.exists()
+    finally:
+        worker.stop()

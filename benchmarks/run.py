@@ -1332,6 +1332,7 @@ def _figures(config: BenchConfig, m: Measured, memory: MemorySampler) -> dict[st
             "floor_p99_ms": round(m.floor.p99_ms, 1),
             "single_req_per_s": round(m.api.requests / m.api.seconds),
             "single_cpu_ms": round(m.api.cpu.per_thousand_total(m.api.requests), 2),
+            "single_worker_cpu_ms": round(1000 * m.api.cpu.seconds.get("worker", 0.0) / m.api.requests, 2),
             "single_vs_floor": round(_single_vs_floor(m), 2),
             "single_per_message": round(m.api.accepted / m.api.messages, 2) if m.api.messages else None,
         }
@@ -1340,6 +1341,9 @@ def _figures(config: BenchConfig, m: Measured, memory: MemorySampler) -> dict[st
             "open_p99_ms": round(m.open_api.p99_ms, 1),
             "open_floor_p99_ms": round(m.open_floor.p99_ms, 1),
             "open_cpu_ms": round(m.open_api.cpu.per_thousand_total(m.open_api.requests), 2),
+            "open_worker_cpu_ms": round(
+                1000 * m.open_api.cpu.seconds.get("worker", 0.0) / m.open_api.requests, 2
+            ),
             "open_per_message": (
                 round(m.open_api.accepted / m.open_api.messages, 2) if m.open_api.messages else None
             ),

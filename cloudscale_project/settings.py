@@ -398,6 +398,9 @@ WORKER_LOSSES_MAX = env_int("CLOUDSCALE_MAX_WORKER_LOSSES", 3, minimum=1)
 # pipeline run, each message still acked or retried on its own (events/coalescing.py). Off on
 # Service Bus: a process there prefetches one message, so none wait.
 WORKER_MERGE_MESSAGES = env_bool("CLOUDSCALE_WORKER_MERGE_MESSAGES", not _SERVICE_BUS)
+# While such messages come close together, a job that gets a pool process waits this long for more
+# before it starts: later processing by that much, never a later 202. 0 = run whatever waits, no more.
+WORKER_GATHER_SECONDS = env_float("CLOUDSCALE_WORKER_GATHER_MS", 50.0) / 1000
 RETRY_BACKOFF_BASE_SECONDS = env_float("CLOUDSCALE_RETRY_BACKOFF_BASE", 1.0)
 RETRY_BACKOFF_MAX_SECONDS = env_float("CLOUDSCALE_RETRY_BACKOFF_MAX", 60.0)
 CART_ABANDONMENT_MINUTES = env_int("CLOUDSCALE_CART_ABANDONMENT_MINUTES", 30, minimum=1)

@@ -24,6 +24,7 @@ Main process: `Coalescer`, installed by the worker's consumer (events/consumer.p
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from weakref import ref
 from billiard.einfo import ExceptionInfo
 from celery import current_app
 from celery.app.trace import fast_trace_task, trace_task_ret
+from celery.worker import state as worker_state
 from django.conf import settings
 from kombu.serialization import loads as loads_message
 from kombu.serialization import prepare_accept_content
@@ -65,22 +67,49 @@ class Coalescer:
     Each waiting message holds a place in Celery's semaphore of pool slots, as Celery's own path
     does. A place that comes up after its message already left with an earlier job hands the slot
     on at once (`release`), so each job still holds exactly one slot.
+
+    A worker that keeps up has a free slot for each message as it comes, so nothing would ever
+    wait. While messages come close together (the last two within `WORKER_GATHER_SECONDS`), a job
+    that gets a slot stays open that long for the messages that arrive meanwhile; a message that
+    comes alone goes at once. The wait delays processing, never a client's 202: the API answered
+    once the broker had the message.
     """
 
-    def __init__(self, *, controller: Any, fallback: Callable[[Any], Any]) -> None:
+    def __init__(
+        self,
+        *,
+        controller: Any,
+        fallback: Callable[[Any], Any],
+        timer: Any = None,
+        prefetch_limit: Callable[[], int] = lambda: 0,
+    ) -> None:
         self._controller = controller
+        self._prefetch_limit = prefetch_limit  # messages the broker lets this worker hold; 0: no limit
         self._fallback = fallback  # Celery's own: every other message goes this way
+        self._timer = timer  # the consumer's event-loop timer; None: no gathering
         self._waiting: deque[Any] = deque()
+        self._open: list[Any] | None = None  # a job that holds a slot and gathers until its timer
+        self._open_events = 0
+        self._last_arrival = float("-inf")
 
     def __call__(self, request: Any) -> Any:
         semaphore = getattr(self._controller, "semaphore", None)
         if semaphore is None or not mergeable(request):
             return self._fallback(request)
+        now = time.monotonic()
+        close_together = now - self._last_arrival < settings.WORKER_GATHER_SECONDS
+        self._last_arrival = now
+        if self._open is not None and self._open_events + event_count(request) <= settings.MAX_BATCH_EVENTS:
+            self._open.append(request)
+            self._open_events += event_count(request)
+            if self._nothing_more_can_come():
+                self._close_open_job()
+            return None
         self._waiting.append(request)
-        semaphore.acquire(self._on_slot)
+        semaphore.acquire(lambda: self._on_slot(gather=close_together))
         return None
 
-    def _on_slot(self) -> None:
+    def _on_slot(self, *, gather: bool = False) -> None:
         if not self._waiting:
             self._controller.semaphore.release()
             return
@@ -89,6 +118,38 @@ class Coalescer:
         while self._waiting and events + event_count(self._waiting[0]) <= settings.MAX_BATCH_EVENTS:
             events += event_count(self._waiting[0])
             job.append(self._waiting.popleft())
+        if gather and len(job) == 1 and self._idle_but_this_slot() and not self._nothing_more_can_come():
+            self._open, self._open_events = job, events
+            self._timer.call_after(settings.WORKER_GATHER_SECONDS, self._close_open_job)
+            return
+        self._dispatch(job)
+
+    def _idle_but_this_slot(self) -> bool:
+        """Nothing else runs in the pool and nothing waits: gathering costs no work a wait. Under
+        a backlog the slots are busy and the waiting messages already go together."""
+        semaphore = self._controller.semaphore
+        return (
+            self._timer is not None
+            and self._open is None
+            and not self._waiting
+            and semaphore.value == semaphore.initial_value - 1
+        )
+
+    def _nothing_more_can_come(self) -> bool:
+        """The worker holds all the unacked messages the broker lets it have: waiting longer
+        would only idle the slot."""
+        limit = self._prefetch_limit()
+        return bool(limit) and len(worker_state.reserved_requests) >= limit
+
+    def _close_open_job(self) -> None:
+        """The gather ends (its timer, or no more can come); a timer of a job closed early finds
+        no job, or a later one, which it closes a little early."""
+        job, self._open, self._open_events = self._open, None, 0
+        if job:
+            self._dispatch(job)
+
+    def _dispatch(self, job: list[Any]) -> None:
+        """Send a job that holds a slot to the pool."""
         live = [request for request in job if not request.revoked()]  # revoked() acks a revoked one
         if not live:
             self._controller.semaphore.release()

@@ -31,12 +31,18 @@ _V2_BODY_LENGTH = 3  # protocol 2 bodies are [args, kwargs, embed]
 class DeadLetteringConsumer(Consumer):
     connection_errors: tuple[type[BaseException], ...]  # set by Consumer.__init__
     controller: Any  # the WorkController, set by Consumer.__init__
+    qos: Any  # kombu's QoS of the task channel, set when the consumer starts
     on_task_request: Callable[[Any], Any]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Small batch messages that wait for a pool process go to it together (events/coalescing.py).
-        self.on_task_request = Coalescer(controller=self.controller, fallback=self.on_task_request)
+        self.on_task_request = Coalescer(
+            controller=self.controller,
+            fallback=self.on_task_request,
+            timer=getattr(self, "timer", None),
+            prefetch_limit=lambda: int(self.qos.value) if getattr(self, "qos", None) else 0,
+        )
 
     def on_decode_error(self, message: Message, exc: Exception) -> None:
         self._dead_letter(message, f"message body could not be decoded: {type(exc).__name__}: {exc}")

@@ -207,7 +207,9 @@ def test_a_message_of_a_job_that_must_retry_is_retried_alone_and_the_others_succ
 def queue_size() -> int:
     with app.connection_for_write() as connection:
         # Declared as Celery declares it: an empty Redis queue does not exist until then.
-        declared = app.amqp.queues[django_settings.QUEUE_NAME](connection.default_channel).queue_declare()
+        declared: Any = app.amqp.queues[django_settings.QUEUE_NAME](
+            connection.default_channel
+        ).queue_declare()
     return int(declared.message_count)
 
 
@@ -290,5 +292,58 @@ def test_a_job_whose_pool_process_dies_has_each_message_redelivered_and_run_alon
         assert "together" not in log, "redelivered messages run alone"
         assert all(log.count(f"[{task_id}] received") == 2 for task_id in waiting)
         assert not DeadLetter.objects.exists()
+    finally:
+        worker.stop()
+
+
+@pytest.mark.e2e
+def test_an_idle_worker_gathers_messages_that_come_close_together_and_stops_when_no_more_can_come(
+    transactional_db: None, tmp_path: Path
+) -> None:
+    # A gather of 60 s, and the broker lets the worker hold 2 messages (prefetch 1 per process):
+    # the second message of a gather fills that, so the job must go at once, not after 60 s.
+    worker = start_worker(
+        tmp_path,
+        concurrency=2,
+        env=child_env(CLOUDSCALE_WORKER_GATHER_MS="60000", CLOUDSCALE_WORKER_PREFETCH="1"),
+    )
+    try:
+        events = [enriched_event() for _ in range(3)]
+        first = send(events[:1])  # nothing came before it: it goes at once, alone
+        wait_until(lambda: f"[{first}] succeeded" in worker.log(), timeout=30, message="the first, alone")
+        started = time.monotonic()
+        later = [send([event]) for event in events[1:]]
+        wait_until(
+            lambda: all(f"[{task_id}] succeeded" in worker.log() for task_id in later),
+            timeout=30,
+            message="the two that came close together",
+        )
+        assert time.monotonic() - started < 20, "the gather ended when the worker could hold no more"
+        assert "processed 2 messages of tenant acme together" in worker.log()
+        assert stored_ids() == sorted(e["event_id"] for e in events)
+    finally:
+        worker.stop()
+
+
+@pytest.mark.e2e
+def test_a_gather_ends_after_its_window_when_fewer_messages_come_than_the_worker_may_hold(
+    transactional_db: None, tmp_path: Path
+) -> None:
+    worker = start_worker(
+        tmp_path,
+        concurrency=2,
+        env=child_env(CLOUDSCALE_WORKER_GATHER_MS="2000", CLOUDSCALE_WORKER_PREFETCH="8"),
+    )
+    try:
+        events = [enriched_event() for _ in range(4)]
+        first = send(events[:1])
+        wait_until(lambda: f"[{first}] succeeded" in worker.log(), timeout=30, message="the first, alone")
+        later = [send([event]) for event in events[1:]]
+        wait_until(
+            lambda: all(f"[{task_id}] succeeded" in worker.log() for task_id in later),
+            timeout=30,
+            message="the gathered three",
+        )
+        assert "processed 3 messages of tenant acme together" in worker.log()
     finally:
         worker.stop()

@@ -90,6 +90,7 @@ class Coalescer:
         self._waiting: deque[Any] = deque()
         self._open: list[Any] | None = None  # a job that holds a slot and gathers until its timer
         self._open_events = 0
+        self._open_timer: Any = None
         self._last_arrival = float("-inf")
 
     def __call__(self, request: Any) -> Any:
@@ -120,7 +121,7 @@ class Coalescer:
             job.append(self._waiting.popleft())
         if gather and len(job) == 1 and self._idle_but_this_slot() and not self._nothing_more_can_come():
             self._open, self._open_events = job, events
-            self._timer.call_after(settings.WORKER_GATHER_SECONDS, self._close_open_job)
+            self._open_timer = self._timer.call_after(settings.WORKER_GATHER_SECONDS, self._close_open_job)
             return
         self._dispatch(job)
 
@@ -142,9 +143,11 @@ class Coalescer:
         return bool(limit) and len(worker_state.reserved_requests) >= limit
 
     def _close_open_job(self) -> None:
-        """The gather ends (its timer, or no more can come); a timer of a job closed early finds
-        no job, or a later one, which it closes a little early."""
+        """The gather ends: its timer fired, or no more can come (then its timer is cancelled)."""
         job, self._open, self._open_events = self._open, None, 0
+        timer, self._open_timer = self._open_timer, None
+        if timer is not None:
+            timer.cancel()
         if job:
             self._dispatch(job)
 

@@ -25,7 +25,7 @@ from events.publishing import TASK_NAME
 from events.stores.base import Event, NewEventsHook
 from events.stores.orm import OrmEventStore
 from events.tasks import process_batch
-from tests.conftest import child_env, start_worker, wait_until
+from tests.conftest import LiveProcess, child_env, start_worker, wait_until
 from tests.events.pipeline_support import (
     FlakyStore,
     batch_kwargs,
@@ -221,22 +221,30 @@ def send(events: Sequence[Event]) -> str:
     return task_id
 
 
+def paused_worker(tmp_path: Path, seconds: float) -> tuple[LiveProcess, Path]:
+    """One pool process whose batches wait `seconds` before their steps while the file returned
+    exists; the broker lets it hold 16 messages."""
+    pausing = tmp_path / "pausing"
+    pausing.touch()
+    env = child_env(**pause_before_steps_env(seconds, while_file=pausing), CLOUDSCALE_WORKER_PREFETCH="8")
+    return start_worker(tmp_path, concurrency=1, env=env), pausing
+
+
+def send_one_then_the_rest(worker: LiveProcess, events: Sequence[Event]) -> tuple[str, list[str]]:
+    """The first event's message, received (its pool process busy with it), then one per event."""
+    first = send(events[:1])
+    wait_until(lambda: f"[{first}] received" in worker.log(), timeout=60, message="the first message")
+    return first, [send([event]) for event in events[1:]]
+
+
 @pytest.mark.e2e
 def test_a_worker_runs_the_messages_waiting_for_its_pool_as_one_job_and_acks_each(
     transactional_db: None, tmp_path: Path
 ) -> None:
-    pausing = tmp_path / "pausing"  # batches wait before their steps while it exists
-    pausing.touch()
-    worker = start_worker(
-        tmp_path,
-        concurrency=1,
-        env=child_env(**pause_before_steps_env(30, while_file=pausing), CLOUDSCALE_WORKER_PREFETCH="8"),
-    )
+    worker, pausing = paused_worker(tmp_path, 30)
     try:
         events = [enriched_event() for _ in range(5)]
-        first = send(events[:1])
-        wait_until(lambda: f"[{first}] received" in worker.log(), timeout=60, message="the first message")
-        waiting = [send([event]) for event in events[1:]]
+        first, waiting = send_one_then_the_rest(worker, events)
         wait_until(
             lambda: all(f"[{task_id}] received" in worker.log() for task_id in waiting),
             timeout=60,
@@ -263,18 +271,10 @@ def test_a_worker_runs_the_messages_waiting_for_its_pool_as_one_job_and_acks_eac
 def test_a_job_whose_pool_process_dies_has_each_message_redelivered_and_run_alone(
     transactional_db: None, tmp_path: Path
 ) -> None:
-    pausing = tmp_path / "pausing"
-    pausing.touch()
-    worker = start_worker(
-        tmp_path,
-        concurrency=1,
-        env=child_env(**pause_before_steps_env(3, while_file=pausing), CLOUDSCALE_WORKER_PREFETCH="8"),
-    )
+    worker, pausing = paused_worker(tmp_path, 3)
     try:
         events = [enriched_event() for _ in range(4)]
-        first = send(events[:1])
-        wait_until(lambda: f"[{first}] received" in worker.log(), timeout=60, message="the first message")
-        waiting = [send([event]) for event in events[1:]]
+        first, waiting = send_one_then_the_rest(worker, events)
         wait_until(
             lambda: f"[{first}] succeeded" in worker.log(), timeout=60, message="the first message done"
         )
@@ -297,53 +297,34 @@ def test_a_job_whose_pool_process_dies_has_each_message_redelivered_and_run_alon
 
 
 @pytest.mark.e2e
-def test_an_idle_worker_gathers_messages_that_come_close_together_and_stops_when_no_more_can_come(
-    transactional_db: None, tmp_path: Path
+@pytest.mark.parametrize(
+    ("gather_ms", "prefetch", "later"),
+    [
+        # A gather of 60 s on a worker the broker lets hold 2 messages (prefetch 1 per process):
+        # the second message of the gather fills that, so the job goes at once, not after 60 s.
+        ("60000", "1", 2),
+        # A gather of 2 s on a worker that may hold 16: the window ends it.
+        ("2000", "8", 3),
+    ],
+)
+def test_an_idle_worker_gathers_messages_that_come_close_together(
+    transactional_db: None, tmp_path: Path, gather_ms: str, prefetch: str, later: int
 ) -> None:
-    # A gather of 60 s, and the broker lets the worker hold 2 messages (prefetch 1 per process):
-    # the second message of a gather fills that, so the job must go at once, not after 60 s.
-    worker = start_worker(
-        tmp_path,
-        concurrency=2,
-        env=child_env(CLOUDSCALE_WORKER_GATHER_MS="60000", CLOUDSCALE_WORKER_PREFETCH="1"),
-    )
+    env = child_env(CLOUDSCALE_WORKER_GATHER_MS=gather_ms, CLOUDSCALE_WORKER_PREFETCH=prefetch)
+    worker = start_worker(tmp_path, concurrency=2, env=env)
     try:
-        events = [enriched_event() for _ in range(3)]
+        events = [enriched_event() for _ in range(1 + later)]
         first = send(events[:1])  # nothing came before it: it goes at once, alone
         wait_until(lambda: f"[{first}] succeeded" in worker.log(), timeout=30, message="the first, alone")
         started = time.monotonic()
-        later = [send([event]) for event in events[1:]]
+        gathered = [send([event]) for event in events[1:]]
         wait_until(
-            lambda: all(f"[{task_id}] succeeded" in worker.log() for task_id in later),
+            lambda: all(f"[{task_id}] succeeded" in worker.log() for task_id in gathered),
             timeout=30,
-            message="the two that came close together",
+            message="the messages that came close together",
         )
-        assert time.monotonic() - started < 20, "the gather ended when the worker could hold no more"
-        assert "processed 2 messages of tenant acme together" in worker.log()
+        assert time.monotonic() - started < 20, "the gather ended by its window or a full prefetch"
+        assert f"processed {later} messages of tenant acme together" in worker.log()
         assert stored_ids() == sorted(e["event_id"] for e in events)
-    finally:
-        worker.stop()
-
-
-@pytest.mark.e2e
-def test_a_gather_ends_after_its_window_when_fewer_messages_come_than_the_worker_may_hold(
-    transactional_db: None, tmp_path: Path
-) -> None:
-    worker = start_worker(
-        tmp_path,
-        concurrency=2,
-        env=child_env(CLOUDSCALE_WORKER_GATHER_MS="2000", CLOUDSCALE_WORKER_PREFETCH="8"),
-    )
-    try:
-        events = [enriched_event() for _ in range(4)]
-        first = send(events[:1])
-        wait_until(lambda: f"[{first}] succeeded" in worker.log(), timeout=30, message="the first, alone")
-        later = [send([event]) for event in events[1:]]
-        wait_until(
-            lambda: all(f"[{task_id}] succeeded" in worker.log() for task_id in later),
-            timeout=30,
-            message="the gathered three",
-        )
-        assert "processed 3 messages of tenant acme together" in worker.log()
     finally:
         worker.stop()

@@ -53,6 +53,10 @@ from events.publishing import TASK_NAME
 
 logger = logging.getLogger(__name__)
 
+# The most messages in one job: with one-event messages a backlog job stays short, and a job that
+# dies takes few others with it.
+JOB_MESSAGES_MAX = 16
+
 # What the pool process gets for one message: Celery's own arguments of its tracer.
 TraceCall = tuple[str, str, dict[str, Any], Any, str | None, str | None]
 
@@ -73,6 +77,10 @@ class Coalescer:
     that gets a slot stays open that long for the messages that arrive meanwhile; a message that
     comes alone goes at once. The wait delays processing, never a client's 202: the API answered
     once the broker had the message.
+
+    A message held here does not count against the worker's prefetch until its job ends (`_hold`),
+    so the jobs of a backlog, or of a gather, are not bounded by the prefetch but by
+    `JOB_MESSAGES_MAX` and one batch's events.
     """
 
     def __init__(
@@ -81,10 +89,11 @@ class Coalescer:
         controller: Any,
         fallback: Callable[[Any], Any],
         timer: Any = None,
-        prefetch_limit: Callable[[], int] = lambda: 0,
+        qos: Callable[[], Any] = lambda: None,
     ) -> None:
         self._controller = controller
-        self._prefetch_limit = prefetch_limit  # messages the broker lets this worker hold; 0: no limit
+        self._qos = qos  # the consumer's prefetch (kombu QoS), once it has one
+        self._credited: set[str] = set()  # ids of held messages that added one to the prefetch
         self._fallback = fallback  # Celery's own: every other message goes this way
         self._timer = timer  # the consumer's event-loop timer; None: no gathering
         self._waiting: deque[Any] = deque()
@@ -100,15 +109,43 @@ class Coalescer:
         now = time.monotonic()
         close_together = now - self._last_arrival < settings.WORKER_GATHER_SECONDS
         self._last_arrival = now
-        if self._open is not None and self._open_events + event_count(request) <= settings.MAX_BATCH_EVENTS:
+        if (
+            self._open is not None
+            and len(self._open) < JOB_MESSAGES_MAX
+            and self._open_events + event_count(request) <= settings.MAX_BATCH_EVENTS
+        ):
             self._open.append(request)
             self._open_events += event_count(request)
+            self._hold(request)
             if self._nothing_more_can_come():
                 self._close_open_job()
             return None
         self._waiting.append(request)
         semaphore.acquire(lambda: self._on_slot(gather=close_together))
+        if any(r is request for r in self._waiting) or any(r is request for r in self._open or ()):
+            self._hold(request)  # it waits for a slot, or gathers others with one
         return None
+
+    def _hold(self, request: Any) -> None:
+        """A message held here, not in the pool, does not count against the prefetch: one more may
+        come, so a backlog of small messages reaches the pool in jobs of more than the prefetch.
+        The credit is given back when the message's job ends (`_release`), up to a bound per pool
+        process, so the worker never holds more than a few jobs' worth beyond its prefetch."""
+        qos = self._qos()
+        bound = JOB_MESSAGES_MAX * max(1, int(self._controller.pool.num_processes))
+        if qos is None or len(self._credited) >= bound:
+            return
+        before = qos.value
+        qos.increment_eventually()
+        if qos.value > before:  # not at the consumer's maximum, nor unlimited (0)
+            self._credited.add(request.id)
+
+    def _release(self, requests: Sequence[Any]) -> None:
+        credited = [r.id for r in requests if r.id in self._credited]
+        qos = self._qos()
+        if credited and qos is not None:
+            self._credited.difference_update(credited)
+            qos.decrement_eventually(len(credited))
 
     def _on_slot(self, *, gather: bool = False) -> None:
         if not self._waiting:
@@ -116,7 +153,11 @@ class Coalescer:
             return
         job = [self._waiting.popleft()]
         events = event_count(job[0])
-        while self._waiting and events + event_count(self._waiting[0]) <= settings.MAX_BATCH_EVENTS:
+        while (
+            self._waiting
+            and len(job) < JOB_MESSAGES_MAX
+            and events + event_count(self._waiting[0]) <= settings.MAX_BATCH_EVENTS
+        ):
             events += event_count(self._waiting[0])
             job.append(self._waiting.popleft())
         if gather and len(job) == 1 and self._idle_but_this_slot() and not self._nothing_more_can_come():
@@ -137,9 +178,12 @@ class Coalescer:
         )
 
     def _nothing_more_can_come(self) -> bool:
-        """The worker holds all the unacked messages the broker lets it have: waiting longer
-        would only idle the slot."""
-        limit = self._prefetch_limit()
+        """The worker holds all the unacked messages the broker lets it have, or a full job:
+        waiting longer would only idle the slot."""
+        if self._open is not None and len(self._open) >= JOB_MESSAGES_MAX:
+            return True
+        qos = self._qos()
+        limit = int(qos.value) if qos is not None else 0
         return bool(limit) and len(worker_state.reserved_requests) >= limit
 
     def _close_open_job(self) -> None:
@@ -154,9 +198,12 @@ class Coalescer:
     def _dispatch(self, job: list[Any]) -> None:
         """Send a job that holds a slot to the pool."""
         live = [request for request in job if not request.revoked()]  # revoked() acks a revoked one
+        if len(live) < len(job):
+            self._release([request for request in job if request not in live])
         if not live:
             self._controller.semaphore.release()
         elif len(live) == 1:
+            self._release(live)  # alone, it counts against the prefetch again from now on
             self._controller._process_task(live[0])
         else:
             self._execute_together(live)
@@ -171,9 +218,9 @@ class Coalescer:
             run_coalesced,
             args=(calls, bool(self._controller.app.use_fast_trace_task)),
             accept_callback=lambda pid, accepted: [r.on_accepted(pid, accepted) for r in requests],
-            timeout_callback=lambda soft, timeout: [r.on_timeout(soft, timeout) for r in requests],
-            callback=lambda results: _each_result(requests, results),
-            error_callback=lambda exc_info: [r.on_failure(exc_info) for r in requests],
+            timeout_callback=lambda soft, timeout: self._on_timeout(requests, soft, timeout),
+            callback=lambda results: self._on_results(requests, results),
+            error_callback=lambda exc_info: self._on_failure(requests, exc_info),
             soft_timeout=soft_time_limit or first.task.soft_time_limit,
             timeout=time_limit or first.task.time_limit,
             correlation_id=first.id,
@@ -182,10 +229,21 @@ class Coalescer:
             for request in requests:
                 request._apply_result = ref(result)  # what a revoke with terminate looks up
 
+    def _on_results(self, requests: Sequence[Any], results: Sequence[Any]) -> None:
+        self._release(requests)
+        for request, result in zip(requests, results, strict=True):
+            request.on_success(result)
 
-def _each_result(requests: Sequence[Any], results: Sequence[Any]) -> None:
-    for request, result in zip(requests, results, strict=True):
-        request.on_success(result)
+    def _on_failure(self, requests: Sequence[Any], exc_info: Any) -> None:
+        self._release(requests)
+        for request in requests:
+            request.on_failure(exc_info)
+
+    def _on_timeout(self, requests: Sequence[Any], soft: bool, timeout: float) -> None:
+        if not soft:
+            self._release(requests)
+        for request in requests:
+            request.on_timeout(soft, timeout)
 
 
 def mergeable(request: Any) -> bool:

@@ -41,7 +41,7 @@ class DeadLetteringConsumer(Consumer):
             controller=self.controller,
             fallback=self.on_task_request,
             timer=getattr(self, "timer", None),
-            prefetch_limit=lambda: int(self.qos.value) if getattr(self, "qos", None) else 0,
+            qos=lambda: getattr(self, "qos", None),
         )
 
     def on_decode_error(self, message: Message, exc: Exception) -> None:

@@ -18,7 +18,7 @@ from django.conf import settings as django_settings
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from cloudscale_project.celery import app
-from events.coalescing import run_coalesced
+from events.coalescing import JOB_MESSAGES_MAX, run_coalesced
 from events.models import DeadLetter, StoredEvent
 from events.pipeline import BatchMessage, BatchOutcome, Pipeline, RetryBatch, batch_process_together
 from events.publishing import TASK_NAME
@@ -301,8 +301,8 @@ def test_a_job_whose_pool_process_dies_has_each_message_redelivered_and_run_alon
     ("gather_ms", "prefetch", "later"),
     [
         # A gather of 60 s on a worker the broker lets hold 2 messages (prefetch 1 per process):
-        # the second message of the gather fills that, so the job goes at once, not after 60 s.
-        ("60000", "1", 2),
+        # each message it holds lets one more come, and a full job (16) goes at once.
+        ("60000", "1", JOB_MESSAGES_MAX),
         # A gather of 2 s on a worker that may hold 16: the window ends it.
         ("2000", "8", 3),
     ],
@@ -323,7 +323,7 @@ def test_an_idle_worker_gathers_messages_that_come_close_together(
             timeout=30,
             message="the messages that came close together",
         )
-        assert time.monotonic() - started < 20, "the gather ended by its window or a full prefetch"
+        assert time.monotonic() - started < 20, "the gather ended by its window or a full job"
         assert f"processed {later} messages of tenant acme together" in worker.log()
         assert stored_ids() == sorted(e["event_id"] for e in events)
     finally:

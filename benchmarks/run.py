@@ -460,8 +460,12 @@ class CpuMeter:
         self.others_cores = max(0.0, others / delta["wall"]) if delta["wall"] > 0 else 0.0
 
     def per_thousand(self, events: int, unit: str = "events") -> str:
-        parts = [f"{role} {1000 * self.seconds[role] / events:.2f}" for role in self.ours]
+        parts = [f"{role} {self.per_thousand_of(role, events):.2f}" for role in self.ours]
         return f"{self.per_thousand_total(events):.2f} CPU-s per 1,000 {unit} ({', '.join(parts)})"
+
+    def per_thousand_of(self, role: str, events: int) -> float:
+        """CPU seconds of one process group (api, worker, ...) per 1,000 events; 0 if it had none."""
+        return 1000 * self.seconds.get(role, 0.0) / events
 
     def per_thousand_total(self, events: int) -> float:
         """CPU seconds of every process of the run (the load generator included) per 1,000 events."""
@@ -1332,7 +1336,7 @@ def _figures(config: BenchConfig, m: Measured, memory: MemorySampler) -> dict[st
             "floor_p99_ms": round(m.floor.p99_ms, 1),
             "single_req_per_s": round(m.api.requests / m.api.seconds),
             "single_cpu_ms": round(m.api.cpu.per_thousand_total(m.api.requests), 2),
-            "single_worker_cpu_ms": round(1000 * m.api.cpu.seconds.get("worker", 0.0) / m.api.requests, 2),
+            "single_worker_cpu_ms": round(m.api.cpu.per_thousand_of("worker", m.api.requests), 2),
             "single_vs_floor": round(_single_vs_floor(m), 2),
             "single_per_message": round(m.api.accepted / m.api.messages, 2) if m.api.messages else None,
         }
@@ -1341,9 +1345,7 @@ def _figures(config: BenchConfig, m: Measured, memory: MemorySampler) -> dict[st
             "open_p99_ms": round(m.open_api.p99_ms, 1),
             "open_floor_p99_ms": round(m.open_floor.p99_ms, 1),
             "open_cpu_ms": round(m.open_api.cpu.per_thousand_total(m.open_api.requests), 2),
-            "open_worker_cpu_ms": round(
-                1000 * m.open_api.cpu.seconds.get("worker", 0.0) / m.open_api.requests, 2
-            ),
+            "open_worker_cpu_ms": round(m.open_api.cpu.per_thousand_of("worker", m.open_api.requests), 2),
             "open_per_message": (
                 round(m.open_api.accepted / m.open_api.messages, 2) if m.open_api.messages else None
             ),

@@ -109,13 +109,14 @@ class Coalescer:
         now = time.monotonic()
         close_together = now - self._last_arrival < settings.WORKER_GATHER_SECONDS
         self._last_arrival = now
+        events = event_count(request)
         if (
             self._open is not None
             and len(self._open) < JOB_MESSAGES_MAX
-            and self._open_events + event_count(request) <= settings.MAX_BATCH_EVENTS
+            and self._open_events + events <= settings.MAX_BATCH_EVENTS
         ):
             self._open.append(request)
-            self._open_events += event_count(request)
+            self._open_events += events
             self._hold(request)
             if self._nothing_more_can_come():
                 self._close_open_job()

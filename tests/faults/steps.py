@@ -1,11 +1,12 @@
 """Test-only pipeline steps: hold each batch before its first step, or between the store write
 and the ack.
 
-`refuse_marked` fails every batch that holds a marked event. Worker processes started with `pause_env(seconds)` run a pause first after the store write, so a
+Worker processes started with `pause_env(seconds)` run a pause first after the store write, so a
 test can kill a worker "mid-batch" and prove that redelivery stores nothing twice; with
 `pause_before_steps_env(seconds)` the pause comes before anything is stored. Given `while_file`,
 either pauses only while that file exists, so a test can end the pause once its kill has landed
-instead of waiting it out for every later batch. Production settings never name these: the
+instead of waiting it out for every later batch. `refuse_marked` fails every batch that holds a
+marked event: a bug that one event triggers. Production settings never name these: the
 pipeline's steps are a setting (docs/architecture.md).
 """
 

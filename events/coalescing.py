@@ -41,6 +41,7 @@ from kombu.serialization import loads as loads_message
 from kombu.serialization import prepare_accept_content
 
 from events.deliveries import deliveries_started
+from events.message_bodies import body_left_to_pool
 from events.pipeline import (
     BatchMessage,
     BatchOutcome,
@@ -250,6 +251,8 @@ class Coalescer:
 def mergeable(request: Any) -> bool:
     """A first delivery of a batch message that leaves room in a batch for another."""
     if request.task_name != TASK_NAME or not settings.WORKER_MERGE_MESSAGES:
+        return False
+    if body_left_to_pool(request.message):  # big: its events are not even decoded here
         return False
     if settings.PROCESS_MAX_ATTEMPTS < 2:  # a run together must never be a last attempt
         return False

@@ -1,17 +1,21 @@
-"""The worker's Celery consumer, changed in one way: a message Celery cannot turn into a task call
-becomes a `DeserializationFailed` dead letter instead of being logged and dropped.
+"""The worker's Celery consumer, changed in three ways, all in the worker's main process:
 
-Celery's stock `Consumer` acks or rejects (without requeue) bodies that do not decode, have a
-content type we do not accept, name an unknown task or are not task messages at all; on most
-brokers that deletes them. We keep each one byte-exact first, then ack it. Wired in by
-`CELERY_WORKER_CONSUMER` in settings.py; runs in the worker's main process.
+- A message Celery cannot turn into a task call becomes a `DeserializationFailed` dead letter
+  instead of being logged and dropped. Celery's stock `Consumer` acks or rejects (without requeue)
+  bodies that do not decode, have a content type we do not accept, name an unknown task or are not
+  task messages at all; on most brokers that deletes them. We keep each one byte-exact first, then
+  ack it.
+- A big batch body is left undecoded for the pool process (events/message_bodies.py).
+- Small batch messages that wait for a pool process go to it together (events/coalescing.py).
+
+Wired in by `CELERY_WORKER_CONSUMER` in settings.py.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery.worker.consumer import Consumer
@@ -21,6 +25,7 @@ from vine import promise
 
 from events.coalescing import Coalescer
 from events.deadletters import DeadLetterInput, deadletter_record_many
+from events.message_bodies import decoded_payload, leave_body_to_pool
 from events.models import DeadLetter
 
 logger = logging.getLogger(__name__)
@@ -65,6 +70,8 @@ class DeadLetteringConsumer(Consumer):
             # fails inside the pool and its message is acked away, and a missing `id` header
             # raises out of the consumer. Catch both here, while the message is still ours.
             try:
+                if leave_body_to_pool(message):  # a big batch: the pool process decodes and checks it
+                    return handler(message)
                 problem = _protocol_problem(message)
                 if problem:
                     return self._dead_letter(message, problem)
@@ -78,34 +85,40 @@ class DeadLetteringConsumer(Consumer):
         return on_task_received
 
     def _dead_letter(self, message: Message, error: str) -> None:
-        """Keep the message byte-exact, then ack it. If it cannot be kept, leave it unacked."""
-        headers = _json_safe(message.headers or {})
-        letter = DeadLetterInput(
-            reason=DeadLetter.Reason.DESERIALIZATION_FAILED,
-            kind=DeadLetter.Kind.RAW,
-            tenant=_tenant_of(message),
-            payload=_raw_body(message),
-            error=error[:2000],
-            content_type=message.content_type or "",
-            content_encoding=message.content_encoding or "",
-            headers=headers,
-            correlation_id=str(
-                headers.get("correlation_id") or message.properties.get("correlation_id") or ""
-            )[:64],
-        )
-        try:
-            db.close_old_connections()
-            deadletter_record_many(letters=[letter])
-        except Exception:
-            # Not acked: Redis hands it out again after the visibility timeout, AMQP and Service
-            # Bus after the connection or lock ends. Dropping it would lose it; a requeue now would
-            # spin while the database is down.
-            logger.exception("could not dead-letter an undecodable message; leaving it unacked")
-            return
-        finally:
-            db.close_old_connections()
-        logger.error("undecodable message dead-lettered: %s", error)
-        message.ack_log_error(logger, self.connection_errors)
+        dead_letter_message(message, error, connection_errors=self.connection_errors)
+
+
+def dead_letter_message(
+    message: Message, error: str, *, connection_errors: Sequence[type[BaseException]]
+) -> None:
+    """Keep the message byte-exact, then ack it. If it cannot be kept, leave it unacked."""
+    headers = _json_safe(message.headers or {})
+    letter = DeadLetterInput(
+        reason=DeadLetter.Reason.DESERIALIZATION_FAILED,
+        kind=DeadLetter.Kind.RAW,
+        tenant=_tenant_of(message),
+        payload=_raw_body(message),
+        error=error[:2000],
+        content_type=message.content_type or "",
+        content_encoding=message.content_encoding or "",
+        headers=headers,
+        correlation_id=str(headers.get("correlation_id") or message.properties.get("correlation_id") or "")[
+            :64
+        ],
+    )
+    try:
+        db.close_old_connections()
+        deadletter_record_many(letters=[letter])
+    except Exception:
+        # Not acked: Redis hands it out again after the visibility timeout, AMQP and Service
+        # Bus after the connection or lock ends. Dropping it would lose it; a requeue now would
+        # spin while the database is down.
+        logger.exception("could not dead-letter an undecodable message; leaving it unacked")
+        return
+    finally:
+        db.close_old_connections()
+    logger.error("undecodable message dead-lettered: %s", error)
+    message.ack_log_error(logger, tuple(connection_errors))
 
 
 def _protocol_problem(message: Message) -> str | None:
@@ -142,7 +155,7 @@ def _raw_body(message: Message) -> bytes:
 def _tenant_of(message: Message) -> str:
     """The tenant slug, if the body decodes to a process_batch-like payload naming one."""
     try:
-        payload = message.payload
+        payload = decoded_payload(message)
     except Exception:
         return ""
     kwargs: Any = None

@@ -13,15 +13,20 @@ import logging
 from datetime import timedelta
 from typing import Any, NoReturn
 
+from billiard.einfo import ExceptionWithTraceback  # type: ignore[attr-defined]
 from celery import Task, shared_task
 from celery.exceptions import Reject, Retry
 from celery.signals import worker_process_shutdown
 from celery.worker.request import Request
+from celery.worker.state import task_ready
 from django.conf import settings
 from django.utils import timezone
+from kombu.exceptions import DecodeError
 
 from events.coalescing import current_job
+from events.consumer import dead_letter_message
 from events.deliveries import deliveries_flush, delivery_finished, delivery_started
+from events.message_bodies import body_left_to_pool
 from events.pipeline import (
     RetryBatch,
     batch_give_up_after_worker_losses,
@@ -58,6 +63,35 @@ class BatchRequest(Request):
     @property
     def request_dict(self) -> dict[str, Any]:
         return {key: value for key, value in super().request_dict.items() if key not in _DECODED_ARGUMENTS}
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        """A body the main process left undecoded (events/message_bodies.py) and the pool process
+        could not decode into `[args, kwargs, embed]`: a dead letter, as the consumer makes of a
+        body it decoded itself. Celery would ack it away. Everything else is Celery's."""
+        problem = None if return_ok else _body_problem(self.message, exc_info.exception)
+        if problem is None:
+            super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+            return
+        task_ready(self)
+        dead_letter_message(self.message, problem, connection_errors=self.connection_errors)
+
+
+def _body_problem(message: Any, exc: BaseException) -> str | None:
+    """Why the pool process could not start the task of a body left to it, if that was the failure.
+
+    `return_ok` false means the failure came from outside Celery's tracer, which catches all that
+    the task itself raises: here, from decoding the body and unpacking it (Celery's
+    `fast_trace_task`), before the task ran. A lost or timed-out pool process fails with
+    exceptions of its own."""
+    if isinstance(exc, ExceptionWithTraceback):
+        exc = exc.exc
+    if not body_left_to_pool(message):
+        return None
+    if isinstance(exc, DecodeError):
+        return f"message body could not be decoded: {type(exc).__name__}: {exc}"
+    if isinstance(exc, ValueError | TypeError):
+        return "task body is not [args, kwargs, embed]"
+    return None
 
 
 class BatchTask(Task):

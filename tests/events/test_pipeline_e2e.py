@@ -13,6 +13,8 @@ from django.test import Client
 from kombu.serialization import dumps
 
 from cloudscale_project.celery import app
+from cloudscale_project.serialization import ORJSON_CONTENT_TYPE
+from events.message_bodies import LEFT_TO_POOL_MIN_BYTES
 from events.models import DeadLetter
 from tests.conftest import Actor, LiveProcess, start_worker, wait_until
 from tests.events.pipeline_support import batch_kwargs, enriched_event, platform_counter, publish_raw
@@ -122,6 +124,39 @@ def test_poison_messages_from_the_broker_become_dead_letters_and_good_events_are
     later = enriched_event()
     send_batch(batch_kwargs("acme", [later]))
     wait_until(lambda: later["event_id"] in listed_ids(client, acme), timeout=30, message="a later event")
+
+
+def test_big_batch_bodies_are_decoded_by_the_pool_process_and_bad_ones_still_dead_lettered(
+    live_worker: LiveProcess, client: Client, acme: Actor
+) -> None:
+    """A body of LEFT_TO_POOL_MIN_BYTES or more is decoded only by the pool process
+    (events/message_bodies.py): a good one is stored, a bad one is kept byte-exact as a dead letter
+    just as when the main process finds it bad."""
+    padding = "x" * LEFT_TO_POOL_MIN_BYTES
+
+    def task_headers() -> dict[str, Any]:
+        return {"task": "events.process_batch", "id": str(uuid.uuid4()), "lang": "py"}
+
+    not_json = b"[" + padding.encode() + b" not json"
+    not_three = json.dumps([[], {"tenant": "acme", "events": [], "padding": padding}]).encode()
+    publish_raw(not_json, content_type=ORJSON_CONTENT_TYPE, headers=task_headers())
+    publish_raw(not_three, headers=task_headers())
+    big = [enriched_event(event_type="click", properties={}) for _ in range(120)]
+    assert len(dumps([[], batch_kwargs("acme", big), {}], serializer="orjson")[2]) >= LEFT_TO_POOL_MIN_BYTES
+    send_batch(batch_kwargs("acme", big))
+
+    wait_until(lambda: DeadLetter.objects.count() >= 2, timeout=60, message="2 dead letters")
+    wait_until(lambda: len(listed_ids(client, acme)) >= len(big), timeout=60, message="the big batch")
+
+    assert sorted(listed_ids(client, acme)) == sorted(e["event_id"] for e in big)
+    letters = {bytes(d.payload): d for d in DeadLetter.objects.all()}
+    assert set(letters) == {not_json, not_three}, "kept byte-exact"
+    assert letters[not_json].error.startswith("message body could not be decoded: DecodeError")
+    assert letters[not_three].error == "task body is not [args, kwargs, embed]"
+    assert {d.reason for d in letters.values()} == {"DeserializationFailed"}
+    assert {d.kind for d in letters.values()} == {"raw"}
+    assert platform_counter("cloudscale_dead_letters_total", reason="DeserializationFailed") == 2
+    assert platform_counter("cloudscale_events_processed_total", event_type="click", outcome="stored") == 120
 
 
 def test_it_processes_messages_of_the_old_json_serializer_beside_orjson_ones(

@@ -36,6 +36,7 @@ from queue import Empty
 from time import monotonic, time
 from typing import Any
 
+import orjson
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
@@ -59,6 +60,19 @@ WAKE_KEY_PREFIX = "_cloudscale.wake."
 UNDECODABLE_KEY = "_cloudscale.undecodable"
 
 _POPPED, _UNDECODABLE, _EMPTY = 1, 2, 0
+
+
+def queue_entry(message: Any) -> str | bytes:
+    """What kombu's `dumps` writes to the queue for a message, body first, with the body's string
+    encoded by orjson: the standard library's encoder took 1.0 ms for a 500-event message's
+    base64 body (of 0.02 ms with orjson), on the API's request thread. The rest goes through kombu's
+    own `dumps`, so its types and their `__type__` wrappers are written exactly as kombu writes them,
+    and the entry keeps kombu's spacing, which the pop script's fast path reads (`envelope_head`)."""
+    body = message.get("body") if isinstance(message, dict) else None
+    if not isinstance(body, str) or len(message) < 2:
+        return _kombu.dumps(message)
+    rest: str = _kombu.dumps({key: value for key, value in message.items() if key != "body"})
+    return b'{"body": ' + orjson.dumps(body) + b", " + rest[1:].encode()
 
 
 def _task_id(message: Any) -> str | None:
@@ -324,7 +338,7 @@ class Channel(_kombu.Channel):
         (`published_key`), in one MULTI."""
         pri = self._get_message_priority(message, reverse=False)
         key = self._q_for_pri(queue, pri)
-        body = _kombu.dumps(message)
+        body = queue_entry(message)
         wake = wake_key(queue)
         expires = self._expires.get(queue) if self._expires else None
         task_id = _task_id(message)

@@ -18,16 +18,20 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
 import redis
 from django.conf import settings
 from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
+from kombu.utils.json import dumps as kombu_dumps
+from kombu.utils.json import loads as kombu_loads
 
 from cloudscale_project.celery import app
 from cloudscale_project.publish_receipts import PUBLISHED_KEY_PREFIX, PUBLISHED_TTL_SECONDS, published_key
-from ops.redis_transport import ENVELOPE_HEAD_LUA, UNDECODABLE_KEY, Transport
+from ops.redis_transport import ENVELOPE_HEAD_LUA, UNDECODABLE_KEY, Transport, queue_entry
 from tests.netutil import TcpProxy
 
 pytestmark = [pytest.mark.core]
@@ -288,6 +292,54 @@ def test_the_pop_script_reads_a_body_only_when_it_cannot_tell_where_it_ends(
     assert ("body" in message) is reads_body
     if reads_body:
         assert message == whole
+
+
+def _kombu_message(body: Any) -> dict[str, Any]:
+    """A message dict as kombu's virtual channel hands it to `_put`, with kombu-typed headers."""
+    return {
+        "body": body,
+        "content-encoding": "utf-8",
+        "content-type": "application/x-orjson",
+        "headers": {
+            "task": "events.process_batch",
+            "id": str(uuid.uuid4()),
+            "eta": datetime(2026, 12, 2, 12, 0, tzinfo=UTC),  # kombu writes these as __type__ wrappers
+            "ref": uuid.uuid4(),
+            "amount": Decimal("1.50"),
+            "timelimit": [None, None],
+        },
+        "properties": {
+            "delivery_tag": str(uuid.uuid4()),
+            "delivery_info": {"exchange": "", "routing_key": "q"},
+            "body_encoding": "base64",
+            "priority": 0,
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        base64.b64encode(b'{"n": 1}' * 5000).decode(),  # what kombu puts there: base64 text
+        'quotes " and \\ backslashes, caf\u00e9, a tab\t and \u2028',  # anything a string may hold
+        b"bytes, not text",  # not kombu's shape: kombu's own dumps, unchanged
+    ],
+    ids=["base64", "escapes", "bytes"],
+)
+def test_a_queue_entry_reads_back_as_kombus_own_and_keeps_the_scripts_fast_path(
+    scratch: redis.Redis, body: Any
+) -> None:
+    message = _kombu_message(body)
+
+    entry = queue_entry(message)
+
+    assert kombu_loads(entry) == kombu_loads(kombu_dumps(message))
+    assert isinstance(kombu_loads(entry)["headers"]["ref"], uuid.UUID), "kombu's types come back typed"
+    if isinstance(body, str) and "\\" not in body and '"' not in body:
+        script = ENVELOPE_HEAD_LUA + "local ok, m = envelope_head(ARGV[1]); return cjson.encode({ok, m})"
+        ok, head = json.loads(scratch.eval(script, 0, entry))
+        assert ok is True and "body" not in head, "the pop script read the head alone"
+        assert head["properties"] == message["properties"]
 
 
 @pytest.mark.parametrize(

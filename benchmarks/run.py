@@ -350,6 +350,18 @@ class Platform:
                 processes += [root, *root.children(recursive=True)]
         return processes
 
+    def main_processes(self, role: str) -> list[Any]:
+        """The role's top processes without their children: for the worker, Celery's main
+        process(es), which read, ack and dispatch every message, without the pool."""
+        tree = self.tree(role)
+        pids = {process.pid for process in tree}
+        main = []
+        for process in tree:
+            with contextlib.suppress(Exception):
+                if process.ppid() not in pids:
+                    main.append(process)
+        return main
+
     def stop(self, *, keep_state: bool = False) -> None:
         """What Ctrl-C does: the supervisor stops every process it started, broker last."""
         if self.process is not None and self.process.poll() is None:
@@ -406,6 +418,7 @@ class CpuMeter:
         self.services = self.SERVICES if stack.stack == "postgres" else ()
         self.ours = (*self.roles, *self.services, "client")
         self.seconds: dict[str, float] = {}
+        self.worker_main_seconds = 0.0
         self.others_cores = 0.0  # average CPU cores used by processes outside this run
         self._start: dict[str, float] = {}
         self._service_start: dict[int, float] = {}
@@ -434,6 +447,11 @@ class CpuMeter:
                     times = process.cpu_times()
                     total += times.user + times.system
             totals[role] = total
+        totals["worker_main"] = 0.0
+        for process in self._stack.main_processes("worker"):
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                totals["worker_main"] += times.user + times.system
         own = psutil.Process().cpu_times()
         totals["client"] = own.user + own.system
         machine = psutil.cpu_times()
@@ -456,6 +474,7 @@ class CpuMeter:
         for pid, (service, seconds) in self._services_now().items():
             delta[service] += max(0.0, seconds - self._service_start.get(pid, 0.0))
         self.seconds = {role: delta[role] for role in self.ours}
+        self.worker_main_seconds = max(0.0, delta["worker_main"])  # part of "worker", not added again
         others = delta["machine_busy"] - sum(self.seconds.values())
         self.others_cores = max(0.0, others / delta["wall"]) if delta["wall"] > 0 else 0.0
 
@@ -1019,11 +1038,18 @@ def _step(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
+def _worker_main_share(cpu: CpuMeter, n: int) -> str:
+    return f"{1000 * cpu.worker_main_seconds / n:.3f} of the worker's {cpu.per_thousand_of('worker', n):.3f}"
+
+
 def _profile_section(config: BenchConfig, phases: list[tuple[str, CpuMeter, int, str]]) -> str:
     """Where the CPU went: per phase and process group; with CLOUDSCALE_BENCH_PROFILE, by function too."""
     lines = ["profile: CPU seconds per 1,000 events or requests, by process group"]
     rows = [(name, cpu.per_thousand(n, unit)) for name, cpu, n, unit in phases]
     lines.append(_table(rows))
+    main = [(name, _worker_main_share(cpu, n)) for name, cpu, n, _ in phases]
+    lines.append("  of which the worker's main process(es): reading, dispatching and acking messages")
+    lines.append(_table(main))
     folder = Path(config.profile_dir) if config.profile_dir else None
     if folder is None:
         lines.append(
@@ -1320,6 +1346,8 @@ def _figures(config: BenchConfig, m: Measured, memory: MemorySampler) -> dict[st
             "e2e_events_per_s": round(m.batched.per_second),
             "cpu_s_per_1k": round(m.batched.cpu.per_thousand_total(m.batched.events), 3),
             "cpu_line": m.batched.cpu.per_thousand(m.batched.events),
+            "worker_cpu_s_per_1k": round(m.batched.cpu.per_thousand_of("worker", m.batched.events), 4),
+            "worker_main_cpu_s_per_1k": round(1000 * m.batched.cpu.worker_main_seconds / m.batched.events, 4),
         }
     if m.sdk is not None:
         figures["sdk_cpu_s_per_1k"] = round(m.sdk.cpu.per_thousand_total(m.sdk.events), 3)

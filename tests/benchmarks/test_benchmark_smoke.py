@@ -88,7 +88,11 @@ def test_it_prints_the_table_and_ends_with_the_result_line() -> None:
     assert re.search(r"at that CPU cost [\d,]+ req/s need \d+\.\d\d of the \d+ cores", table)
     figures = next(line for line in lines if line.startswith("FIGURES "))
     assert '"make_run_cpu_s_per_1k"' in figures
-    assert json.loads(figures.removeprefix("FIGURES "))["reference_loop_ms"] > 0
+    measured = json.loads(figures.removeprefix("FIGURES "))
+    assert measured["reference_loop_ms"] > 0
+    # The worker's main process is a part of the worker, measured apart: neither nothing nor all.
+    assert 0 < measured["worker_main_cpu_s_per_1k"] < measured["worker_cpu_s_per_1k"]
+    assert "of which the worker's main process(es)" in table
     leftovers = [
         p for p in psutil.process_iter(["pid", "cmdline"])
         if p.pid not in before and "cloudscale-bench-" in " ".join(p.info["cmdline"] or [])

@@ -93,6 +93,7 @@ def dead_letter_message(
 ) -> None:
     """Keep the message byte-exact, then ack it. If it cannot be kept, leave it unacked."""
     headers = _json_safe(message.headers or {})
+    correlation_id = headers.get("correlation_id") or message.properties.get("correlation_id") or ""
     letter = DeadLetterInput(
         reason=DeadLetter.Reason.DESERIALIZATION_FAILED,
         kind=DeadLetter.Kind.RAW,
@@ -102,9 +103,7 @@ def dead_letter_message(
         content_type=message.content_type or "",
         content_encoding=message.content_encoding or "",
         headers=headers,
-        correlation_id=str(headers.get("correlation_id") or message.properties.get("correlation_id") or "")[
-            :64
-        ],
+        correlation_id=str(correlation_id)[:64],
     )
     try:
         db.close_old_connections()

@@ -2,8 +2,8 @@
 
 Celery decodes every task body twice: once in the worker's main process, which reads the
 arguments only to build its request object (protocol 2 keeps everything the main process needs in
-the headers), and again in the pool process that runs the task. For a 500-event batch the main
-process's copy was about a tenth of the worker's CPU, on the one process that feeds the whole pool
+the headers), and again in the pool process that runs the task. For 500-event batches leaving the
+main process's copy out took its CPU per event to 0.70 of what it was, about 3 % of the worker's
 (docs/benchmarks.md, "Levers, sixteenth round").
 
 For an `events.process_batch` message whose body is big, JSON and looks like protocol 2's

@@ -350,18 +350,6 @@ class Platform:
                 processes += [root, *root.children(recursive=True)]
         return processes
 
-    def main_processes(self, role: str) -> list[Any]:
-        """The role's top processes without their children: for the worker, Celery's main
-        process(es), which read, ack and dispatch every message, without the pool."""
-        tree = self.tree(role)
-        pids = {process.pid for process in tree}
-        main = []
-        for process in tree:
-            with contextlib.suppress(Exception):
-                if process.ppid() not in pids:
-                    main.append(process)
-        return main
-
     def stop(self, *, keep_state: bool = False) -> None:
         """What Ctrl-C does: the supervisor stops every process it started, broker last."""
         if self.process is not None and self.process.poll() is None:
@@ -405,6 +393,20 @@ class Platform:
         return found
 
 
+def _top_processes(tree: list[Any]) -> list[Any]:
+    """The processes of a tree whose parent is not in it: for the worker, Celery's main
+    process(es), which read, dispatch and ack every message, without their pool."""
+    import psutil
+
+    pids = {process.pid for process in tree}
+    top = []
+    for process in tree:
+        with contextlib.suppress(psutil.Error):
+            if process.ppid() not in pids:
+                top.append(process)
+    return top
+
+
 class CpuMeter:
     """CPU seconds (user + system) spent by each role's processes and by this process (the load
     generator) while the block runs, and how busy the rest of the machine was meanwhile (the
@@ -440,18 +442,17 @@ class CpuMeter:
         import psutil
 
         totals = {}
+        totals["worker_main"] = 0.0
         for role in self.roles:
-            total = 0.0
-            for process in self._stack.tree(role):
+            tree = self._stack.tree(role)
+            seconds: dict[int, float] = {}
+            for process in tree:
                 with contextlib.suppress(psutil.Error):
                     times = process.cpu_times()
-                    total += times.user + times.system
-            totals[role] = total
-        totals["worker_main"] = 0.0
-        for process in self._stack.main_processes("worker"):
-            with contextlib.suppress(psutil.Error):
-                times = process.cpu_times()
-                totals["worker_main"] += times.user + times.system
+                    seconds[process.pid] = times.user + times.system
+            totals[role] = sum(seconds.values())
+            if role == "worker":
+                totals["worker_main"] = sum(seconds.get(process.pid, 0.0) for process in _top_processes(tree))
         own = psutil.Process().cpu_times()
         totals["client"] = own.user + own.system
         machine = psutil.cpu_times()

@@ -487,6 +487,10 @@ class CpuMeter:
         """CPU seconds of one process group (api, worker, ...) per 1,000 events; 0 if it had none."""
         return 1000 * self.seconds.get(role, 0.0) / events
 
+    def worker_main_per_thousand(self, events: int) -> float:
+        """CPU seconds of the worker's main process(es) alone per 1,000 events (a part of "worker")."""
+        return 1000 * self.worker_main_seconds / events
+
     def per_thousand_total(self, events: int) -> float:
         """CPU seconds of every process of the run (the load generator included) per 1,000 events."""
         return 1000 * sum(self.seconds.values()) / events
@@ -1040,7 +1044,7 @@ def _step(message: str) -> None:
 
 
 def _worker_main_share(cpu: CpuMeter, n: int) -> str:
-    return f"{1000 * cpu.worker_main_seconds / n:.3f} of the worker's {cpu.per_thousand_of('worker', n):.3f}"
+    return f"{cpu.worker_main_per_thousand(n):.3f} of the worker's {cpu.per_thousand_of('worker', n):.3f}"
 
 
 def _profile_section(config: BenchConfig, phases: list[tuple[str, CpuMeter, int, str]]) -> str:
@@ -1348,7 +1352,7 @@ def _figures(config: BenchConfig, m: Measured, memory: MemorySampler) -> dict[st
             "cpu_s_per_1k": round(m.batched.cpu.per_thousand_total(m.batched.events), 3),
             "cpu_line": m.batched.cpu.per_thousand(m.batched.events),
             "worker_cpu_s_per_1k": round(m.batched.cpu.per_thousand_of("worker", m.batched.events), 4),
-            "worker_main_cpu_s_per_1k": round(1000 * m.batched.cpu.worker_main_seconds / m.batched.events, 4),
+            "worker_main_cpu_s_per_1k": round(m.batched.cpu.worker_main_per_thousand(m.batched.events), 4),
         }
     if m.sdk is not None:
         figures["sdk_cpu_s_per_1k"] = round(m.sdk.cpu.per_thousand_total(m.sdk.events), 3)

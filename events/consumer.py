@@ -31,6 +31,12 @@ from events.models import DeadLetter
 logger = logging.getLogger(__name__)
 
 _V2_BODY_LENGTH = 3  # protocol 2 bodies are [args, kwargs, embed]
+# Dead-letter errors, the same whichever process found the body bad (see events/tasks.py too).
+NOT_A_TASK_BODY = "task body is not [args, kwargs, embed]"
+
+
+def undecodable_body(exc: Exception) -> str:
+    return f"message body could not be decoded: {type(exc).__name__}: {exc}"
 
 
 class DeadLetteringConsumer(Consumer):
@@ -50,7 +56,7 @@ class DeadLetteringConsumer(Consumer):
         )
 
     def on_decode_error(self, message: Message, exc: Exception) -> None:
-        self._dead_letter(message, f"message body could not be decoded: {type(exc).__name__}: {exc}")
+        self._dead_letter(message, undecodable_body(exc))
 
     def on_unknown_message(self, body: Any, message: Message) -> None:
         self._dead_letter(message, "not a Celery task message (no task name)")
@@ -132,7 +138,7 @@ def _protocol_problem(message: Message) -> str | None:
         return None  # undecodable or disallowed content: Celery's handler reports it precisely
     if _is_v2_body(payload) or (isinstance(payload, dict) and "args" in payload):
         return None  # a dict with args is a hybrid protocol-1 body; Celery validates it itself
-    return "task body is not [args, kwargs, embed]"
+    return NOT_A_TASK_BODY
 
 
 def _is_v2_body(payload: Any) -> bool:

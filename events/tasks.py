@@ -24,7 +24,7 @@ from django.utils import timezone
 from kombu.exceptions import DecodeError
 
 from events.coalescing import current_job
-from events.consumer import dead_letter_message
+from events.consumer import NOT_A_TASK_BODY, dead_letter_message, undecodable_body
 from events.deliveries import deliveries_flush, delivery_finished, delivery_started
 from events.message_bodies import body_left_to_pool
 from events.pipeline import (
@@ -88,9 +88,9 @@ def _body_problem(message: Any, exc: BaseException) -> str | None:
     if not body_left_to_pool(message):
         return None
     if isinstance(exc, DecodeError):
-        return f"message body could not be decoded: {type(exc).__name__}: {exc}"
+        return undecodable_body(exc)
     if isinstance(exc, ValueError | TypeError):
-        return "task body is not [args, kwargs, embed]"
+        return NOT_A_TASK_BODY
     return None
 
 

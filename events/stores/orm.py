@@ -106,22 +106,13 @@ class OrmEventStore:
             return set()
         stored_at = connection.ops.adapt_datetimefield_value(timezone.now())
         converters = _converters(connection.vendor)
-        # The statements are built before the transaction begins: on SQLite it holds the one write
-        # lock, and every other worker waits while it does (docs/benchmarks.md, "Levers, eighteenth
-        # round").
-        statements = [
-            insert_rows(
-                StoredEvent,
-                _COLUMNS,
-                [_row(event, stored_at, converters) for event in events[start : start + _INSERT_CHUNK]],
-                suffix=_ON_CONFLICT,
-            )
-            for start in range(0, len(events), _INSERT_CHUNK)
-        ]
         new_ids: set[str] = set()
         try:
             with transaction.atomic():
-                for sql, params in statements:
+                for start in range(0, len(events), _INSERT_CHUNK):
+                    chunk = events[start : start + _INSERT_CHUNK]
+                    rows = [_row(event, stored_at, converters) for event in chunk]
+                    sql, params = insert_rows(StoredEvent, _COLUMNS, rows, suffix=_ON_CONFLICT)
                     with bulk_cursor() as cursor:
                         cursor.execute(sql, params)
                         new_ids.update(event_id for _tenant, event_id in cursor.fetchall())

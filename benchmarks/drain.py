@@ -135,6 +135,9 @@ def _drain(*, processes: int, messages: int) -> dict[str, float]:
 
 
 def _free_port() -> int:
+    # A copy of hotpath.py's (and tests.netutil's): the script runs from a checkout whose
+    # `benchmarks` is not importable as a package, and the child imports the tree under
+    # measurement through PYTHONPATH, which a shared module here would stand ahead of.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]

@@ -140,6 +140,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # of log rather than SQLite's 1,000: an index page that several batches change is copied into
     # the database once, not once per batch. The size limit trims the log file back after a
     # checkpoint that followed a long read (docs/decisions.md, "SQLite's durability and checkpoints").
+    # The ENGINE is Django's SQLite backend whose write transactions queue on a lock file, so a
+    # writer starts as soon as the previous one commits (cloudscale_project/backends/sqlite3).
+    DATABASES["default"]["ENGINE"] = "cloudscale_project.backends.sqlite3"
     DATABASES["default"]["TEST"] = {"NAME": str(STATE_DIR / "test-cloudscale.sqlite3")}
     DATABASES["default"]["OPTIONS"] = {
         "timeout": 30,

@@ -523,6 +523,9 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "cloudscale_project.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
+    # The API speaks JSON only: `?format=` is an ordinary (ignored) query parameter, not DRF's
+    # renderer override, which answered 404 for any value but `json`.
+    "URL_FORMAT_OVERRIDE": None,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "CloudScale ingestion API",

@@ -90,8 +90,10 @@ def test_it_prints_the_table_and_ends_with_the_result_line() -> None:
     assert '"make_run_cpu_s_per_1k"' in figures
     measured = json.loads(figures.removeprefix("FIGURES "))
     assert measured["reference_loop_ms"] > 0
-    # The worker's main process is a part of the worker, measured apart: neither nothing nor all.
-    assert 0 < measured["worker_main_cpu_s_per_1k"] < measured["worker_cpu_s_per_1k"]
+    # The worker's main process is a part of the worker, measured apart: never all of it. It may
+    # read nothing here: process CPU times tick every 10 ms, and on a fast machine this run's
+    # 1,000 events cost the main process about 5 ms.
+    assert 0 <= measured["worker_main_cpu_s_per_1k"] < measured["worker_cpu_s_per_1k"]
     assert "of which the worker's main process(es)" in table
     leftovers = [
         p for p in psutil.process_iter(["pid", "cmdline"])

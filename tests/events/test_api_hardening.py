@@ -49,6 +49,15 @@ def store_what_the_api_enqueued() -> None:
 # --- query and path parameters --------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("path", ["/api/ingestion-warnings", "/api/ledger", "/api/events"])
+def test_a_format_query_parameter_is_not_a_renderer_override(client: Client, acme: Actor, path: str) -> None:
+    # DRF's URL_FORMAT_OVERRIDE answered 404 for `?format=1`; the API renders JSON whatever it asks.
+    response = client.get(path, {"format": "1"}, **acme.headers)
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"] == "application/json"
+    assert response.json()
+
+
 def test_a_ledger_bound_beyond_year_9999_in_utc_is_a_400(client: Client, acme: Actor) -> None:
     response = client.get("/api/ledger", {"until": "9999-12-31T23:59:59-01:00"}, **acme.headers)
     assert error_fields(response) == ["until"]

@@ -9,8 +9,8 @@ exclusive `flock` on `<database>.writers`, waiting in the kernel, which wakes it
 previous writer commits; the transaction's `BEGIN IMMEDIATE` then finds SQLite's lock free.
 A blocking `flock` has no timeout: on a process's main thread (the workers' tasks) SIGALRM times
 it, elsewhere (gunicorn's request threads) the lock is tried again every millisecond. A helper
-thread with a timed event, and polling everywhere, cost more CPU than they saved (the same
-section's "nineteenth round").
+thread with a timed event, and polling everywhere, cost more CPU than they saved (docs/benchmarks.md,
+"Levers, nineteenth round"; docs/decisions.md, "SQLite's writers queue on a lock file").
 
 The queue is advisory: SQLite's own lock still keeps writes apart, and its busy timeout still
 bounds a wait for it. A writer waits for the queue at most the same timeout, then goes on to

@@ -17,3 +17,15 @@ def test_the_schema_documents_healthz_readyz_and_metrics(client: Client) -> None
     assert set(paths["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
     assert all(paths[p]["get"]["security"] == [] for p in ("/healthz", "/readyz", "/metrics"))
     assert "ProbeError" in schema["components"]["schemas"]
+
+
+def test_the_schema_keeps_its_format_parameter_and_ignores_an_unknown_one(client: Client) -> None:
+    # The API's own views ignore `format`; the schema still honours json and yaml.
+    as_json = client.get("/api/schema/", {"format": "json"})
+    assert as_json["Content-Type"].startswith("application/vnd.oai.openapi+json")
+    as_yaml = client.get("/api/schema/", {"format": "yaml"})
+    assert as_yaml["Content-Type"].startswith("application/vnd.oai.openapi")
+    assert not as_yaml["Content-Type"].startswith("application/vnd.oai.openapi+json")
+    unknown = client.get("/api/schema/", {"format": "1"})
+    assert unknown.status_code == 200
+    assert unknown["Content-Type"] == as_yaml["Content-Type"]

@@ -206,3 +206,22 @@ def test_an_in_memory_database_has_no_queue(tmp_path: Path) -> None:
     assert _lock_path(":memory:") is None
     assert _lock_path("file:memorydb_default?mode=memory&cache=shared") is None
     assert _lock_path(str(tmp_path / "x.sqlite3")) == str(tmp_path / "x.sqlite3.writers")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lock_file_that_cannot_be_opened_leaves_transactions_working(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _needs_sqlite()
+    missing = str(tmp_path / "no-such-folder" / "db.writers")
+    monkeypatch.setattr(base, "_lock_path", lambda name: missing)
+    with (
+        caplog.at_level("WARNING", logger=base.__name__),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("SELECT 1")
+        assert cursor.fetchone() == (1,)
+    assert "starting the transaction without a turn" in caplog.text
+    monkeypatch.undo()
+    assert _other_writer_can_get_turn()

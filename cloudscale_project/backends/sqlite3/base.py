@@ -113,7 +113,7 @@ class WriteQueue:
 
     def _fileno(self) -> int:
         if self._fd is None or self._pid != os.getpid():
-            self.forget_after_fork()
+            self.close_descriptor()
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             self._pid = os.getpid()
             self._close_fd = weakref.finalize(self, os.close, self._fd)  # a dropped connection
@@ -139,11 +139,12 @@ class WriteQueue:
 
     def close(self) -> None:
         self.release()
-        self.forget_after_fork()
+        self.close_descriptor()
 
-    def forget_after_fork(self) -> None:
-        """Close this process's descriptor. In a forked child that is the parent's description,
-        whose lock closing one of its descriptors leaves alone (LOCK_UN would release it)."""
+    def close_descriptor(self) -> None:
+        """Close this process's descriptor. In a forked child (the at-fork hook below) it refers to
+        the parent's description, whose lock closing one descriptor leaves alone; LOCK_UN would
+        release the parent's turn."""
         if self._close_fd is not None:
             self._close_fd()
         self._close_fd = None
@@ -153,7 +154,7 @@ class WriteQueue:
 
 def _forget_queues_after_fork() -> None:
     for queue in list(WriteQueue._instances):
-        queue.forget_after_fork()
+        queue.close_descriptor()
 
 
 os.register_at_fork(after_in_child=_forget_queues_after_fork)
@@ -168,8 +169,9 @@ def _lock_path(database_name: Any) -> str | None:
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
-    # The hooks below are private to Django's backends (absent from django-stubs: hence the ignores).
     """SQLite whose `transaction.atomic()` blocks queue on a lock file before `BEGIN IMMEDIATE`."""
+
+    # The hooks below are private to Django's backends (absent from django-stubs: hence the ignores).
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -187,11 +189,18 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def _start_transaction_under_autocommit(self) -> None:
         queue = self._queue()
-        if queue is not None and not queue.acquire(self._busy_timeout()):
-            logger.warning(
-                "sqlite write queue: no turn after %.0f s, starting the transaction without it",
-                self._busy_timeout(),
-            )
+        if queue is not None:
+            timeout = self._busy_timeout()
+            try:
+                got_turn = queue.acquire(timeout)
+            except OSError as error:  # the lock file cannot be opened or locked: the queue is advisory
+                logger.warning("sqlite write queue: %s; starting the transaction without a turn", error)
+            else:
+                if not got_turn:
+                    logger.warning(
+                        "sqlite write queue: no turn after %.0f s, starting the transaction without it",
+                        timeout,
+                    )
         try:
             super()._start_transaction_under_autocommit()  # type: ignore[misc]
         except BaseException:

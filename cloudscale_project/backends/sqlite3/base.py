@@ -18,7 +18,8 @@ bounds a wait for it. A writer waits for the queue at most the same timeout, the
 hang. Writes outside `transaction.atomic()` (autocommit) do not queue; they wait in the busy
 handler as before. `flock` locks belong to an open file description, which a forked process
 shares with its parent, and on a shared description `flock` does not exclude: every process
-therefore opens the file itself, and a child closes the copies it inherited at fork.
+therefore opens the file itself: a child closes the copies it inherited at fork
+(`os.register_at_fork`) and opens its own at its first turn.
 """
 
 from __future__ import annotations
@@ -107,15 +108,12 @@ class WriteQueue:
         self.path = path
         self.held = False
         self._fd: int | None = None
-        self._pid = 0
         self._close_fd: weakref.finalize[Any, Any] | None = None
         WriteQueue._instances.add(self)
 
     def _fileno(self) -> int:
-        if self._fd is None or self._pid != os.getpid():
-            self.close_descriptor()
+        if self._fd is None:  # first use, or closed, or dropped in a forked child (the at-fork hook)
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            self._pid = os.getpid()
             self._close_fd = weakref.finalize(self, os.close, self._fd)  # a dropped connection
         return self._fd
 
@@ -134,7 +132,7 @@ class WriteQueue:
     def release(self) -> None:
         if self.held:
             self.held = False
-            if self._fd is not None and self._pid == os.getpid():
+            if self._fd is not None:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:

@@ -25,14 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
+
+if __package__:  # imported as benchmarks.drain (the tests)
+    from benchmarks import sidebyside
+else:  # a script, here or in a child on another tree: the module beside this file
+    import sidebyside  # type: ignore[no-redef]
 
 BATCH = 500  # events per message: the bench's batches
 FIGURES = ("events_per_s", "cpu_ms_per_message", "wall_s")
@@ -40,25 +40,8 @@ FIGURES = ("events_per_s", "cpu_ms_per_message", "wall_s")
 
 def measure(*, processes: int, messages: int) -> dict[str, float]:
     """One drain in this process's children (Django set up on a fresh SQLite database)."""
-    import django
-    from django.conf import settings
-    from django.core.management import call_command
-
-    django.setup()
-    call_command("migrate", verbosity=0)
-    from ops.embedded_redis import start_embedded_redis
-
-    redis_server = start_embedded_redis(
-        port=settings.EMBEDDED_REDIS_PORT,
-        data_dir=settings.STATE_DIR / "redis",
-        password=settings.EMBEDDED_REDIS_PASSWORD,
-        fsync=settings.EMBEDDED_REDIS_FSYNC,
-    )
-    try:
+    with sidebyside.fresh_stack():
         return _drain(processes=processes, messages=messages)
-    finally:
-        redis_server.terminate()
-        redis_server.wait(timeout=10)
 
 
 def _messages(count: int) -> list[list[dict[str, Any]]]:
@@ -134,45 +117,10 @@ def _drain(*, processes: int, messages: int) -> dict[str, float]:
     }
 
 
-def _free_port() -> int:
-    # A copy of hotpath.py's (and tests.netutil's): the script runs from a checkout whose
-    # `benchmarks` is not importable as a package, and the child imports the tree under
-    # measurement through PYTHONPATH, which a shared module here would stand ahead of.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def run_tree(tree: str, *, processes: int, messages: int) -> dict[str, float]:
     """One drain in a child process running `tree`'s code on a database of its own."""
-    with tempfile.TemporaryDirectory(prefix="cloudscale-drain-") as state:
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("CLOUDSCALE_", "DATABASE_URL"))},
-            "DJANGO_SETTINGS_MODULE": "cloudscale_project.settings",
-            "CLOUDSCALE_STATE_DIR": state,
-            "CLOUDSCALE_EMBEDDED_REDIS_PORT": str(_free_port()),
-            "PYTHONPATH": tree,
-        }
-        done = subprocess.run(
-            [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--measure",
-                "--processes",
-                str(processes),
-                "--messages",
-                str(messages),
-            ],
-            cwd=tree,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    if done.returncode != 0:
-        raise SystemExit(f"drain run in {tree} failed:\n{done.stderr[-3000:]}")
-    figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    arguments = ["--processes", str(processes), "--messages", str(messages)]
+    figures: dict[str, float] = sidebyside.measure_in_tree(__file__, tree, arguments)
     return figures
 
 
@@ -180,44 +128,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--a-tree", default="", help="checkout of side A (default: only measure this one)")
-    parser.add_argument("--b-tree", default=".", help="checkout of side B (default: this one)")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each side (default: 3)")
+    sidebyside.add_tree_arguments(parser, rounds=3)
     parser.add_argument(
         "--processes", type=int, default=2, help="processes draining side by side (default: 2, as the bench)"
     )
     parser.add_argument(
         "--messages", type=int, default=30, help=f"messages of {BATCH} events per process (default: 30)"
     )
-    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.processes < 1 or args.messages < 1:
         parser.error("--processes and --messages must be at least 1")
     if args.measure:
         print(json.dumps(measure(processes=args.processes, messages=args.messages)))
         return 0
-    trees = {"B": str(Path(args.b_tree).resolve())}
-    if args.a_tree:
-        trees = {"A": str(Path(args.a_tree).resolve()), **trees}
-    results: dict[str, list[dict[str, float]]] = {side: [] for side in trees}
-    for round_ in range(1, args.rounds + 1):
-        for side, tree in trees.items():
-            figures = run_tree(tree, processes=args.processes, messages=args.messages)
-            report = f"[drain] round {round_}/{args.rounds} {side}: {json.dumps(figures)}"
-            print(report, file=sys.stderr, flush=True)
-            results[side].append(figures)
-    for side, tree in trees.items():
-        print(f"{side}: {tree}")
-    print(f"{args.processes} processes x {args.messages} messages of {BATCH} events, one SQLite file")
-    print(
-        f"{'figure':<20}"
-        + "".join(f"{side + ' (median)':>14}" for side in trees)
-        + ("     B/A" if "A" in trees else "")
+    trees = sidebyside.trees_of(args)
+    results = sidebyside.alternate(
+        trees,
+        rounds=args.rounds,
+        measure=lambda tree: run_tree(tree, processes=args.processes, messages=args.messages),
+        tag="drain",
     )
-    for name in FIGURES:
-        medians = {side: statistics.median(r[name] for r in results[side]) for side in trees}
-        ratio = f"{medians['B'] / medians['A']:8.2f}" if "A" in trees and medians["A"] else ""
-        print(f"{name:<20}" + "".join(f"{medians[side]:>14.2f}" for side in trees) + ratio)
+    caption = f"{args.processes} processes x {args.messages} messages of {BATCH} events, one SQLite file"
+    sidebyside.print_medians(trees, results, FIGURES, caption=caption, heading="figure")
     return 0
 
 

@@ -34,17 +34,17 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, cast
+
+if __package__:  # imported as benchmarks.hotpath (the tests)
+    from benchmarks import sidebyside
+else:  # a script, here or in a child on another tree: the module beside this file
+    import sidebyside  # type: ignore[no-redef]
 
 BATCH = 500  # events per measured unit: the bench's batches
 STAGES = ("api", "decode", "store", "scoring", "carts", "fraud", "pipeline")
@@ -75,25 +75,8 @@ def _in_messages(step: Callable[[list[Any]], object], size: int) -> Callable[[li
 
 def measure(rounds: int, message_size: int = BATCH) -> dict[str, float]:
     """Every stage's figure, measured in this process (Django set up on a fresh SQLite database)."""
-    import django
-    from django.conf import settings
-    from django.core.management import call_command
-
-    django.setup()
-    call_command("migrate", verbosity=0)
-    from ops.embedded_redis import start_embedded_redis
-
-    redis_server = start_embedded_redis(
-        port=settings.EMBEDDED_REDIS_PORT,
-        data_dir=settings.STATE_DIR / "redis",
-        password=settings.EMBEDDED_REDIS_PASSWORD,
-        fsync=settings.EMBEDDED_REDIS_FSYNC,
-    )
-    try:
+    with sidebyside.fresh_stack():
         return _measure_stages(rounds, message_size)
-    finally:
-        redis_server.terminate()
-        redis_server.wait(timeout=10)
 
 
 def _measure_stages(rounds: int, message_size: int) -> dict[str, float]:
@@ -317,44 +300,12 @@ def _body_sections(batches: list[list[dict[str, Any]]], message_size: int) -> di
     return {f"body.{name}": round(spent * 1e6 / events, 2) for name, spent in clock.spent.items()}
 
 
-def _free_port() -> int:
-    # tests.netutil has the same; importing it would put this checkout on sys.path ahead of the
-    # tree under measurement (the child imports that tree's code through PYTHONPATH).
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def run_tree(tree: str, rounds: int, message_size: int = BATCH) -> dict[str, float]:
     """One measurement in a child process running `tree`'s code on a database of its own."""
-    with tempfile.TemporaryDirectory(prefix="cloudscale-hotpath-") as state:
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("CLOUDSCALE_", "DATABASE_URL"))},
-            "DJANGO_SETTINGS_MODULE": "cloudscale_project.settings",
-            "CLOUDSCALE_STATE_DIR": state,
-            "CLOUDSCALE_EMBEDDED_REDIS_PORT": str(_free_port()),
-            "CLOUDSCALE_EMBEDDED_REDIS_FSYNC": "everysec",
-            "PYTHONPATH": tree,
-        }
-        done = subprocess.run(
-            [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--measure",
-                "--batches",
-                str(rounds),
-                "--message-size",
-                str(message_size),
-            ],
-            cwd=tree,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    if done.returncode != 0:
-        raise SystemExit(f"hotpath run in {tree} failed:\n{done.stderr[-3000:]}")
-    reply = json.loads(done.stdout.strip().splitlines()[-1])
+    arguments = ["--batches", str(rounds), "--message-size", str(message_size)]
+    reply = sidebyside.measure_in_tree(
+        __file__, tree, arguments, env={"CLOUDSCALE_EMBEDDED_REDIS_FSYNC": "everysec"}
+    )
     if reply["message_size"] != message_size:
         raise SystemExit(f"hotpath run in {tree} measured messages of {reply['message_size']} events")
     figures: dict[str, float] = reply["figures"]
@@ -365,9 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--a-tree", default="", help="checkout of side A (default: only measure this one)")
-    parser.add_argument("--b-tree", default=".", help="checkout of side B (default: this one)")
-    parser.add_argument("--rounds", type=int, default=5, help="runs of each side (default: 5)")
+    sidebyside.add_tree_arguments(parser, rounds=5)
     parser.add_argument("--batches", type=int, default=15, help="batches per stage and run (default: 15)")
     parser.add_argument(
         "--message-size",
@@ -376,37 +325,27 @@ def main(argv: list[str] | None = None) -> int:
         help=f"events per message the worker stages get (default: {BATCH}, the bench's batch; "
         "3-4 is what single events group-commit to)",
     )
-    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
         figures = measure(args.batches, args.message_size)
         print(json.dumps({"message_size": args.message_size, "figures": figures}))
         return 0
-    trees = {"B": str(Path(args.b_tree).resolve())}
-    if args.a_tree:
-        trees = {"A": str(Path(args.a_tree).resolve()), **trees}
-    results: dict[str, list[dict[str, float]]] = {side: [] for side in trees}
-    for round_ in range(1, args.rounds + 1):
-        for side, tree in trees.items():
-            figures = run_tree(tree, args.batches, args.message_size)
-            print(
-                f"[hotpath] round {round_}/{args.rounds} {side}: {json.dumps(figures)}",
-                file=sys.stderr,
-                flush=True,
-            )
-            results[side].append(figures)
-    for side, tree in trees.items():
-        print(f"{side}: {tree}")
-    print(f"worker stages in messages of {args.message_size} events; figures per event")
-    print(
-        f"{'µs CPU per event':<18}"
-        + "".join(f"{side + ' (median)':>14}" for side in trees)
-        + ("     B/A" if "A" in trees else "")
+    trees = sidebyside.trees_of(args)
+    results = sidebyside.alternate(
+        trees,
+        rounds=args.rounds,
+        measure=lambda tree: run_tree(tree, args.batches, args.message_size),
+        tag="hotpath",
     )
-    for stage in (*STAGES, *(f"body.{name}" for name in BODY_SECTIONS)):
-        medians = {side: statistics.median(r[stage] for r in results[side]) for side in trees}
-        ratio = f"{medians['B'] / medians['A']:8.2f}" if "A" in trees and medians["A"] else ""
-        print(f"{stage:<18}" + "".join(f"{medians[side]:>14.1f}" for side in trees) + ratio)
+    sidebyside.print_medians(
+        trees,
+        results,
+        (*STAGES, *(f"body.{name}" for name in BODY_SECTIONS)),
+        caption=f"worker stages in messages of {args.message_size} events; figures per event",
+        heading="µs CPU per event",
+        width=18,
+        digits=1,
+    )
     print("(body.*: the task body's parts as the worker runs it; body.gc is inside the other rows)")
     return 0
 

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import pytest
 
 from benchmarks.drain import FIGURES
-from tests.conftest import ROOT
+from tests.benchmarks.scripts import rows_of, run_script
 
 pytestmark = [pytest.mark.slow]
 
 
 def drain(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("CLOUDSCALE_", "DATABASE_URL", "DJANGO_"))
-    }
-    return subprocess.run(
-        [sys.executable, "benchmarks/drain.py", "--rounds", "1", "--messages", "2", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
-
-
-def rows_of(stdout: str) -> dict[str, list[str]]:
-    return {line.split()[0]: line.split()[1:] for line in stdout.splitlines() if line.split()}
+    return run_script("drain.py", "--rounds", "1", "--messages", "2", *args, timeout=180)
 
 
 def test_it_drains_two_trees_side_by_side() -> None:

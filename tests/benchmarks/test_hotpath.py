@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import pytest
 
 from benchmarks.hotpath import BODY_SECTIONS, STAGES
-from tests.conftest import ROOT
+from tests.benchmarks.scripts import rows_of, run_script
 
 pytestmark = [pytest.mark.slow]
 
 
 def hotpath(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("CLOUDSCALE_", "DATABASE_URL", "DJANGO_"))
-    }
-    return subprocess.run(
-        [sys.executable, "benchmarks/hotpath.py", "--rounds", "1", "--batches", "1", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-
-
-def rows_of(stdout: str) -> dict[str, list[str]]:
-    return {line.split()[0]: line.split()[1:] for line in stdout.splitlines() if line.split()}
+    return run_script("hotpath.py", "--rounds", "1", "--batches", "1", *args, timeout=120)
 
 
 def test_it_measures_every_stage_of_two_trees_side_by_side() -> None:

@@ -36,8 +36,10 @@ class StoredEvent(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["tenant", "event_id"], name="stored_event_once")]
         indexes = [
-            # GET /api/events: newest first within a tenant, optionally by type or user.
-            models.Index(fields=["tenant", "-timestamp", "-event_id"], name="event_tenant_time"),
+            # GET /api/events: newest first within a tenant, optionally by type or user. Ties of
+            # time are ordered by event id in a sort of the tie alone (docs/decisions.md, "The
+            # events' time index without the event id").
+            models.Index(fields=["tenant", "-timestamp"], name="event_tenant_time"),
             models.Index(fields=["tenant", "event_type", "-timestamp"], name="event_tenant_type_time"),
             models.Index(fields=["tenant", "user_id", "-timestamp"], name="event_tenant_user_time"),
             # The ledger counts per hour of arrival; retention purges by arrival, tenant by tenant

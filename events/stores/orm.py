@@ -149,7 +149,9 @@ class OrmEventStore:
         if cursor:
             after_time, after_id = decode_cursor(cursor)
             after = parse_iso(after_time)
-            rows = rows.filter(Q(timestamp__lt=after) | Q(timestamp=after, event_id__lt=after_id))
+            # A range of time the indexes can seek to (the page after the cursor starts there,
+            # not at the newest event), then the ties of the cursor's own time by id.
+            rows = rows.filter(timestamp__lte=after).filter(Q(timestamp__lt=after) | Q(event_id__lt=after_id))
         page = list(rows.order_by("-timestamp", "-event_id")[: limit + 1])
         results = [_as_event(row) for row in page[:limit]]
         next_cursor = None

@@ -25,6 +25,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+if __package__:  # imported as benchmarks.ab
+    from benchmarks import sidebyside
+else:  # a script: the module beside this file
+    import sidebyside  # type: ignore[no-redef]
+
 RUN = Path(__file__).resolve().parent / "run.py"
 
 
@@ -60,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     sides = {"A": (args.a_env, args.a_tree), "B": (args.b_env, args.b_tree)}
     results: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
     for round_ in range(1, args.rounds + 1):
-        for side, (env_pairs, tree) in sides.items():
+        # A B, then B A: neither side always runs second (sidebyside.alternate says why).
+        for side, (env_pairs, tree) in sidebyside.in_round_order(sides, round_):
             print(f"[ab] round {round_}/{args.rounds}: {side}", file=sys.stderr, flush=True)
             figures = run_once(phases=args.phases, env_pairs=env_pairs, tree=tree)
             # As it comes: a later run that fails must not take the earlier ones with it.

@@ -1,4 +1,5 @@
-"""Two checkouts measured side by side: what `drain.py` and `hotpath.py` share.
+"""Two checkouts measured side by side: what `drain.py` and `hotpath.py` share (and `ab.py` the
+order its sides run in).
 
 Each of those scripts measures in a child process that runs the script's own `--measure` mode with
 another checkout's code (`PYTHONPATH`, working folder) on a state folder of its own, alternates
@@ -85,16 +86,28 @@ def measure_in_tree(
 def alternate(
     trees: Mapping[str, str], *, rounds: int, measure: Callable[[str], Figures], tag: str
 ) -> dict[str, list[Figures]]:
-    """Each side's figures, round by round: A then B in every round, so both meet the same noise.
-    Every run's figures go to stderr as they come."""
+    """Each side's figures, round by round, so both meet the same noise. Every run's figures go to
+    stderr as they come.
+
+    The sides swap places every round (A B, B A, A B …), so that whatever running second does to a
+    run falls on both: with A always first, one checkout against itself read B/A 1.03, and one
+    lever read 1.05 and then, with the checkouts swapped, 0.93 (docs/benchmarks.md, "Levers,
+    twentieth round")."""
     results: dict[str, list[Figures]] = {side: [] for side in trees}
     for round_ in range(1, rounds + 1):
-        for side, tree in trees.items():
+        for side, tree in in_round_order(trees, round_):
             figures = measure(tree)
             report = f"[{tag}] round {round_}/{rounds} {side}: {json.dumps(figures)}"
             print(report, file=sys.stderr, flush=True)
             results[side].append(figures)
     return results
+
+
+def in_round_order(sides: Mapping[str, Any], round_: int) -> list[tuple[str, Any]]:
+    """The sides in the order round `round_` (from 1) runs them: as given in odd rounds, reversed
+    in even ones."""
+    order = list(sides.items())
+    return order if round_ % 2 else order[::-1]
 
 
 def print_medians(

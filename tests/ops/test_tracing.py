@@ -119,13 +119,14 @@ def test_it_carries_the_correlation_id_in_the_headers_to_the_workers_logs(
     transactional_db: None, spans: InMemorySpanExporter
 ) -> None:
     correlation_id, marker = str(uuid.uuid4()), f"hello {uuid.uuid4()}"
-    set_correlation_id(correlation_id)  # as in an API request; the task has no correlation_id kwarg
-    try:
-        app.send_task("tests.log_line", kwargs={"message": marker})
-    finally:
-        set_correlation_id("")
-    # The worker sets logging up as it starts: look at the handler it ends up with.
+    # The worker sets logging up as it starts: look at the handler it ends up with, and send the
+    # task only then (sent before, it could be run and logged before the stream was swapped).
     with in_process_worker(), console_log() as output:
+        set_correlation_id(correlation_id)  # as in an API request; the task has no correlation_id kwarg
+        try:
+            app.send_task("tests.log_line", kwargs={"message": marker})
+        finally:
+            set_correlation_id("")
         wait_until(lambda: any(s.kind == SpanKind.CONSUMER for s in spans.get_finished_spans()), timeout=20)
     process = _one(list(spans.get_finished_spans()), SpanKind.CONSUMER, "process tests.log_line")
     assert process.attributes is not None and process.attributes[ATTR_CORRELATION_ID] == correlation_id

@@ -1,5 +1,6 @@
 """Where the time goes: a text summary of the py-spy profiles `make bench` records on request.
 
+Example:
     CLOUDSCALE_BENCH_PROFILE=/tmp/prof .venv/bin/python benchmarks/run.py
     .venv/bin/python benchmarks/profile_summary.py /tmp/prof/worker.folded /tmp/prof/api.folded
 
@@ -10,6 +11,7 @@ functions (self time: the sampled frame itself; inclusive: the frame anywhere on
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from collections import Counter
@@ -90,8 +92,16 @@ def summarize(path: Path, role: str, *, top: int = 18) -> str:
     return "\n".join(lines)
 
 
-def main(paths: list[str]) -> int:
-    for raw in paths:
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/profile_summary.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "profiles", nargs="+", metavar="FOLDED", help="py-spy profiles, folded (api*.folded: the API's)"
+    )
+    for raw in parser.parse_args(argv).profiles:
         path = Path(raw)
         role = "api" if path.stem.startswith("api") else "worker"
         print(summarize(path, role))

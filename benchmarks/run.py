@@ -68,6 +68,7 @@ Besides the RESULT line it prints `FIGURES {json}`: every figure of the run, for
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
 import math
@@ -1401,7 +1402,24 @@ def reference_loop_ms() -> float:
     return round(best * 1000, 1)
 
 
-def main() -> int:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """`--help` prints the module's description; the bench itself is configured by the environment."""
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/run.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""examples:
+  make bench                                   # the embedded stack, every phase, the RESULT line
+  make bench STACK=postgres                    # PostgreSQL 5432 + RabbitMQ 5672, two worker processes
+  CLOUDSCALE_BENCH_PHASES=latency,open .venv/bin/python benchmarks/run.py
+                                               # single-event runs only (FIGURES, no RESULT line)
+  .venv/bin/python benchmarks/ab.py --help     # two settings or checkouts side by side""",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parse_arguments(argv)
     config = BenchConfig()
     load_before = os.getloadavg()[0]
     reference_before = reference_loop_ms()

@@ -1,10 +1,11 @@
 """Validator cost per event: DRF serializers vs the pydantic models the API uses (one process, side by side).
 
-Run: .venv/bin/python benchmarks/validation.py
+Example: .venv/bin/python benchmarks/validation.py
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import time
@@ -72,6 +73,11 @@ def best_of(fn: object, rounds: int = 15) -> float:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(
+        prog="benchmarks/validation.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args()
     d, p = best_of(drf), best_of(pydantic)
     print(f"DRF serializers : {d * 1000:7.2f} ms per 500 events ({500 / d:,.0f} events/s)")
     print(f"pydantic models : {p * 1000:7.2f} ms per 500 events ({500 / p:,.0f} events/s)")

@@ -124,13 +124,18 @@ def test_a_label_set_is_one_series_whatever_the_order_of_its_labels(client: Clie
     event_type = f"t-{uuid.uuid4().hex[:8]}"  # a series of its own
     platform_incr_many(
         "cloudscale_events_processed_total",
-        [({"event_type": event_type, "outcome": "stored"}, 2), ({"outcome": "stored", "event_type": event_type}, 3)],
+        [
+            ({"event_type": event_type, "outcome": "stored"}, 2),
+            ({"outcome": "stored", "event_type": event_type}, 3),
+        ],
     )
     platform_incr("cloudscale_events_processed_total", {"outcome": "duplicate", "event_type": event_type})
 
     samples = scrape(client)
     assert value(samples, "cloudscale_events_processed_total", event_type=event_type, outcome="stored") == 5
-    assert value(samples, "cloudscale_events_processed_total", event_type=event_type, outcome="duplicate") == 1
+    assert (
+        value(samples, "cloudscale_events_processed_total", event_type=event_type, outcome="duplicate") == 1
+    )
 
 
 @pytest.mark.e2e

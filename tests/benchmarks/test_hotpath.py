@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 
 import pytest
 
-from benchmarks.hotpath import BODY_SECTIONS, STAGES
+from benchmarks.hotpath import BODY_SECTIONS, STAGES, _heap_as_a_workers
 from tests.benchmarks.scripts import rows_of, run_script
 
 pytestmark = [pytest.mark.slow]
@@ -54,3 +55,19 @@ def test_it_measures_the_worker_stages_in_smaller_messages() -> None:
     # The stages ran: one figure each (a single tree has no B/A column).
     rows = rows_of(done.stdout)
     assert all(len(rows[stage]) == 1 and float(rows[stage][0]) > 0 for stage in STAGES), rows
+
+
+def test_a_stage_is_timed_with_what_was_made_before_it_out_of_the_collectors_sight() -> None:
+    """A worker holds the message it runs; the harness's batches, made in advance, are frozen."""
+    made_before = [[n] for n in range(1_000)]
+
+    def seen_by_the_collector() -> bool:
+        return any(obj is made_before for obj in gc.get_objects())
+
+    assert seen_by_the_collector()
+    with _heap_as_a_workers():
+        assert gc.get_freeze_count() >= len(made_before)
+        assert not seen_by_the_collector()
+
+    assert gc.get_freeze_count() == 0  # the process goes on as before
+    assert seen_by_the_collector()

@@ -69,8 +69,8 @@ def bulk_cursor() -> Iterator[SqlCursor]:
     """A cursor of the default connection for hot bulk statements (see the module's docstring).
 
     The connection is looked up once: each attribute read through Django's `connection` proxy looks
-    it up again in the thread's connections (1.6 µs), and a single-event message runs a dozen of
-    these statements."""
+    it up again in the thread's connections (1.6 µs), five reads a call, about three calls a
+    message."""
     db = connections[DEFAULT_DB_ALIAS]
     if db.vendor != "sqlite" or db.execute_wrappers:
         with db.cursor() as cursor:

@@ -27,6 +27,14 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
+    """Tell the group commit how many request threads the worker runs, then freeze its heap."""
+    from events.ingestion import serve_with_threads
+
+    serve_with_threads(worker.cfg.threads)
+    _freeze_start_up_heap()
+
+
+def _freeze_start_up_heap() -> None:
     """Freeze the start-up heap out of the garbage collector's sight (`gc.freeze`), once the worker
     has loaded the application and its views.
 

@@ -394,3 +394,9 @@ def _count(context: RequestContext, receipts: Receipts, published: list[dict[str
 
 # One per process: concurrent small requests of a tenant are flushed together.
 _groups: GroupCommitter[_Request] = GroupCommitter(_flush)
+
+
+def serve_with_threads(threads: int) -> None:
+    """This process answers requests on `threads` threads (gunicorn's worker says so at start):
+    a group holding all of them has nothing more to wait for."""
+    _groups.serve_with_threads(threads)

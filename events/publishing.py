@@ -191,6 +191,11 @@ class GroupCommitter(Generic[Member]):
     group commit of databases' write-ahead logs. A group never holds more than
     `GROUP_COMMIT_MAX_EVENTS` events or the broker's size budget.
 
+    Nor does a group wait for anyone once every request thread of the process is inside
+    `submit` (`serve_with_threads`: gunicorn's gthread worker says how many it runs). No thread is
+    left to bring another request, so waiting out the gather window only stalls the process: with
+    50 clients on 8 threads it held every full group for the whole window.
+
     While the tenant's requests have overlapped in the last `OVERLAP_MEMORY_SECONDS` (several
     clients at once), a new group also waits up to `GROUP_COMMIT_GATHER_SECONDS` for requests that
     have not announced themselves yet: under a steady stream of requests that seldom overlap, most
@@ -213,7 +218,19 @@ class GroupCommitter(Generic[Member]):
         self._flushing: Counter[str] = Counter()  # groups being flushed, by tenant
         self._overlapped: dict[str, float] = {}  # when a request last arrived beside another, by tenant
         self._waiting = 0  # leaders waiting for a change: only then is there anyone to notify
+        self._inside = 0  # threads inside `submit`, any tenant
+        self._threads: int | None = None  # request threads of the process, when the server says
         self._local = threading.local()
+
+    def serve_with_threads(self, threads: int) -> None:
+        """The process answers requests on `threads` threads (and no more): a group that holds all
+        of them, with none announced, is flushed at once."""
+        self._threads = threads
+
+    @property
+    def request_threads(self) -> int | None:
+        """The request threads the server said it runs (None: not told, so never assumed)."""
+        return self._threads
 
     def expecting(self, tenant: str, events: int) -> contextlib.AbstractContextManager[None]:
         """Wrap a request's path to `submit`: a leader flushing meanwhile waits for it.
@@ -253,6 +270,7 @@ class GroupCommitter(Generic[Member]):
         """Flush `member` with whatever else of `tenant` is concurrent; raise its own failure."""
         self._arrived(tenant)
         with self._changed:
+            self._inside += 1
             group = self._open.get(tenant)
             leader = group is None or not self._fits(group, events, size)
             if leader:
@@ -266,10 +284,14 @@ class GroupCommitter(Generic[Member]):
             if not self._fits(group, 1, 0):
                 group.full = True
             self._notify()
-        if leader:
-            self._lead(group)
-        elif not group.done.wait(self.MEMBER_WAIT_SECONDS):
-            raise BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS)
+        try:
+            if leader:
+                self._lead(group)
+            elif not group.done.wait(self.MEMBER_WAIT_SECONDS):
+                raise BrokerUnavailable(settings.BROKER_RETRY_AFTER_SECONDS)
+        finally:
+            with self._changed:
+                self._inside -= 1  # fewer inside only shortens no wait: nobody to notify
         if group.error is not None:
             raise group.error
         outcome = group.outcomes[position]
@@ -307,6 +329,8 @@ class GroupCommitter(Generic[Member]):
                     now = time.monotonic()
                     if self._pending[tenant] > 0 or self._flushing[tenant] > 0:
                         remaining = deadline - now
+                    elif self._threads is not None and self._inside >= self._threads:
+                        break  # every request thread is in a group: nothing more can come
                     else:
                         remaining = gather_until - now
                     if remaining <= 0:

@@ -264,7 +264,7 @@ class GroupCommitter(Generic[Member]):
             self._pending[tenant] -= 1
             if self._pending[tenant] <= 0:
                 del self._pending[tenant]
-            self._notify()
+                self._notify()  # a leader waits for none of them any more
 
     def submit(self, *, tenant: str, member: Member, events: int, size: int) -> None:
         """Flush `member` with whatever else of `tenant` is concurrent; raise its own failure."""
@@ -273,6 +273,10 @@ class GroupCommitter(Generic[Member]):
             self._inside += 1
             group = self._open.get(tenant)
             leader = group is None or not self._fits(group, events, size)
+            closed = leader and group is not None
+            if closed:
+                assert group is not None
+                group.full = True  # no longer open, so nobody else can join it: its leader may go
             if leader:
                 group = _Group(tenant)
                 self._open[tenant] = group
@@ -283,7 +287,10 @@ class GroupCommitter(Generic[Member]):
             group.bytes += size
             if not self._fits(group, 1, 0):
                 group.full = True
-            self._notify()
+            # Wake the waiting leaders only when one of them may stop waiting: a group filled or
+            # closed, or every request thread inside. A member that merely joins changes no wait.
+            if group.full or closed or (self._threads is not None and self._inside >= self._threads):
+                self._notify()
         try:
             if leader:
                 self._lead(group)
@@ -299,7 +306,12 @@ class GroupCommitter(Generic[Member]):
             raise outcome
 
     def _notify(self) -> None:
-        """Wake the waiting leaders to look again (the caller holds the condition's lock)."""
+        """Wake the waiting leaders to look again (the caller holds the condition's lock).
+
+        Called only on a change that can end a leader's wait (a tenant's last announced request
+        arrived, its last flush ended, a group filled or closed, every request thread inside):
+        each wake-up costs the process a thread switch, and under 50 clients waking the leader
+        for every arrival was 6 % of the API's samples."""
         if self._waiting:
             self._changed.notify_all()
 
@@ -350,7 +362,7 @@ class GroupCommitter(Generic[Member]):
                     self._flushing[tenant] -= 1
                     if self._flushing[tenant] <= 0:
                         del self._flushing[tenant]
-                    self._notify()
+                        self._notify()  # the tenant's next group waits for no flush now
         except BaseException as exc:  # every member must hear the outcome, whatever it is
             group.error = exc
             raise

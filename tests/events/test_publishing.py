@@ -436,21 +436,22 @@ def fresh_groups(monkeypatch: pytest.MonkeyPatch) -> GroupCommitter[Any]:
     return groups
 
 
-def _overlap(tenant: str) -> None:
+def _overlap(tenant: str, groups: GroupCommitter[Any] | None = None) -> None:
     """Two requests of `tenant` in flight at once, as when several clients send together."""
     import threading
 
+    committer = groups or events.ingestion._groups
     first_in, second_done = threading.Event(), threading.Event()
 
     def first() -> None:
-        with events.ingestion._groups.expecting(tenant, 1):
+        with committer.expecting(tenant, 1):
             first_in.set()
             second_done.wait(5)
 
     thread = threading.Thread(target=first)
     thread.start()
     assert first_in.wait(5)
-    with events.ingestion._groups.expecting(tenant, 1):
+    with committer.expecting(tenant, 1):
         pass
     second_done.set()
     thread.join(timeout=5)
@@ -579,3 +580,40 @@ def test_a_group_still_gathers_while_a_request_thread_is_free(
     assert time.monotonic() - started >= 1.0  # a fourth thread could still bring one
     assert [_accepted(outcome) for outcome in outcomes] == [["e-0"], ["e-1"], ["e-2"]]
     assert len(_queued_messages()) == 1
+
+
+def test_a_group_that_a_newcomer_does_not_fit_is_flushed_without_waiting_out_the_gather(
+    settings: Any,
+) -> None:
+    import threading
+    import time
+
+    settings.GROUP_COMMIT_MAX_EVENTS = 10
+    flushed: list[tuple[list[str], float]] = []
+    started = time.monotonic()
+
+    def flush(tenant: str, members: list[str]) -> list[BaseException | None]:
+        flushed.append((members, time.monotonic() - started))
+        return [None] * len(members)
+
+    groups: GroupCommitter[str] = GroupCommitter(flush)
+    groups.OVERLAP_MEMORY_SECONDS = 30.0
+    _windows(settings, gather=3.0, overlapped=False)
+    _overlap("acme", groups)  # acme's groups gather from now on
+    first = threading.Thread(
+        target=groups.submit, kwargs={"tenant": "acme", "member": "a", "events": 6, "size": 0}
+    )
+    first.start()
+    first.join(timeout=0.3)
+    assert first.is_alive()  # gathering
+
+    second = threading.Thread(
+        target=groups.submit, kwargs={"tenant": "acme", "member": "b", "events": 6, "size": 0}
+    )
+    second.start()  # 12 events do not fit: a group of its own, and the first one is closed
+    first.join(timeout=10)
+    second.join(timeout=10)
+
+    assert [members for members, _ in flushed] == [["a"], ["b"]]
+    assert flushed[0][1] < 2.0  # closed, not held for the rest of its 3 s window
+    assert 3.0 <= flushed[1][1] < 4.5  # the second one gathered for its own window (not the 5 s linger)

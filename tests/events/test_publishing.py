@@ -547,39 +547,26 @@ def test_the_gather_never_outlasts_the_linger(settings: Any, fresh_groups: Group
     assert time.monotonic() - started < 3.0
 
 
-def test_a_group_holding_every_request_thread_is_flushed_without_waiting_out_the_gather(
-    settings: Any, fresh_groups: GroupCommitter[Any]
+@pytest.mark.parametrize(("request_threads", "all_inside"), [(3, True), (4, False)])
+def test_a_group_gathers_only_while_a_request_thread_is_free_to_bring_another(
+    settings: Any, fresh_groups: GroupCommitter[Any], request_threads: int, all_inside: bool
 ) -> None:
     import time
 
-    fresh_groups.serve_with_threads(3)
-    _windows(settings, gather=3.0)
+    fresh_groups.serve_with_threads(request_threads)
+    _windows(settings, gather=2.0)
 
     started = time.monotonic()
     outcomes = _ingest_concurrently(3)
     elapsed = time.monotonic() - started
 
     assert [_accepted(outcome) for outcome in outcomes] == [["e-0"], ["e-1"], ["e-2"]]
-    assert elapsed < 2.0  # not the 3 s window: no thread was left to bring another request
-    messages = _queued_messages()
-    assert len(messages) == 1
-    assert fresh_groups.request_threads == 3
-
-
-def test_a_group_still_gathers_while_a_request_thread_is_free(
-    settings: Any, fresh_groups: GroupCommitter[Any]
-) -> None:
-    import time
-
-    fresh_groups.serve_with_threads(4)
-    _windows(settings, gather=1.0)
-
-    started = time.monotonic()
-    outcomes = _ingest_concurrently(3)
-
-    assert time.monotonic() - started >= 1.0  # a fourth thread could still bring one
-    assert [_accepted(outcome) for outcome in outcomes] == [["e-0"], ["e-1"], ["e-2"]]
     assert len(_queued_messages()) == 1
+    assert fresh_groups.request_threads == request_threads
+    if all_inside:
+        assert elapsed < 1.5  # not the 2 s window: no thread was left to bring another request
+    else:
+        assert elapsed >= 2.0  # a fourth thread could still bring one
 
 
 def test_a_group_that_a_newcomer_does_not_fit_is_flushed_without_waiting_out_the_gather(

@@ -272,11 +272,10 @@ class GroupCommitter(Generic[Member]):
         with self._changed:
             self._inside += 1
             group = self._open.get(tenant)
-            leader = group is None or not self._fits(group, events, size)
-            closed = leader and group is not None
-            if closed:
-                assert group is not None
-                group.full = True  # no longer open, so nobody else can join it: its leader may go
+            closed = group is not None and not self._fits(group, events, size)
+            if closed and group is not None:
+                group.full = True  # replaced below, so nobody else can join it: its leader may go
+            leader = group is None or closed
             if leader:
                 group = _Group(tenant)
                 self._open[tenant] = group

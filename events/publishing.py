@@ -288,7 +288,7 @@ class GroupCommitter(Generic[Member]):
                 group.full = True
             # Wake the waiting leaders only when one of them may stop waiting: a group filled or
             # closed, or every request thread inside. A member that merely joins changes no wait.
-            if group.full or closed or (self._threads is not None and self._inside >= self._threads):
+            if group.full or closed or self._every_thread_inside():
                 self._notify()
         try:
             if leader:
@@ -303,6 +303,11 @@ class GroupCommitter(Generic[Member]):
         outcome = group.outcomes[position]
         if outcome is not None:
             raise outcome
+
+    def _every_thread_inside(self) -> bool:
+        """Whether every request thread of the process is inside `submit`, so none is left to
+        bring another request (never, when the server did not say how many it runs)."""
+        return self._threads is not None and self._inside >= self._threads
 
     def _notify(self) -> None:
         """Wake the waiting leaders to look again (the caller holds the condition's lock).
@@ -340,8 +345,8 @@ class GroupCommitter(Generic[Member]):
                     now = time.monotonic()
                     if self._pending[tenant] > 0 or self._flushing[tenant] > 0:
                         remaining = deadline - now
-                    elif self._threads is not None and self._inside >= self._threads:
-                        break  # every request thread is in a group: nothing more can come
+                    elif self._every_thread_inside():
+                        break  # nothing more can come
                     else:
                         remaining = gather_until - now
                     if remaining <= 0:

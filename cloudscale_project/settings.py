@@ -376,8 +376,8 @@ RATE_LIMIT_TENANT_READ_BURST = env_int("CLOUDSCALE_RATE_LIMIT_TENANT_READ_BURST"
 PUBLISH_ATTEMPTS = env_int("CLOUDSCALE_PUBLISH_ATTEMPTS", 3, minimum=1)
 # Group commit: concurrent small publishes of one tenant in one API process share one broker message
 # (each request still answers only once it is in the broker); the linger is the most a publish
-# waits for the others (events/publishing.py). 0 turns it off.
-GROUP_COMMIT_LINGER_SECONDS = env_float("CLOUDSCALE_GROUP_COMMIT_LINGER_MS", 16.0) / 1000
+# waits for the others on their way (events/publishing.py). 0 turns it off.
+GROUP_COMMIT_LINGER_SECONDS = env_float("CLOUDSCALE_GROUP_COMMIT_LINGER_MS", 32.0) / 1000
 GROUP_COMMIT_MAX_EVENTS = env_int("CLOUDSCALE_GROUP_COMMIT_MAX_EVENTS", 100, minimum=1)
 # While a tenant's requests overlap in a process (several clients at once), a group also waits this
 # long for requests not yet on their way, never past the linger: PostgreSQL's commit_delay with

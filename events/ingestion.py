@@ -6,6 +6,7 @@ and each decision is counted in the ledger and the metrics.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -394,6 +395,13 @@ def _count(context: RequestContext, receipts: Receipts, published: list[dict[str
 
 # One per process: concurrent small requests of a tenant are flushed together.
 _groups: GroupCommitter[_Request] = GroupCommitter(_flush)
+
+
+def expecting_publish(tenant: str, events: int) -> contextlib.AbstractContextManager[None]:
+    """Announce a request of `tenant` with `events` events before its own checks and parsing: a
+    group of the tenant flushing meanwhile waits for it, within the linger (`ingest_events`
+    announces it again, which then adds nothing)."""
+    return _groups.expecting(tenant, events)
 
 
 def serve_with_threads(threads: int) -> None:

@@ -237,10 +237,17 @@ class GroupCommitter(Generic[Member]):
 
         A request of more events than a group takes announces nothing (it will be flushed alone);
         one that ends without submitting (errors) stops being waited for when the block ends.
-        Not reentrant: one announcement per request.
+        One announcement per request thread: a request announced earlier (the rate limiter
+        announces a single event before it is parsed) stays announced once, and announcing
+        another tenant (its key changed meanwhile) ends the earlier announcement.
         """
         if not few_enough_to_group(events):
             return nullcontext()
+        earlier = getattr(self._local, "pending", None)
+        if earlier == tenant:
+            return nullcontext()
+        if earlier is not None:
+            self._arrived(earlier)
         return self._expecting(tenant)
 
     @contextmanager

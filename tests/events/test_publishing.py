@@ -405,6 +405,72 @@ def test_other_tenants_announcements_do_not_hold_a_leader(settings: Any) -> None
     assert elapsed < 2.5
 
 
+def test_a_request_announced_earlier_is_announced_once() -> None:
+    groups: GroupCommitter[Any] = GroupCommitter(events.ingestion._flush)
+
+    with groups.expecting("acme", 1):  # the rate limiter's announcement
+        with groups.expecting("acme", 1):  # the ingestion service's, in the same request
+            assert groups._pending == {"acme": 1}
+        assert groups._pending == {"acme": 1}  # still on its way until the request's block ends
+
+    assert groups._pending == {}
+
+
+def test_announcing_another_tenant_ends_the_earlier_announcement() -> None:
+    groups: GroupCommitter[Any] = GroupCommitter(events.ingestion._flush)
+
+    with groups.expecting("acme", 1), groups.expecting("globex", 1):  # the key's tenant changed meanwhile
+        assert groups._pending == {"globex": 1}  # no acme leader waits for a request that is not coming
+
+    assert groups._pending == {}
+
+
+def _announced_at_the_rate_limiter(monkeypatch: pytest.MonkeyPatch, tenant: str) -> list[int]:
+    """For each rate-limited request from now on: how many of `tenant`'s requests were announced to
+    the group commit when the rate limiter decided."""
+    import events.middleware
+
+    seen: list[int] = []
+    real = events.middleware.check_rate_limits
+
+    def recorded(**kwargs: Any) -> Any:
+        seen.append(events.ingestion._groups._pending.get(tenant, 0))
+        return real(**kwargs)
+
+    monkeypatch.setattr(events.middleware, "check_rate_limits", recorded)
+    return seen
+
+
+def test_a_single_event_is_announced_before_its_rate_limits_once_its_key_is_cached(
+    client: Client, acme: Actor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = _announced_at_the_rate_limiter(monkeypatch, acme.slug)
+
+    for i in range(3):
+        body = json.dumps({"event_type": "click", "user_id": f"u-{i}"})
+        response = client.post("/api/events", data=body, content_type="application/json", **acme.headers)
+        assert response.status_code == 202, response.content
+
+    assert seen == [0, 1, 1]  # the first request put the key in the process's cache
+    assert events.ingestion._groups._pending == {}  # every announcement ended with its request
+
+
+def test_a_batch_is_not_announced_before_it_is_parsed(
+    client: Client, acme: Actor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = _announced_at_the_rate_limiter(monkeypatch, acme.slug)
+
+    for i in range(2):
+        body = json.dumps({"events": [{"event_type": "click", "user_id": f"u-{i}"}]})
+        response = client.post(
+            "/api/events/batch", data=body, content_type="application/json", **acme.headers
+        )
+        assert response.status_code == 202, response.content
+
+    assert seen == [0, 0]
+    assert events.ingestion._groups._pending == {}
+
+
 def test_flower_sees_a_summary_of_the_message_not_its_events(settings: Any) -> None:
     from kombu import Queue
 

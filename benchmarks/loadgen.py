@@ -431,7 +431,7 @@ class LoadSummary:
         return [*self.accepted_ids, *self.duplicate_ids]
 
     def latency_ms(self, percentile: float) -> float | None:
-        return _percentile(self.latencies, percentile) * 1000 if self.latencies else None
+        return nearest_rank_percentile(self.latencies, percentile) * 1000 if self.latencies else None
 
     def add(self, sent: int, outcome: RequestOutcome) -> None:
         self.sent += sent
@@ -466,7 +466,7 @@ class LoadSummary:
         }
 
 
-def _percentile(values: list[float], percentile: float) -> float:
+def nearest_rank_percentile(values: list[float], percentile: float) -> float:
     """Nearest-rank percentile (the value below which `percentile` % of the samples fall)."""
     ordered = sorted(values)
     rank = max(1, math.ceil(percentile / 100 * len(ordered)))

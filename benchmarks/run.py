@@ -38,6 +38,8 @@ Sizes and tuning come from the environment (defaults in brackets):
   CLOUDSCALE_BENCH_NAIVE_EVENTS [5000]     events of the naive run
   CLOUDSCALE_BENCH_LATENCY_CLIENTS [50]    concurrent clients of the latency runs
   CLOUDSCALE_BENCH_LATENCY_REQUESTS [3000] requests per latency run (API and floor each)
+  CLOUDSCALE_BENCH_LATENCY_ROUNDS [3]      latency runs of each side, floor and API alternating (each side
+                                           first in every other round); the figures pool the rounds
   CLOUDSCALE_BENCH_API_WORKERS [2]         gunicorn worker processes (threads: GUNICORN_THREADS, 8)
   CLOUDSCALE_BENCH_AUTOSCALE [unset]       the worker's --autoscale max,min (unset: `make run`'s default;
                                            postgres stack: 2,2)
@@ -85,8 +87,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +162,9 @@ class BenchConfig:
     naive_events: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_NAIVE_EVENTS", 5_000))
     latency_clients: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_LATENCY_CLIENTS", 50))
     latency_requests: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_LATENCY_REQUESTS", 3_000))
+    latency_rounds: int = field(
+        default_factory=lambda: env_int("CLOUDSCALE_BENCH_LATENCY_ROUNDS", 3, minimum=1)
+    )
     api_workers: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_API_WORKERS", 2))
     autoscale: str = field(default_factory=lambda: os.environ.get("CLOUDSCALE_BENCH_AUTOSCALE", ""))
     open_rate: float = field(default_factory=lambda: float(env_int("CLOUDSCALE_BENCH_OPEN_RATE", 200)))
@@ -423,6 +429,7 @@ class CpuMeter:
         self.seconds: dict[str, float] = {}
         self.worker_main_seconds = 0.0
         self.others_cores = 0.0  # average CPU cores used by processes outside this run
+        self.wall = 0.0  # seconds the block ran
         self._start: dict[str, float] = {}
         self._service_start: dict[int, float] = {}
 
@@ -479,6 +486,22 @@ class CpuMeter:
         self.worker_main_seconds = max(0.0, delta["worker_main"])  # part of "worker", not added again
         others = delta["machine_busy"] - sum(self.seconds.values())
         self.others_cores = max(0.0, others / delta["wall"]) if delta["wall"] > 0 else 0.0
+        self.wall = delta["wall"]
+
+    @classmethod
+    def combined(cls, meters: Sequence[CpuMeter]) -> CpuMeter:
+        """One meter for several blocks of the same stack, as if they had run as one."""
+        first = meters[0]
+        total = cls.__new__(cls)
+        total._stack, total.roles = first._stack, first.roles
+        total.services, total.ours = first.services, first.ours
+        total.seconds = {role: sum(m.seconds.get(role, 0.0) for m in meters) for role in first.ours}
+        total.worker_main_seconds = sum(m.worker_main_seconds for m in meters)
+        total.wall = sum(m.wall for m in meters)
+        busy_elsewhere = sum(m.others_cores * m.wall for m in meters)
+        total.others_cores = busy_elsewhere / total.wall if total.wall > 0 else 0.0
+        total._start, total._service_start = {}, {}
+        return total
 
     def per_thousand(self, events: int, unit: str = "events") -> str:
         parts = [f"{role} {self.per_thousand_of(role, events):.2f}" for role in self.ours]
@@ -836,6 +859,32 @@ class LatencyResult:
     accepted: int
     cpu: CpuMeter
     messages: int | None = None  # broker messages the accepted requests took (group commit)
+    latencies: list[float] = field(default_factory=list, repr=False)  # seconds, every answered request
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.seconds
+
+    @classmethod
+    def pooled(cls, rounds: Sequence[LatencyResult]) -> LatencyResult:
+        """The rounds of one side as one run: requests and seconds added, percentiles over every
+        request of every round."""
+        from benchmarks.loadgen import nearest_rank_percentile
+
+        latencies = sorted(latency for result in rounds for latency in result.latencies)
+        messages = [result.messages for result in rounds]
+        return cls(
+            p50_ms=nearest_rank_percentile(latencies, 50) * 1000,
+            p95_ms=nearest_rank_percentile(latencies, 95) * 1000,
+            p99_ms=nearest_rank_percentile(latencies, 99) * 1000,
+            requests=sum(result.requests for result in rounds),
+            seconds=sum(result.seconds for result in rounds),
+            failures=sum(result.failures for result in rounds),
+            accepted=sum(result.accepted for result in rounds),
+            cpu=CpuMeter.combined([result.cpu for result in rounds]),
+            messages=None if None in messages else sum(m for m in messages if m is not None),
+            latencies=latencies,
+        )
 
     def line(self) -> str:
         return (
@@ -886,7 +935,59 @@ def run_latency(
         accepted=summary.accepted if path is None else 0,
         cpu=cpu,
         messages=_messages_since(messages_before) if path is None else None,
+        latencies=summary.latencies,
     )
+
+
+@dataclass
+class LatencyRounds:
+    """The latency phase: the floor's and the API's runs under the same clients, alternating."""
+
+    floor_rounds: list[LatencyResult]
+    api_rounds: list[LatencyResult]
+
+    @cached_property
+    def floor(self) -> LatencyResult:
+        return LatencyResult.pooled(self.floor_rounds)
+
+    @cached_property
+    def api(self) -> LatencyResult:
+        return LatencyResult.pooled(self.api_rounds)
+
+    @property
+    def single_vs_floor(self) -> float:
+        """Single events' requests/s over the floor's, every round of each side together."""
+        return self.api.per_second / self.floor.per_second
+
+    def ratios(self) -> list[float]:
+        """Single events' requests/s over the floor's, round by round."""
+        pairs = zip(self.floor_rounds, self.api_rounds, strict=True)
+        return [api.per_second / floor.per_second for floor, api in pairs]
+
+
+def run_latency_rounds(stack: Platform, config: BenchConfig) -> LatencyRounds:
+    """`latency_rounds` runs of the trivial view and of single events, each side first in every other
+    round, so a machine that speeds up or slows down during the phase weighs on both sides alike
+    (one run of each, minutes apart on a noisy machine, moved the ratio by a third). Only the
+    first round of single events is profiled (CLOUDSCALE_BENCH_PROFILE)."""
+    from benchmarks.sidebyside import in_round_order
+
+    rounds = LatencyRounds(floor_rounds=[], api_rounds=[])
+    sides = {"floor": rounds.floor_rounds, "api": rounds.api_rounds}
+    for round_ in range(1, config.latency_rounds + 1):
+        for side, results in in_round_order(sides, round_):
+            seed = 1 + 2 * round_ + (0 if side == "floor" else 1)
+            if side == "floor":
+                results.append(run_latency(stack, config, path="/bench/noop", seed=seed))
+            else:
+                profile = config.profile_dir if round_ == 1 else ""
+                results.append(run_latency(stack, config, path=None, seed=seed, profile=profile))
+        floor, api = rounds.floor_rounds[-1], rounds.api_rounds[-1]
+        _step(
+            f"  round {round_}: single events {api.per_second:,.0f} req/s, floor {floor.per_second:,.0f} "
+            f"({api.per_second / floor.per_second:.2f})"
+        )
+    return rounds
 
 
 @dataclass
@@ -1087,8 +1188,7 @@ class Measured:
     sdk: E2EResult | None = None
     hot: E2EResult | None = None
     naive: E2EResult | None = None
-    floor: LatencyResult | None = None
-    api: LatencyResult | None = None
+    latency: LatencyRounds | None = None
     open_floor: OpenLoopResult | None = None
     open_api: OpenLoopResult | None = None
 
@@ -1187,9 +1287,11 @@ def measure(stack: Platform, config: BenchConfig) -> Measured:
         m.naive = run_naive(stack, config, events=config.naive_events)
         _step(f"  {m.naive.per_second:,.0f} events/s; {m.naive.cpu.per_thousand(m.naive.events)}")
     if "latency" in phases:
-        _step(f"latency: {config.latency_requests:,} requests from {config.latency_clients} clients, each")
-        m.floor = run_latency(stack, config, path="/bench/noop", seed=3)
-        m.api = run_latency(stack, config, path=None, seed=4, profile=config.profile_dir)
+        _step(
+            f"latency: {config.latency_rounds} rounds of {config.latency_requests:,} requests from "
+            f"{config.latency_clients} clients, each side"
+        )
+        m.latency = run_latency_rounds(stack, config)
     if "open" in phases:
         _step(f"open loop: {config.open_requests:,} requests at {config.open_rate:,.0f}/s, each")
         m.open_floor = run_open_loop(stack, config, path="/bench/noop", seed=5)
@@ -1306,17 +1408,19 @@ def _rows(config: BenchConfig, stack: Platform, m: Measured, memory: MemorySampl
         if batched is not None:
             rows.append(("ratio batched / naive", f"{batched.per_second / naive.per_second:.1f}x"))
     rows.append(("", ""))
-    if m.api is not None and m.floor is not None:
+    if m.latency is not None:
+        api, floor = m.latency.api, m.latency.floor
+        rounds = ", ".join(f"{ratio:.2f}" for ratio in m.latency.ratios())
         rows += [
-            (f"POST /api/events, {clients} clients", m.api.line()),
-            ("", m.api.grouping()),
-            ("", m.api.cpu.per_thousand(m.api.requests, "requests")),
-            ("", m.api.cpu.others()),
-            (f"floor: trivial view, {clients} clients", m.floor.line()),
-            ("", m.floor.cpu.per_thousand(m.floor.requests, "requests")),
-            ("", m.floor.cpu.others()),
-            ("ratio single / floor (req/s)", f"{_single_vs_floor(m):.2f}"),
-            ("ratio single / floor (p99)", f"{m.api.p99_ms / m.floor.p99_ms:.2f}"),
+            (f"POST /api/events, {clients} clients", api.line()),
+            ("", f"{api.requests:,} requests in {len(m.latency.api_rounds)} rounds; {api.grouping()}"),
+            ("", api.cpu.per_thousand(api.requests, "requests")),
+            ("", api.cpu.others()),
+            (f"floor: trivial view, {clients} clients", floor.line()),
+            ("", floor.cpu.per_thousand(floor.requests, "requests")),
+            ("", floor.cpu.others()),
+            ("ratio single / floor (req/s)", f"{m.latency.single_vs_floor:.2f} (round by round: {rounds})"),
+            ("ratio single / floor (p99)", f"{api.p99_ms / floor.p99_ms:.2f}"),
         ]
     if m.open_api is not None and m.open_floor is not None:
         rows += [
@@ -1335,11 +1439,6 @@ def _rows(config: BenchConfig, stack: Platform, m: Measured, memory: MemorySampl
         ("peak memory, worker (Celery)", memory.line("worker")),
     ]
     return rows
-
-
-def _single_vs_floor(m: Measured) -> float:
-    assert m.api is not None and m.floor is not None
-    return (m.api.requests / m.api.seconds) / (m.floor.requests / m.floor.seconds)
 
 
 def _figures(config: BenchConfig, m: Measured, memory: MemorySampler) -> dict[str, Any]:
@@ -1364,15 +1463,17 @@ def _figures(config: BenchConfig, m: Measured, memory: MemorySampler) -> dict[st
             figures["hot_ratio"] = round(m.batched.per_second / m.hot.per_second, 2)
     if m.naive is not None and m.batched is not None:
         figures["ratio_vs_naive"] = round(m.batched.per_second / m.naive.per_second, 1)
-    if m.api is not None and m.floor is not None:
+    if m.latency is not None:
+        api, floor = m.latency.api, m.latency.floor
         figures |= {
-            "p99_ms": round(m.api.p99_ms, 1),
-            "floor_p99_ms": round(m.floor.p99_ms, 1),
-            "single_req_per_s": round(m.api.requests / m.api.seconds),
-            "single_cpu_ms": round(m.api.cpu.per_thousand_total(m.api.requests), 2),
-            "single_worker_cpu_ms": round(m.api.cpu.per_thousand_of("worker", m.api.requests), 2),
-            "single_vs_floor": round(_single_vs_floor(m), 2),
-            "single_per_message": round(m.api.accepted / m.api.messages, 2) if m.api.messages else None,
+            "p99_ms": round(api.p99_ms, 1),
+            "floor_p99_ms": round(floor.p99_ms, 1),
+            "single_req_per_s": round(api.per_second),
+            "single_cpu_ms": round(api.cpu.per_thousand_total(api.requests), 2),
+            "single_worker_cpu_ms": round(api.cpu.per_thousand_of("worker", api.requests), 2),
+            "single_vs_floor": round(m.latency.single_vs_floor, 2),
+            "single_vs_floor_rounds": [round(ratio, 2) for ratio in m.latency.ratios()],
+            "single_per_message": round(api.accepted / api.messages, 2) if api.messages else None,
         }
     if m.open_api is not None and m.open_floor is not None:
         figures |= {
@@ -1465,13 +1566,14 @@ def main(argv: list[str] | None = None) -> int:
     print("CloudScale benchmark")
     print(_table(rows))
     print()
+    single = m.latency.api if m.latency is not None else None
     phases = [
         (name, result.cpu, n, unit)
         for name, result, n, unit in [
             ("batched", m.batched, m.batched.events if m.batched else 0, "events"),
             ("batched, one address", m.hot, m.hot.events if m.hot else 0, "events"),
             ("naive", m.naive, m.naive.events if m.naive else 0, "events"),
-            ("single-event POST, closed loop", m.api, m.api.requests if m.api else 0, "requests"),
+            ("single-event POST, closed loop", single, single.requests if single else 0, "requests"),
             (
                 "single-event POST, open loop",
                 m.open_api,

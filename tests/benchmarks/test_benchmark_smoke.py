@@ -86,10 +86,16 @@ def test_it_prints_the_table_and_ends_with_the_result_line() -> None:
     assert "500 events, batches of 250, 2 clients, embedded stack" in table
     assert "the worker at up to" in table
     assert re.search(r"at that CPU cost [\d,]+ req/s need \d+\.\d\d of the \d+ cores", table)
+    # The latency phase alternates the floor's and the API's runs, three of each by default.
+    assert re.search(
+        r"ratio single / floor \(req/s\)\s+\d+\.\d\d \(round by round: (\d+\.\d\d, ){2}\d+\.\d\d\)", table
+    )
+    assert "300 requests in 3 rounds" in table
     figures = next(line for line in lines if line.startswith("FIGURES "))
     assert '"make_run_cpu_s_per_1k"' in figures
     measured = json.loads(figures.removeprefix("FIGURES "))
     assert measured["reference_loop_ms"] > 0
+    assert len(measured["single_vs_floor_rounds"]) == 3
     # The worker's main process is a part of the worker, measured apart: never all of it. It may
     # read nothing here: process CPU times tick every 10 ms, and on a fast machine this run's
     # 1,000 events cost the main process about 5 ms.

@@ -150,10 +150,10 @@ def _announced(request: HttpRequest, guess: KeyGuess | None) -> contextlib.Abstr
     its rate limits, authentication and parsing, so a group flushing meanwhile waits for it.
 
     Announced only where the ingestion service starts, the concurrent requests still on their way
-    there were not waited for: on a machine whose cores were slow, a group gathered 3.7-4.2
-    events in its window, and with this, 6.5-7.4 (docs/benchmarks.md, "Levers, twenty-third
-    round"). The key is the cached guess the rate limiter confirms; a wrong guess only makes a
-    group wait for a request that never joins it, within the linger."""
+    there were not waited for: on a machine whose cores were slow, a group under 50 clients
+    gathered 3.9-4.2 events, and with this (and the 32 ms linger) 6.3-6.8 (docs/benchmarks.md,
+    "Levers, twenty-third round"). The key is the cached guess the rate limiter confirms; a wrong
+    guess only makes a group wait for a request that never joins it, within the linger."""
     if guess is None or request.method != "POST" or request.path != _SINGLE_EVENT_PATH:
         return contextlib.nullcontext()
     tenant = guess.api_key.tenant

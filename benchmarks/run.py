@@ -491,16 +491,12 @@ class CpuMeter:
     @classmethod
     def combined(cls, meters: Sequence[CpuMeter]) -> CpuMeter:
         """One meter for several blocks of the same stack, as if they had run as one."""
-        first = meters[0]
-        total = cls.__new__(cls)
-        total._stack, total.roles = first._stack, first.roles
-        total.services, total.ours = first.services, first.ours
-        total.seconds = {role: sum(m.seconds.get(role, 0.0) for m in meters) for role in first.ours}
+        total = cls(meters[0]._stack)
+        total.seconds = {role: sum(m.seconds.get(role, 0.0) for m in meters) for role in total.ours}
         total.worker_main_seconds = sum(m.worker_main_seconds for m in meters)
         total.wall = sum(m.wall for m in meters)
         busy_elsewhere = sum(m.others_cores * m.wall for m in meters)
         total.others_cores = busy_elsewhere / total.wall if total.wall > 0 else 0.0
-        total._start, total._service_start = {}, {}
         return total
 
     def per_thousand(self, events: int, unit: str = "events") -> str:

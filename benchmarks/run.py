@@ -885,7 +885,7 @@ class LatencyResult:
     def line(self) -> str:
         return (
             f"p50 {self.p50_ms:.1f} ms  p95 {self.p95_ms:.1f} ms  p99 {self.p99_ms:.1f} ms  "
-            f"({self.requests / self.seconds:,.0f} req/s, {self.failures} not 202)"
+            f"({self.per_second:,.0f} req/s, {self.failures} not 202)"
         )
 
     def grouping(self) -> str:

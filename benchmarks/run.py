@@ -981,7 +981,7 @@ def run_latency_rounds(stack: Platform, config: BenchConfig) -> LatencyRounds:
         floor, api = rounds.floor_rounds[-1], rounds.api_rounds[-1]
         _step(
             f"  round {round_}: single events {api.per_second:,.0f} req/s, floor {floor.per_second:,.0f} "
-            f"({api.per_second / floor.per_second:.2f})"
+            f"({rounds.ratios()[-1]:.2f})"
         )
     return rounds
 

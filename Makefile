@@ -9,6 +9,10 @@ export PORT FLOWER_PORT
 # expression; PYTEST_ARGS adds other pytest arguments (not `-m`: a second -m replaces the first).
 MARKERS ?=
 PYTEST_ARGS ?=
+# Each pytest run spreads its tests over JOBS worker processes (pytest-xdist; JOBS=0: one process).
+# Most tests wait on a server or a process they started, so two keep both cores busy.
+JOBS ?= 2
+XDIST = $(if $(filter-out 0,$(JOBS)),-n $(JOBS) --dist worksteal)
 # Every pytest run ends with its slowest tests, so each CI log shows where the suite's time goes.
 DURATIONS ?= --durations=30 --durations-min=1.0
 
@@ -58,11 +62,11 @@ test: install-test
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy .
-	$(BIN)/python -m pytest $(if $(MARKERS),-m "$(MARKERS)") $(DURATIONS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(if $(MARKERS),-m "$(MARKERS)") $(DURATIONS) $(PYTEST_ARGS)
 	@echo "--- the core suite again on PostgreSQL (127.0.0.1:5432) ---"
-	CLOUDSCALE_TEST_DATABASE=postgresql $(BIN)/python -m pytest -m "core$(if $(MARKERS), and ($(MARKERS)))" $(DURATIONS) $(PYTEST_ARGS)
+	CLOUDSCALE_TEST_DATABASE=postgresql $(BIN)/python -m pytest $(XDIST) -m "core$(if $(MARKERS), and ($(MARKERS)))" $(DURATIONS) $(PYTEST_ARGS)
 	@echo "--- the core suite again with RabbitMQ (127.0.0.1:5672) as broker ---"
-	CLOUDSCALE_TEST_BROKER=rabbitmq $(BIN)/python -m pytest -m "core$(if $(MARKERS), and ($(MARKERS)))" $(DURATIONS) $(PYTEST_ARGS)
+	CLOUDSCALE_TEST_BROKER=rabbitmq $(BIN)/python -m pytest $(XDIST) -m "core$(if $(MARKERS), and ($(MARKERS)))" $(DURATIONS) $(PYTEST_ARGS)
 
 # STACK=postgres: the same bench on PostgreSQL (127.0.0.1:5432) and RabbitMQ (127.0.0.1:5672).
 STACK ?= embedded

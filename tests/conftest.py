@@ -71,6 +71,33 @@ def pytest_report_header(config: pytest.Config) -> str:
     )
 
 
+# The fault suite's per-scenario counts travel in test reports under this name (tests/faults/), so
+# that the summary is whole when pytest-xdist runs the scenarios in worker processes: only the
+# controller prints it, and these hooks live here because the controller loads no deeper conftest.
+FAULT_SUMMARY_PROPERTY = "fault_summary"
+_fault_summary: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "teardown":
+        _fault_summary.extend(
+            str(value) for name, value in report.user_properties if name == FAULT_SUMMARY_PROPERTY
+        )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _fault_summary:
+        terminalreporter.section("fault suite")
+        for line in _fault_summary:
+            terminalreporter.write_line(line)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the run's state folder; the pytest-xdist controller has one too (tests/settings.py)."""
+    if settings.configured and settings.STATE_DIR.name.startswith("cloudscale-test-"):
+        shutil.rmtree(settings.STATE_DIR, ignore_errors=True)
+
+
 class EmbeddedRedis:
     """The test run's embedded Redis server; tests may stop and restart it (same port, same data)."""
 

@@ -9,7 +9,9 @@ on every backend (see tests/README.md and `make test`):
   CLOUDSCALE_TEST_BROKER   = embedded (default) | rabbitmq | redis
 
 The embedded Redis server gets a free port and a temporary state folder of its own, so a test run
-never touches `make run`'s data.
+never touches `make run`'s data. Under pytest-xdist each worker process is a test run of its own in
+this sense: it configures afresh (its state folder, Redis port, queue names and PostgreSQL test
+database), while the processes a test starts inherit their worker's choices.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from tests.netutil import free_port
 
 
 def _configure_test_environment() -> None:
-    if os.environ.get("CLOUDSCALE_TEST_CONFIGURED") == "1":
+    # pytest-xdist names each worker (gw0, gw1…) in PYTEST_XDIST_WORKER; the controller has none.
+    run = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    if os.environ.get("CLOUDSCALE_TEST_CONFIGURED") == run:
         return  # a child process of the test run inherits the parent's choices
-    state_dir = tempfile.mkdtemp(prefix="cloudscale-test-")
-    os.environ["CLOUDSCALE_TEST_CONFIGURED"] = "1"
+    state_dir = tempfile.mkdtemp(prefix=f"cloudscale-test-{run}-")
+    os.environ["CLOUDSCALE_TEST_CONFIGURED"] = run
     os.environ["CLOUDSCALE_STATE_DIR"] = state_dir
     os.environ["CLOUDSCALE_EMBEDDED_REDIS_PORT"] = str(free_port())
     os.environ["CLOUDSCALE_EMBEDDED_REDIS_FSYNC"] = "everysec"
@@ -80,3 +84,12 @@ if DATABASES["default"]["ENGINE"].endswith("postgresql"):
 # 0.2 s per user created or login checked, and the admin tests create one each. No test is about
 # password hashing; processes the tests start read this module too, so they agree on the hasher.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+if os.environ.get("CLOUDSCALE_TEST_BROKER", "embedded") != "embedded":
+    # A broker that several runs share (RabbitMQ, Redis): remote control and monitoring get exchanges
+    # of this run's own. Otherwise a worker named `w1@host` in two runs would declare the same
+    # exclusive `w1@host.celery.pidbox` queue (RabbitMQ refuses the second: RESOURCE_LOCKED), and an
+    # autoscale broadcast of one run would reach the other's workers.
+    _RUN = os.environ["CLOUDSCALE_QUEUE"].rsplit("-", 1)[-1]
+    CELERY_CONTROL_EXCHANGE = f"cloudscale-test-{_RUN}"
+    CELERY_EVENT_EXCHANGE = f"cloudscale-test-{_RUN}-ev"

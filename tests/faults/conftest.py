@@ -1,14 +1,18 @@
-"""The fault suite's counts (sent / 202 / stored / duplicates / lost per scenario) in the terminal summary."""
+"""The fault suite's counts (sent / 202 / stored / duplicates / lost per scenario) travel in each
+scenario's test report, for `tests/conftest.py` to print in the terminal summary."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
+from tests.conftest import FAULT_SUMMARY_PROPERTY
 from tests.faults.harness import SUMMARY
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if SUMMARY:
-        terminalreporter.section("fault suite")
-        for line in SUMMARY:
-            terminalreporter.write_line(line)
+@pytest.fixture(autouse=True)
+def _report_the_scenario_counts(request: pytest.FixtureRequest) -> Iterator[None]:
+    already = len(SUMMARY)
+    yield
+    request.node.user_properties.extend((FAULT_SUMMARY_PROPERTY, line) for line in SUMMARY[already:])

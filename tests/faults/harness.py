@@ -35,7 +35,7 @@ from tests.events.pipeline_support import platform_counter
 from tests.netutil import free_port
 
 CONNECTION_ERROR = "connection error"
-# One line per scenario run, printed in the terminal summary (tests/faults/conftest.py).
+# One line per scenario run; tests/faults/conftest.py puts each test's lines in its report.
 SUMMARY: list[str] = []
 
 

@@ -93,7 +93,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Remove the run's state folder; the pytest-xdist controller has one too (tests/settings.py)."""
+    """Remove the run's state folder, in each pytest-xdist worker and in the controller, which has
+    one too (tests/settings.py)."""
     if settings.configured and settings.STATE_DIR.name.startswith("cloudscale-test-"):
         shutil.rmtree(settings.STATE_DIR, ignore_errors=True)
 
@@ -126,9 +127,7 @@ def embedded_redis_server() -> Iterator[EmbeddedRedis]:
     server = EmbeddedRedis()
     server.start()
     yield server
-    server.stop()
-    if settings.STATE_DIR.name.startswith("cloudscale-test-"):
-        shutil.rmtree(settings.STATE_DIR, ignore_errors=True)
+    server.stop()  # its data goes with the run's state folder (pytest_unconfigure)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -74,11 +74,12 @@ _configure_test_environment()
 from cloudscale_project.settings import *  # noqa: E402, F403
 from cloudscale_project.settings import DATABASES  # noqa: E402
 
+# What tells this run's names apart on a server that several runs share: its queue's suffix.
+_RUN_ID = os.environ["CLOUDSCALE_QUEUE"].rsplit("-", 1)[-1]
+
 if DATABASES["default"]["ENGINE"].endswith("postgresql"):
     # Several test runs may share one PostgreSQL server: each gets its own test database.
-    DATABASES["default"]["TEST"] = {
-        "NAME": f"test_cloudscale_{os.environ['CLOUDSCALE_QUEUE'].rsplit('-', 1)[-1]}"
-    }
+    DATABASES["default"]["TEST"] = {"NAME": f"test_cloudscale_{_RUN_ID}"}
 
 # Django's own advice for test speed: the default hasher (PBKDF2, a million iterations) costs about
 # 0.2 s per user created or login checked, and the admin tests create one each. No test is about
@@ -90,6 +91,5 @@ if os.environ.get("CLOUDSCALE_TEST_BROKER", "embedded") != "embedded":
     # of this run's own. Otherwise a worker named `w1@host` in two runs would declare the same
     # exclusive `w1@host.celery.pidbox` queue (RabbitMQ refuses the second: RESOURCE_LOCKED), and an
     # autoscale broadcast of one run would reach the other's workers.
-    _RUN = os.environ["CLOUDSCALE_QUEUE"].rsplit("-", 1)[-1]
-    CELERY_CONTROL_EXCHANGE = f"cloudscale-test-{_RUN}"
-    CELERY_EVENT_EXCHANGE = f"cloudscale-test-{_RUN}-ev"
+    CELERY_CONTROL_EXCHANGE = f"cloudscale-test-{_RUN_ID}"
+    CELERY_EVENT_EXCHANGE = f"cloudscale-test-{_RUN_ID}-ev"

@@ -72,7 +72,7 @@ def _configure_test_environment() -> None:
 _configure_test_environment()
 
 from cloudscale_project.settings import *  # noqa: E402, F403
-from cloudscale_project.settings import DATABASES  # noqa: E402
+from cloudscale_project.settings import BROKER_URL, DATABASES, EMBEDDED_REDIS_URL  # noqa: E402
 
 # What tells this run's names apart on a server that several runs share: its queue's suffix.
 _RUN_ID = os.environ["CLOUDSCALE_QUEUE"].rsplit("-", 1)[-1]
@@ -86,8 +86,8 @@ if DATABASES["default"]["ENGINE"].endswith("postgresql"):
 # password hashing; processes the tests start read this module too, so they agree on the hasher.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
-if os.environ.get("CLOUDSCALE_TEST_BROKER", "embedded") != "embedded":
-    # A broker that several runs share (RabbitMQ, Redis): remote control and monitoring get exchanges
+if not BROKER_URL.startswith(EMBEDDED_REDIS_URL):
+    # A broker that several runs may share (RabbitMQ, Redis, any CLOUDSCALE_BROKER_URL): remote control and monitoring get exchanges
     # of this run's own. Otherwise a worker named `w1@host` in two runs would declare the same
     # exclusive `w1@host.celery.pidbox` queue (RabbitMQ refuses the second: RESOURCE_LOCKED), and an
     # autoscale broadcast of one run would reach the other's workers.

@@ -102,7 +102,17 @@ def client_ip_from(peer: str, forwarded_for: str | None, networks: Sequence[Netw
     return hops[0] if hops else peer
 
 
+# Where a request keeps its client address once worked out.
+_CLIENT_IP_ATTRIBUTE = "_cloudscale_client_ip"
+
+
 def client_ip(request: HttpRequest) -> str:
-    return client_ip_from(
-        request.META.get("REMOTE_ADDR", ""), request.META.get("HTTP_X_FORWARDED_FOR"), trusted_proxies()
-    )
+    """The request's client address (`client_ip_from`), worked out once a request: the rate
+    limiter and the ingest view both ask, and with a trusted proxy it parses two addresses."""
+    known: str | None = getattr(request, _CLIENT_IP_ATTRIBUTE, None)
+    if known is None:
+        known = client_ip_from(
+            request.META.get("REMOTE_ADDR", ""), request.META.get("HTTP_X_FORWARDED_FOR"), trusted_proxies()
+        )
+        setattr(request, _CLIENT_IP_ATTRIBUTE, known)
+    return known

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.test import Client
+from django.test import Client, RequestFactory
 
 from events import enrichment
 from events.enrichment import client_ip_from
@@ -40,6 +40,22 @@ def test_client_ip_follows_the_trusted_proxy_rule(
     peer: str, forwarded_for: str | None, expected: str
 ) -> None:
     assert client_ip_from(peer, forwarded_for, NETS) == expected
+
+
+def test_client_ip_is_worked_out_once_a_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rate limiter and the ingest view both ask; the addresses are parsed for the first."""
+    calls: list[tuple[str, str | None]] = []
+
+    def counting(peer: str, forwarded_for: str | None, networks: Any) -> str:
+        calls.append((peer, forwarded_for))
+        return client_ip_from(peer, forwarded_for, NETS)
+
+    monkeypatch.setattr(enrichment, "client_ip_from", counting)
+    first = RequestFactory().post("/api/events", REMOTE_ADDR="10.0.0.5", HTTP_X_FORWARDED_FOR="1.2.3.4")
+    second = RequestFactory().post("/api/events", REMOTE_ADDR="10.0.0.5", HTTP_X_FORWARDED_FOR="5.6.7.8")
+    assert [enrichment.client_ip(first), enrichment.client_ip(first)] == ["1.2.3.4", "1.2.3.4"]
+    assert enrichment.client_ip(second) == "5.6.7.8"  # each request its own
+    assert calls == [("10.0.0.5", "1.2.3.4"), ("10.0.0.5", "5.6.7.8")]
 
 
 @pytest.fixture

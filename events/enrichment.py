@@ -107,8 +107,9 @@ _CLIENT_IP_ATTRIBUTE = "_cloudscale_client_ip"
 
 
 def client_ip(request: HttpRequest) -> str:
-    """The request's client address (`client_ip_from`), worked out once a request: the rate
-    limiter and the ingest view both ask, and with a trusted proxy it parses two addresses."""
+    """The request's client address (`client_ip_from`), worked out once a request: its rate limit
+    and its ingestion both ask (`/api/` and SDK endpoints alike), and with a trusted proxy it
+    parses two addresses."""
     known: str | None = getattr(request, _CLIENT_IP_ATTRIBUTE, None)
     if known is None:
         known = client_ip_from(

@@ -179,3 +179,46 @@ def test_the_raw_insert_writes_every_column_of_the_tables() -> None:
     """A field added to a model must be added to the INSERT too (its default is not the database's)."""
     for model, fields in ((CartCheck, services._CHECK_FIELDS), (CartPurchase, services._PURCHASE_FIELDS)):
         assert set(fields) == {f.name for f in model._meta.concrete_fields if not f.primary_key}
+
+
+def test_the_index_the_cancelling_update_names_is_the_users_index_of_the_checks() -> None:
+    """`INDEXED BY` names an index by its name: renaming the model's index must fail here, not in
+    a worker's UPDATE ("no such index")."""
+    users_index = next(
+        index for index in CartCheck._meta.indexes if index.name == services.CHECKS_CANCEL_INDEX
+    )
+    assert users_index.fields == ["tenant", "user_id", "status"]
+
+
+@pytest.mark.parametrize("purchases", [1, 3])
+def test_the_cancelling_update_searches_the_purchasing_users_checks_on_sqlite(purchases: int) -> None:
+    """For a lone purchase SQLite's planner, with no statistics, took the (status, due_at) index
+    and walked every pending check due after the purchase (docs/decisions.md, "Cancelling a cart's
+    checks names its index")."""
+    if connection.vendor != "sqlite":
+        pytest.skip(f"SQLite's query plans; this run's database is {connection.vendor}")
+    bought = [
+        ("acme", f"p-{n}", f"u{n}", "2026-03-14 09:30:00", "2026-03-14 09:31:00") for n in range(purchases)
+    ]
+    sql, params = services.checks_cancel_statement(tenant="acme", purchases=bought, now="2026-03-14 09:31:00")
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
+        plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+    assert f"USING INDEX {services.CHECKS_CANCEL_INDEX} (tenant=? AND user_id=? AND status=?)" in plan, plan
+    assert "cart_check_due" not in plan, plan
+
+
+def test_a_lone_purchase_cancels_only_its_users_covered_checks() -> None:
+    """The single-purchase UPDATE, as a one-event message sends it: among many pending checks of
+    other users, only the buyer's checks whose window holds the purchase are cancelled."""
+    carts = [_event("add_to_cart", at=_TIMES[0], user=f"u{n}") for n in range(50)]
+    late = _event("add_to_cart", at="2026-03-14T09:45:00.000000Z", user="u7")  # added after the purchase
+    cart_events_record(tenant="acme", events=[*carts, late])
+    cart_events_record(
+        tenant="acme", events=[_event("purchase", at="2026-03-14T09:40:00.000000Z", user="u7")]
+    )
+    cancelled = CartCheck.objects.filter(tenant="acme", status=CartCheck.Status.CANCELLED)
+    assert list(cancelled.values_list("event_id", flat=True)) == [
+        next(e["event_id"] for e in carts if e["user_id"] == "u7")
+    ]
+    assert CartCheck.objects.filter(tenant="acme", status=CartCheck.Status.PENDING).count() == 50

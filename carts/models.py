@@ -8,6 +8,10 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
+# A user's pending checks, which a purchase cancels: named here because the cancelling UPDATE names
+# it too, on SQLite (carts/services.py, `checks_cancel_statement`).
+CART_CHECK_USER_INDEX = "cart_check_user"
+
 
 class CartCheck(models.Model):
     """A scheduled cart-abandonment check: one per add_to_cart event, due 30 min of event time later."""
@@ -35,7 +39,7 @@ class CartCheck(models.Model):
         constraints = [models.UniqueConstraint(fields=["tenant", "event_id"], name="cart_check_once")]
         indexes = [
             models.Index(fields=["status", "due_at"], name="cart_check_due"),
-            models.Index(fields=["tenant", "user_id", "status"], name="cart_check_user"),
+            models.Index(fields=["tenant", "user_id", "status"], name=CART_CHECK_USER_INDEX),
         ]
         ordering = ["due_at"]
 

@@ -36,7 +36,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Min, Model
 
-from carts.models import CartAbandonment, CartCheck, CartPurchase
+from carts.models import CART_CHECK_USER_INDEX, CartAbandonment, CartCheck, CartPurchase
 from carts.webhooks import DeliveryResult, webhook_post
 from cloudscale_project.dbtime import db_time, db_time_after
 from cloudscale_project.metrics import platform_incr
@@ -140,10 +140,6 @@ def _checks_cancel(cursor: SqlCursor, *, tenant: str, purchases: Sequence[tuple[
     cursor.execute(*checks_cancel_statement(tenant=tenant, purchases=purchases, now=now))
 
 
-# The index the cancelling UPDATE must search: the purchasing users' own pending checks.
-CHECKS_CANCEL_INDEX = "cart_check_user"
-
-
 def checks_cancel_statement(
     *, tenant: str, purchases: Sequence[tuple[Any, ...]], now: Any
 ) -> tuple[str, list[Any]]:
@@ -161,7 +157,7 @@ def checks_cancel_statement(
     quote = connection.ops.quote_name
     table = quote(CartCheck._meta.db_table)
     if connection.vendor == "sqlite":
-        table += f" INDEXED BY {quote(CHECKS_CANCEL_INDEX)}"
+        table += f" INDEXED BY {quote(CART_CHECK_USER_INDEX)}"
     tenant_, user, added, due, status, resolved = (
         _column(CartCheck, name)
         for name in ("tenant", "user_id", "added_at", "due_at", "status", "resolved_at")

@@ -13,7 +13,7 @@ from django.db import connection
 from django.db.models import Q
 
 from carts import services
-from carts.models import CartCheck, CartPurchase
+from carts.models import CART_CHECK_USER_INDEX, CartCheck, CartPurchase
 from carts.services import cart_events_record
 from cloudscale_project.timeutil import parse_iso
 
@@ -182,11 +182,9 @@ def test_the_raw_insert_writes_every_column_of_the_tables() -> None:
 
 
 def test_the_index_the_cancelling_update_names_is_the_users_index_of_the_checks() -> None:
-    """`INDEXED BY` names an index by its name: renaming the model's index must fail here, not in
-    a worker's UPDATE ("no such index")."""
-    users_index = next(
-        index for index in CartCheck._meta.indexes if index.name == services.CHECKS_CANCEL_INDEX
-    )
+    """`INDEXED BY` names an index: the name must be the model's index of a user's checks by status
+    (SQLite refuses the UPDATE, "no such index", where it is not)."""
+    users_index = next(index for index in CartCheck._meta.indexes if index.name == CART_CHECK_USER_INDEX)
     assert users_index.fields == ["tenant", "user_id", "status"]
 
 
@@ -204,7 +202,7 @@ def test_the_cancelling_update_searches_the_purchasing_users_checks_on_sqlite(pu
     with connection.cursor() as cursor:
         cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
         plan = " ".join(str(row[-1]) for row in cursor.fetchall())
-    assert f"USING INDEX {services.CHECKS_CANCEL_INDEX} (tenant=? AND user_id=? AND status=?)" in plan, plan
+    assert f"USING INDEX {CART_CHECK_USER_INDEX} (tenant=? AND user_id=? AND status=?)" in plan, plan
     assert "cart_check_due" not in plan, plan
 
 

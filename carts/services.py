@@ -123,7 +123,8 @@ def cart_events_record(*, tenant: str, events: Sequence[dict[str, Any]]) -> None
         _rows_insert(cursor, CartCheck, _CHECK_FIELDS, checks)
         _rows_insert(cursor, CartPurchase, _PURCHASE_FIELDS, purchases)
         for start in range(0, len(purchases), _CANCEL_CHUNK):
-            _checks_cancel(cursor, tenant=tenant, purchases=purchases[start : start + _CANCEL_CHUNK], now=now)
+            chunk = purchases[start : start + _CANCEL_CHUNK]
+            cursor.execute(*checks_cancel_statement(tenant=tenant, purchases=chunk, now=now))
 
 
 def _rows_insert(
@@ -135,15 +136,11 @@ def _rows_insert(
         cursor.execute(*insert_rows(model, fields, chunk, suffix="ON CONFLICT DO NOTHING"))
 
 
-def _checks_cancel(cursor: SqlCursor, *, tenant: str, purchases: Sequence[tuple[Any, ...]], now: Any) -> None:
-    """Cancel the user's pending checks with added_at <= purchased_at < due_at, for each purchase."""
-    cursor.execute(*checks_cancel_statement(tenant=tenant, purchases=purchases, now=now))
-
-
 def checks_cancel_statement(
     *, tenant: str, purchases: Sequence[tuple[Any, ...]], now: Any
 ) -> tuple[str, list[Any]]:
-    """The UPDATE that cancels what `purchases` cover, and its parameters.
+    """The UPDATE that cancels the users' pending checks with added_at <= purchased_at < due_at,
+    for each of `purchases`, and its parameters.
 
     It must search the (tenant, user_id, status) index: a purchase cancels its own user's few
     checks. The redundant `user_id IN (…)` lets the planner use that index under the OR. On SQLite

@@ -397,13 +397,17 @@ PROCESS_MAX_ATTEMPTS = env_int("CLOUDSCALE_PROCESS_MAX_ATTEMPTS", 5, minimum=1)
 # is not run again: its events become MaxRetriesExceeded dead letters on the next delivery
 # (events/deliveries.py). Small, because each loss also kills the other batches of that process.
 WORKER_LOSSES_MAX = env_int("CLOUDSCALE_MAX_WORKER_LOSSES", 3, minimum=1)
-# Small batch messages waiting in a worker for a free pool process go to it as one job and one
+# Batch messages waiting in a worker for a free pool process go to it as one job and one
 # pipeline run, each message still acked or retried on its own (events/coalescing.py). Off on
 # Service Bus: a process there prefetches one message, so none wait.
 WORKER_MERGE_MESSAGES = env_bool("CLOUDSCALE_WORKER_MERGE_MESSAGES", not _SERVICE_BUS)
 # While such messages come close together, a job that gets a pool process waits this long for more
 # before it starts: later processing by that much, never a later 202. 0 = run whatever waits, no more.
 WORKER_GATHER_SECONDS = env_float("CLOUDSCALE_WORKER_GATHER_MS", 50.0) / 1000
+# The most events in one such job. Full 500-event batches run together too, four to a job: one
+# store transaction writes an index page once for all of them (docs/decisions.md, "Small messages
+# run together in the worker").
+WORKER_JOB_EVENTS = env_int("CLOUDSCALE_WORKER_JOB_EVENTS", 4 * MAX_BATCH_EVENTS, minimum=1)
 RETRY_BACKOFF_BASE_SECONDS = env_float("CLOUDSCALE_RETRY_BACKOFF_BASE", 1.0)
 RETRY_BACKOFF_MAX_SECONDS = env_float("CLOUDSCALE_RETRY_BACKOFF_MAX", 60.0)
 CART_ABANDONMENT_MINUTES = env_int("CLOUDSCALE_CART_ABANDONMENT_MINUTES", 30, minimum=1)

@@ -1,11 +1,17 @@
-"""Small batch messages queued behind each other in a worker run as one pipeline job.
+"""Batch messages queued behind each other in a worker run as one pipeline job.
 
 A single-event request costs the worker a message's fixed work, most of it Celery's and the
 pipeline's rather than the event's: a pool round trip, a delivery count, a fraud script, a store
 transaction (docs/benchmarks.md). Under load, messages wait in the worker's main process for a free
 pool process anyway (Celery's semaphore of pool slots). When a slot frees, the waiting
-`events.process_batch` messages that fit one batch (`MAX_BATCH_EVENTS` events in all) go to it as
-one job instead of one each; with a free slot a message goes at once, alone, as Celery sends it.
+`events.process_batch` messages that fit one job (`WORKER_JOB_EVENTS` events in all, four full
+batches by default) go to it as one job instead of one each; with a free slot a message goes at
+once, alone, as Celery sends it. Full batches gain too: on SQLite one store transaction writes each
+changed index page once for the whole job, not once per message.
+
+A big body is not decoded in this process (events/message_bodies.py): its event count comes from
+the `cloudscale_events` header the API's publisher sets (`EVENTS_HEADER`). A big message without
+that header runs alone.
 
 In the job each message is still its own Celery task: the pool process runs Celery's tracer for
 each in turn (its signals, logging, retry and failure handling), and the main process acks,
@@ -50,7 +56,7 @@ from events.pipeline import (
     default_pipeline,
     parse_message,
 )
-from events.publishing import TASK_NAME
+from events.publishing import EVENTS_HEADER, TASK_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +72,8 @@ TraceCall = tuple[str, str, dict[str, Any], Any, str | None, str | None]
 
 
 class Coalescer:
-    """The worker consumer's `on_task_request`: small batch messages wait for a pool slot here,
-    and a slot takes every waiting one that fits one batch.
+    """The worker consumer's `on_task_request`: batch messages wait for a pool slot here, and a
+    slot takes every waiting one that fits one job.
 
     Each waiting message holds a place in Celery's semaphore of pool slots, as Celery's own path
     does. A place that comes up after its message already left with an earlier job hands the slot
@@ -81,7 +87,7 @@ class Coalescer:
 
     A message held here does not count against the worker's prefetch until its job ends (`_hold`),
     so the jobs of a backlog, or of a gather, are not bounded by the prefetch but by
-    `JOB_MESSAGES_MAX` and one batch's events.
+    `JOB_MESSAGES_MAX` and `WORKER_JOB_EVENTS`.
     """
 
     def __init__(
@@ -94,7 +100,7 @@ class Coalescer:
     ) -> None:
         self._controller = controller
         self._qos = qos  # the consumer's prefetch (kombu QoS), once it has one
-        self._credited: set[str] = set()  # ids of held messages that added one to the prefetch
+        self._credited: dict[str, int] = {}  # held messages that added one to the prefetch: id → events
         self._fallback = fallback  # Celery's own: every other message goes this way
         self._timer = timer  # the consumer's event-loop timer; None: no gathering
         self._waiting: deque[Any] = deque()
@@ -114,7 +120,7 @@ class Coalescer:
         if (
             self._open is not None
             and len(self._open) < JOB_MESSAGES_MAX
-            and self._open_events + events <= settings.MAX_BATCH_EVENTS
+            and self._open_events + events <= settings.WORKER_JOB_EVENTS
         ):
             self._open.append(request)
             self._open_events += events
@@ -130,23 +136,30 @@ class Coalescer:
 
     def _hold(self, request: Any) -> None:
         """A message held here, not in the pool, does not count against the prefetch: one more may
-        come, so a backlog of small messages reaches the pool in jobs of more than the prefetch.
-        The credit is given back when the message's job ends (`_release`), up to a bound per pool
-        process, so the worker never holds more than a few jobs' worth beyond its prefetch."""
+        come, so a backlog reaches the pool in jobs of more than the prefetch. The credit is given
+        back when the message's job ends (`_release`), up to a bound per pool process of messages
+        and of events (a full job each), so the worker never holds more than a job's worth a pool
+        process beyond its prefetch: another worker still gets its share of a backlog."""
         qos = self._qos()
-        bound = JOB_MESSAGES_MAX * max(1, int(self._controller.pool.num_processes))
-        if qos is None or len(self._credited) >= bound:
+        processes = max(1, int(self._controller.pool.num_processes))
+        events = event_count(request)
+        if (
+            qos is None
+            or len(self._credited) >= JOB_MESSAGES_MAX * processes
+            or sum(self._credited.values()) + events > settings.WORKER_JOB_EVENTS * processes
+        ):
             return
         before = qos.value
         qos.increment_eventually()
         if qos.value > before:  # not at the consumer's maximum, nor unlimited (0)
-            self._credited.add(request.id)
+            self._credited[request.id] = events
 
     def _release(self, requests: Sequence[Any]) -> None:
         credited = [r.id for r in requests if r.id in self._credited]
         qos = self._qos()
         if credited and qos is not None:
-            self._credited.difference_update(credited)
+            for request_id in credited:
+                del self._credited[request_id]
             qos.decrement_eventually(len(credited))
 
     def _on_slot(self, *, gather: bool = False) -> None:
@@ -158,7 +171,7 @@ class Coalescer:
         while (
             self._waiting
             and len(job) < JOB_MESSAGES_MAX
-            and events + event_count(self._waiting[0]) <= settings.MAX_BATCH_EVENTS
+            and events + event_count(self._waiting[0]) <= settings.WORKER_JOB_EVENTS
         ):
             events += event_count(self._waiting[0])
             job.append(self._waiting.popleft())
@@ -249,19 +262,23 @@ class Coalescer:
 
 
 def mergeable(request: Any) -> bool:
-    """A first delivery of a batch message that leaves room in a batch for another."""
+    """A first delivery of a batch message whose size is known and leaves room in a job for another."""
     if request.task_name != TASK_NAME or not settings.WORKER_MERGE_MESSAGES:
-        return False
-    if body_left_to_pool(request.message):  # big: its events are not even decoded here
         return False
     if settings.PROCESS_MAX_ATTEMPTS < 2:  # a run together must never be a last attempt
         return False
     if request.eta or request.request_dict.get("retries") or request.delivery_info.get("redelivered"):
         return False
-    return 0 < event_count(request) < settings.MAX_BATCH_EVENTS
+    return 0 < event_count(request) < settings.WORKER_JOB_EVENTS
 
 
 def event_count(request: Any) -> int:
+    """The message's events: counted where this process decoded its body, else from the publisher's
+    header (0 when it has none: such a message runs alone). The header only sizes the job; the pool
+    process decodes the events themselves."""
+    if body_left_to_pool(request.message):
+        count = request.request_dict.get(EVENTS_HEADER)
+        return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
     kwargs = request.kwargs
     events = kwargs.get("events") if isinstance(kwargs, dict) else None
     return len(events) if isinstance(events, list) else 0

@@ -16,7 +16,8 @@ request (events/tasks.py, `BatchRequest.on_failure`) dead-letters it byte-exact 
 process's copy, as the consumer does with a body it decoded itself (events/consumer.py).
 
 Small messages are still decoded in the main process: the coalescer needs their events
-(events/coalescing.py), and for them the decode costs little.
+(events/coalescing.py), and for them the decode costs little. A big body's event count, which the
+coalescer needs to size its jobs, comes from the message's `cloudscale_events` header instead.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from kombu.serialization import loads
 from cloudscale_project.serialization import ORJSON_CONTENT_TYPE
 from events.publishing import TASK_NAME
 
-# A body at least this big is left to the pool process: about 60 enriched events. The messages the
-# coalescer runs together (single events after the API's group commit) are far smaller.
+# A body at least this big is left to the pool process: about 60 enriched events. The messages of
+# single events after the API's group commit are far smaller.
 LEFT_TO_POOL_MIN_BYTES = 32 * 1024
 _JSON_CONTENT_TYPES = frozenset({ORJSON_CONTENT_TYPE, "application/json"})
 

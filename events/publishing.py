@@ -102,6 +102,11 @@ def _broker_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
 
 
+# The message header that carries its batch's event count: a worker's main process leaves big bodies
+# undecoded and sizes its jobs by it (events/coalescing.py).
+EVENTS_HEADER = "cloudscale_events"
+
+
 def publish_landed(task_id: str) -> bool:
     """Whether the broker has the message of `task_id`, from the receipt its transport wrote in the
     same MULTI. Raises a redis-py error (or OSError) while the broker cannot answer."""
@@ -130,6 +135,7 @@ def publish_events(*, tenant: str, events: Sequence[dict[str, Any]], correlation
                 "interval_max": 0.5,
             },
             ignore_result=True,
+            headers={EVENTS_HEADER: len(events)},
             # What Flower shows for the task: a summary, not Celery's repr of up to 500 events
             # (building that repr was a tenth of a single-event publish's CPU).
             argsrepr="()",

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psutil
 import pytest
 from celery.exceptions import Retry
@@ -18,10 +19,11 @@ from django.conf import settings as django_settings
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from cloudscale_project.celery import app
-from events.coalescing import JOB_MESSAGES_MAX, run_coalesced
+from events.coalescing import JOB_MESSAGES_MAX, Coalescer, run_coalesced
+from events.message_bodies import LEFT_TO_POOL_MIN_BYTES, BodyLeftToPool
 from events.models import DeadLetter, StoredEvent
 from events.pipeline import BatchMessage, BatchOutcome, Pipeline, RetryBatch, batch_process_together
-from events.publishing import TASK_NAME
+from events.publishing import EVENTS_HEADER, TASK_NAME, publish_events
 from events.stores.base import Event, NewEventsHook
 from events.stores.orm import OrmEventStore
 from events.tasks import process_batch
@@ -146,6 +148,60 @@ def test_messages_of_different_tenants_are_not_run_together() -> None:
         )
 
 
+class FakeQos:
+    """kombu's QoS as the consumer's prefetch: a count that held messages raise and give back."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def increment_eventually(self, n: int = 1) -> None:
+        self.value += n
+
+    def decrement_eventually(self, n: int = 1) -> None:
+        self.value -= n
+
+
+class NoFreeSlot:
+    """A pool whose one process is busy: every message waits in the coalescer."""
+
+    def __init__(self) -> None:
+        self.waiters: list[Any] = []
+        self.pool = type("Pool", (), {"num_processes": 1})()
+
+    @property
+    def semaphore(self) -> Any:
+        return type("Semaphore", (), {"acquire": lambda _, callback: self.waiters.append(callback)})()
+
+
+def waiting_request(*, events: int, left_to_pool: bool) -> Any:
+    message = type("Message", (), {})()
+    if left_to_pool:
+        message._decoded_cache = BodyLeftToPool()
+    request = type("Request", (), {})()
+    request.id = str(uuid.uuid4())
+    request.task_name = TASK_NAME
+    request.message = message
+    request.eta = None
+    request.delivery_info = {}
+    request.request_dict = {EVENTS_HEADER: events}
+    request.kwargs = {} if left_to_pool else {"events": [{}] * events}
+    return request
+
+
+@pytest.mark.parametrize(
+    ("events", "left_to_pool", "credited"), [(500, True, 4), (1, False, JOB_MESSAGES_MAX)]
+)
+def test_held_messages_add_to_the_prefetch_at_most_a_job_s_worth_a_pool_process(
+    settings: SettingsWrapper, events: int, left_to_pool: bool, credited: int
+) -> None:
+    settings.WORKER_JOB_EVENTS = 2000
+    qos = FakeQos(4)
+    coalescer = Coalescer(controller=NoFreeSlot(), fallback=lambda request: None, qos=lambda: qos)
+    for _ in range(40):
+        coalescer(waiting_request(events=events, left_to_pool=left_to_pool))
+    assert qos.value == 4 + credited
+
+
 @pytest.fixture
 def worker_app() -> None:
     """Our Celery app as the current one with the batch task in it, as in a worker's pool process."""
@@ -264,6 +320,42 @@ def test_a_worker_runs_the_messages_waiting_for_its_pool_as_one_job_and_acks_eac
     finally:
         worker.stop()
     assert queue_size() == 0, "a message left unacked comes back to the queue when its worker stops"
+
+
+def big_events(count: int) -> list[Event]:
+    """Events whose message is big enough that the worker's main process leaves it undecoded."""
+    return [enriched_event(properties={"note": "x" * 400}) for _ in range(count)]
+
+
+@pytest.mark.e2e
+def test_full_batches_waiting_for_the_pool_run_together_sized_by_their_header(
+    transactional_db: None, tmp_path: Path
+) -> None:
+    worker, pausing = paused_worker(tmp_path, 30)
+    try:
+        first = send([enriched_event()])
+        wait_until(lambda: f"[{first}] received" in worker.log(), timeout=60, message="the first message")
+        published = [big_events(100) for _ in range(3)]
+        for events in published:  # as the API publishes them: with their event count in a header
+            publish_events(tenant="acme", events=[dict(e) for e in events], correlation_id=str(uuid.uuid4()))
+        headerless = big_events(100)
+        send(headerless)  # a big body and no count: the main process cannot size it, so it runs alone
+        body = orjson.dumps([[], batch_kwargs("acme", published[0]), {}])
+        assert len(body) >= LEFT_TO_POOL_MIN_BYTES, "the bodies must be big enough to be left undecoded"
+        wait_until(lambda: worker.log().count("] received") == 5, timeout=60, message="all five received")
+        pausing.unlink()
+
+        everything = [e for events in [*published, headerless] for e in events]
+        wait_until(lambda: len(stored_ids()) == 1 + len(everything), timeout=90, message="every event stored")
+        wait_until(
+            lambda: worker.log().count("] succeeded") == 5, timeout=30, message="each message's success"
+        )
+        log = worker.log()
+        assert "processed 3 messages of tenant acme together" in log
+        assert "processed 4 messages" not in log
+    finally:
+        worker.stop()
+    assert queue_size() == 0
 
 
 @pytest.mark.e2e

@@ -15,7 +15,7 @@ import events.ingestion
 from cloudscale_project.errors import BrokerUnavailable
 from cloudscale_project.timeutil import utcnow
 from events.ingestion import Receipts, RequestContext, ingest_events
-from events.publishing import GroupCommitter, publish_events, split_for_broker
+from events.publishing import EVENTS_HEADER, GroupCommitter, publish_events, split_for_broker
 from tests.conftest import Actor
 
 pytestmark = [pytest.mark.django_db, pytest.mark.core]
@@ -471,7 +471,7 @@ def test_a_batch_is_not_announced_before_it_is_parsed(
     assert events.ingestion._groups._pending == {}
 
 
-def test_flower_sees_a_summary_of_the_message_not_its_events(settings: Any) -> None:
+def test_flower_sees_a_summary_of_the_message_and_a_worker_its_event_count(settings: Any) -> None:
     from kombu import Queue
 
     from cloudscale_project.celery import app
@@ -486,6 +486,8 @@ def test_flower_sees_a_summary_of_the_message_not_its_events(settings: Any) -> N
         message.headers["kwargsrepr"] == "{'tenant': 'acme', 'events': <3 event(s)>, 'correlation_id': 'c-9'}"
     )
     assert message.headers["argsrepr"] == "()"
+    # What a worker's main process, which leaves big bodies undecoded, sizes its jobs by.
+    assert message.headers[EVENTS_HEADER] == 3
     assert len(message.decode()[1]["events"]) == 3  # the events themselves are all there
 
 

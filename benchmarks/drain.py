@@ -16,6 +16,7 @@ side by side with B/A.
 Examples:
   .venv/bin/python benchmarks/drain.py
   .venv/bin/python benchmarks/drain.py --processes 1 --messages 60   # one process, the same events
+  .venv/bin/python benchmarks/drain.py --messages 25 --events 1000   # the same events, twice a message
   git worktree add /tmp/before HEAD~1
   .venv/bin/python benchmarks/drain.py --a-tree /tmp/before --b-tree . --rounds 5
 """
@@ -35,18 +36,19 @@ if __package__:  # imported as benchmarks.drain (the tests)
 else:  # a script, here or in a child on another tree: the module beside this file
     import sidebyside  # type: ignore[no-redef]
 
-BATCH = 500  # events per message: the bench's batches
+BATCH = 500  # events per message: the bench's batches (`--events` for others)
 FIGURES = ("events_per_s", "cpu_ms_per_message", "wall_s")
 
 
-def measure(*, processes: int, messages: int) -> dict[str, float]:
+def measure(*, processes: int, messages: int, events: int = BATCH) -> dict[str, float]:
     """One drain in this process's children (Django set up on a fresh SQLite database)."""
     with sidebyside.fresh_stack():
-        return _drain(processes=processes, messages=messages)
+        return _drain(processes=processes, messages=messages, size=events)
 
 
-def _messages(count: int) -> list[list[dict[str, Any]]]:
-    """`count` messages of the bench's traffic as the API enqueues them (enriched, JSON-decoded)."""
+def _messages(count: int, size: int = BATCH) -> list[list[dict[str, Any]]]:
+    """`count` messages of `size` events of the bench's traffic as the API enqueues them (enriched,
+    JSON-decoded)."""
     import orjson
 
     from benchmarks.loadgen import TrafficGenerator
@@ -58,7 +60,7 @@ def _messages(count: int) -> list[list[dict[str, Any]]]:
     received_at = utcnow()
     sent_at = isoformat_z(received_at)
     enriched = []
-    for planned in TrafficGenerator(seed=11).take(BATCH * count):
+    for planned in TrafficGenerator(seed=11).take(size * count):
         valid, errors = validate_event({**planned.event, "sent_at": sent_at})
         assert valid is not None, errors
         enriched.append(
@@ -72,10 +74,10 @@ def _messages(count: int) -> list[list[dict[str, Any]]]:
             )
         )
     events: list[dict[str, Any]] = orjson.loads(orjson_dumps(enriched))
-    return [events[start : start + BATCH] for start in range(0, len(events), BATCH)]
+    return [events[start : start + size] for start in range(0, len(events), size)]
 
 
-def _drain(*, processes: int, messages: int) -> dict[str, float]:
+def _drain(*, processes: int, messages: int, size: int = BATCH) -> dict[str, float]:
     from django.db import connections
 
     from events.models import StoredEvent
@@ -83,7 +85,7 @@ def _drain(*, processes: int, messages: int) -> dict[str, float]:
     from tenants.services import tenant_create
 
     tenant_create(slug="drain", name="Drain")
-    batches = _messages(processes * messages)
+    batches = _messages(processes * messages, size)
     connections.close_all()  # each child opens its own, as a pool process does
     # A pool process holds the message it runs, not every message of the drain: frozen, the batches
     # made here are out of the children's collector's sight (its full collections walked them),
@@ -115,8 +117,8 @@ def _drain(*, processes: int, messages: int) -> dict[str, float]:
     with os.fdopen(read_end) as reports:
         cpu_total = sum(float(line) for line in reports.read().split())
     stored = StoredEvent.objects.count()
-    if failed or stored != len(batches) * BATCH:
-        raise SystemExit(f"the drain stored {stored} of {len(batches) * BATCH} events ({len(failed)} failed)")
+    if failed or stored != len(batches) * size:
+        raise SystemExit(f"the drain stored {stored} of {len(batches) * size} events ({len(failed)} failed)")
     return {
         "events_per_s": round(stored / wall, 1),
         "cpu_ms_per_message": round(cpu_total / len(batches) * 1000, 2),
@@ -124,9 +126,11 @@ def _drain(*, processes: int, messages: int) -> dict[str, float]:
     }
 
 
-def run_tree(tree: str, *, processes: int, messages: int) -> dict[str, float]:
+def run_tree(tree: str, *, processes: int, messages: int, events: int = BATCH) -> dict[str, float]:
     """One drain in a child process running `tree`'s code on a database of its own."""
     arguments = ["--processes", str(processes), "--messages", str(messages)]
+    if events != BATCH:  # a checkout older than the option still runs the default
+        arguments += ["--events", str(events)]
     figures: dict[str, float] = sidebyside.measure_in_tree(__file__, tree, arguments)
     return figures
 
@@ -139,23 +143,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--processes", type=int, default=2, help="processes draining side by side (default: 2, as the bench)"
     )
+    parser.add_argument("--messages", type=int, default=30, help="messages per process (default: 30)")
     parser.add_argument(
-        "--messages", type=int, default=30, help=f"messages of {BATCH} events per process (default: 30)"
+        "--events",
+        type=int,
+        default=BATCH,
+        help=f"events per message (default: {BATCH}, the bench's batches)",
     )
     args = parser.parse_args(argv)
-    if args.processes < 1 or args.messages < 1:
-        parser.error("--processes and --messages must be at least 1")
+    if args.processes < 1 or args.messages < 1 or args.events < 1:
+        parser.error("--processes, --messages and --events must be at least 1")
     if args.measure:
-        print(json.dumps(measure(processes=args.processes, messages=args.messages)))
+        print(json.dumps(measure(processes=args.processes, messages=args.messages, events=args.events)))
         return 0
     trees = sidebyside.trees_of(args)
     results = sidebyside.alternate(
         trees,
         rounds=args.rounds,
-        measure=lambda tree: run_tree(tree, processes=args.processes, messages=args.messages),
+        measure=lambda tree: run_tree(
+            tree, processes=args.processes, messages=args.messages, events=args.events
+        ),
         tag="drain",
     )
-    caption = f"{args.processes} processes x {args.messages} messages of {BATCH} events, one SQLite file"
+    caption = (
+        f"{args.processes} processes x {args.messages} messages of {args.events} events, one SQLite file"
+    )
     # Three decimals: a fast machine drains the toy sizes in tens of milliseconds (wall_s is to 1 ms).
     sidebyside.print_medians(trees, results, FIGURES, caption=caption, heading="figure", digits=3)
     return 0

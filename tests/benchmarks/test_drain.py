@@ -50,4 +50,14 @@ def test_it_refuses_an_empty_drain() -> None:
     done = drain("--processes", "0")
 
     assert done.returncode == 2
-    assert "--processes and --messages must be at least 1" in done.stderr
+    assert "--processes, --messages and --events must be at least 1" in done.stderr
+
+
+def test_messages_of_another_size_store_every_event() -> None:
+    done = drain("--processes", "1", "--events", "120")
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1 processes x 2 messages of 120 events" in done.stdout
+    (report,) = [line for line in done.stderr.splitlines() if " B: " in line]
+    figures = json.loads(report.split(" B: ", 1)[1])
+    assert figures["events_per_s"] * figures["wall_s"] == pytest.approx(240, rel=0.05)

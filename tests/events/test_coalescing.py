@@ -19,7 +19,7 @@ from django.conf import settings as django_settings
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from cloudscale_project.celery import app
-from events.coalescing import JOB_MESSAGES_MAX, Coalescer, run_coalesced
+from events.coalescing import JOB_MESSAGES_MAX, Coalescer, event_count, mergeable, run_coalesced
 from events.message_bodies import LEFT_TO_POOL_MIN_BYTES, BodyLeftToPool
 from events.models import DeadLetter, StoredEvent
 from events.pipeline import BatchMessage, BatchOutcome, Pipeline, RetryBatch, batch_process_together
@@ -189,6 +189,26 @@ def waiting_request(*, events: int, left_to_pool: bool) -> Any:
 
 
 @pytest.mark.parametrize(
+    ("left_to_pool", "header", "count", "runs_together"),
+    [
+        (True, 500, 500, True),  # a big body this process did not decode: sized by its header
+        (True, None, 0, False),  # ... and without one (an older publisher's): it runs alone
+        (True, "500", 0, False),  # a header that is not a count is no count
+        (False, None, 500, True),  # a body decoded here is counted from its events
+    ],
+)
+def test_a_message_is_sized_by_its_events_or_else_its_header(
+    settings: SettingsWrapper, left_to_pool: bool, header: Any, count: int, runs_together: bool
+) -> None:
+    settings.WORKER_JOB_EVENTS = 2000
+    request = waiting_request(events=500, left_to_pool=left_to_pool)
+    request.request_dict = {} if header is None else {EVENTS_HEADER: header}
+
+    assert event_count(request) == count
+    assert mergeable(request) is runs_together
+
+
+@pytest.mark.parametrize(
     ("events", "left_to_pool", "credited"), [(500, True, 4), (1, False, JOB_MESSAGES_MAX)]
 )
 def test_held_messages_add_to_the_prefetch_at_most_a_job_s_worth_a_pool_process(
@@ -328,31 +348,25 @@ def big_events(count: int) -> list[Event]:
 
 
 @pytest.mark.e2e
-def test_full_batches_waiting_for_the_pool_run_together_sized_by_their_header(
-    transactional_db: None, tmp_path: Path
-) -> None:
+def test_full_batches_waiting_for_the_pool_run_together(transactional_db: None, tmp_path: Path) -> None:
     worker, pausing = paused_worker(tmp_path, 30)
     try:
         first = send([enriched_event()])
         wait_until(lambda: f"[{first}] received" in worker.log(), timeout=60, message="the first message")
         published = [big_events(100) for _ in range(3)]
-        for events in published:  # as the API publishes them: with their event count in a header
+        for events in published:  # as the API publishes them, with their event count in a header
             publish_events(tenant="acme", events=[dict(e) for e in events], correlation_id=str(uuid.uuid4()))
-        headerless = big_events(100)
-        send(headerless)  # a big body and no count: the main process cannot size it, so it runs alone
         body = orjson.dumps([[], batch_kwargs("acme", published[0]), {}])
-        assert len(body) >= LEFT_TO_POOL_MIN_BYTES, "the bodies must be big enough to be left undecoded"
-        wait_until(lambda: worker.log().count("] received") == 5, timeout=60, message="all five received")
+        assert len(body) >= LEFT_TO_POOL_MIN_BYTES, "big enough that a worker may leave them undecoded"
+        wait_until(lambda: worker.log().count("] received") == 4, timeout=60, message="all four received")
         pausing.unlink()
 
-        everything = [e for events in [*published, headerless] for e in events]
+        everything = [e for events in published for e in events]
         wait_until(lambda: len(stored_ids()) == 1 + len(everything), timeout=90, message="every event stored")
         wait_until(
-            lambda: worker.log().count("] succeeded") == 5, timeout=30, message="each message's success"
+            lambda: worker.log().count("] succeeded") == 4, timeout=30, message="each message's success"
         )
-        log = worker.log()
-        assert "processed 3 messages of tenant acme together" in log
-        assert "processed 4 messages" not in log
+        assert "processed 3 messages of tenant acme together" in worker.log()
     finally:
         worker.stop()
     assert queue_size() == 0

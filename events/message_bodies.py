@@ -54,12 +54,12 @@ def leave_body_to_pool(message: Message) -> bool:
         and headers.get("task") == TASK_NAME
         and headers.get("id")
         and message.content_type in _JSON_CONTENT_TYPES
-        and isinstance(body, bytes)
+        and isinstance(body, (bytes, str))  # bytes from Redis; text from RabbitMQ (kombu's pyamqp)
         and len(body) >= LEFT_TO_POOL_MIN_BYTES
-        and body[:1] == b"["  # protocol 2's list; a protocol-1 or hybrid body is an object
+        and body[:1] in (b"[", "[")  # protocol 2's list; a protocol-1 or hybrid body is an object
     ):
         return False
-    message._decoded_cache = BodyLeftToPool()  # kombu's memo of `payload` (kombu/message.py)
+    message._decoded_cache = BodyLeftToPool()  # type: ignore[attr-defined]  # kombu's memo of `payload` (kombu/message.py)
     return True
 
 

@@ -47,15 +47,15 @@ class RecordingPool:
         self.jobs.append((target, args))
 
 
-def _message(kwargs: dict[str, Any], *, body: bytes | None = None) -> Message:
-    """A batch message as the API publishes it; `body` replaces its encoded body."""
+def _message(kwargs: dict[str, Any], *, body: bytes | None = None, text: bool = False) -> Message:
+    """A batch message as the API publishes it; `body` replaces its encoded body. Bytes, as Redis's
+    transport gives it, or `text`, as kombu's RabbitMQ transport does."""
     task_id = str(uuid.uuid4())
     headers, properties, task_body, _ = app.amqp.as_task_v2(task_id, TASK_NAME, args=(), kwargs=kwargs)
     content_type, content_encoding, payload = dumps(task_body, serializer=ORJSON_SERIALIZER)
+    raw = payload if body is None else body
     return Message(
-        body=cast(
-            str, payload if body is None else body
-        ),  # bytes, as a transport gives it; the stubs say str
+        body=cast(str, raw.decode() if text and isinstance(raw, bytes) else raw),  # the stubs say str
         headers=headers,
         properties=properties,
         content_type=content_type,
@@ -117,10 +117,11 @@ def test_the_job_the_pool_process_gets_stores_the_batch() -> None:
 # --- big bodies left to the pool process (events/message_bodies.py) ---------------------------------
 
 
-def test_a_big_batch_is_decoded_by_the_pool_process_alone() -> None:
+@pytest.mark.parametrize("text", [False, True], ids=["bytes", "text"])
+def test_a_big_batch_is_decoded_by_the_pool_process_alone(text: bool) -> None:
     events = [enriched_event() for _ in range(200)]
-    message = _message(batch_kwargs("acme", events))
-    assert len(cast(bytes, message.body)) >= LEFT_TO_POOL_MIN_BYTES
+    message = _message(batch_kwargs("acme", events), text=text)
+    assert len(cast(str, message.body)) >= LEFT_TO_POOL_MIN_BYTES
 
     assert leave_body_to_pool(message)
     # kombu's memo of the decoded body answers for it, so Celery's strategy ('args' in payload) and
@@ -137,9 +138,10 @@ def test_a_big_batch_is_decoded_by_the_pool_process_alone() -> None:
 
 
 @pytest.mark.django_db(transaction=True)  # the task closes the connection, as a pool process does
-def test_the_pool_process_stores_a_batch_left_to_it() -> None:
+@pytest.mark.parametrize("text", [False, True], ids=["bytes", "text"])
+def test_the_pool_process_stores_a_batch_left_to_it(text: bool) -> None:
     events = [enriched_event() for _ in range(120)]
-    message = _message(batch_kwargs("acme", events))
+    message = _message(batch_kwargs("acme", events), text=text)
     assert leave_body_to_pool(message)
     _, job = _job_for_message(message)
 
@@ -167,8 +169,11 @@ def test_the_pool_process_stores_a_batch_left_to_it() -> None:
     ],
     ids=["not-json", "two-parts", "embed-not-a-mapping"],
 )
-def test_a_bad_body_left_to_the_pool_fails_before_the_task_and_is_named(body: bytes, problem: str) -> None:
-    message = _message(batch_kwargs("acme", []), body=body)
+@pytest.mark.parametrize("text", [False, True], ids=["bytes", "text"])
+def test_a_bad_body_left_to_the_pool_fails_before_the_task_and_is_named(
+    body: bytes, problem: str, text: bool
+) -> None:
+    message = _message(batch_kwargs("acme", []), body=body, text=text)
     assert leave_body_to_pool(message)
     _, job = _job_for_message(message)  # the main process builds the request without decoding
 

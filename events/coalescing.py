@@ -124,17 +124,17 @@ class Coalescer:
         ):
             self._open.append(request)
             self._open_events += events
-            self._hold(request)
+            self._hold(request, events)
             if self._nothing_more_can_come():
                 self._close_open_job()
             return None
         self._waiting.append(request)
         semaphore.acquire(lambda: self._on_slot(gather=close_together))
         if any(r is request for r in self._waiting) or any(r is request for r in self._open or ()):
-            self._hold(request)  # it waits for a slot, or gathers others with one
+            self._hold(request, events)  # it waits for a slot, or gathers others with one
         return None
 
-    def _hold(self, request: Any) -> None:
+    def _hold(self, request: Any, events: int) -> None:
         """A message held here, not in the pool, does not count against the prefetch: one more may
         come, so a backlog reaches the pool in jobs of more than the prefetch. The credit is given
         back when the message's job ends (`_release`), up to a bound per pool process of messages
@@ -142,7 +142,6 @@ class Coalescer:
         process beyond its prefetch: another worker still gets its share of a backlog."""
         qos = self._qos()
         processes = max(1, int(self._controller.pool.num_processes))
-        events = event_count(request)
         if (
             qos is None
             or len(self._credited) >= JOB_MESSAGES_MAX * processes

@@ -71,5 +71,5 @@ def decoded_payload(message: Message) -> Any:
     """The message's decoded body, decoding it here if it was left to the pool process."""
     if body_left_to_pool(message):
         content_type, encoding = cast(str, message.content_type), cast(str, message.content_encoding)
-        return loads(cast(bytes, message.body), content_type, encoding, accept=message.accept)
+        return loads(cast(bytes | str, message.body), content_type, encoding, accept=message.accept)
     return message.payload

@@ -53,7 +53,9 @@ Sizes and tuning come from the environment (defaults in brackets):
   CLOUDSCALE_BENCH_ONE_ADDRESS [unset]     1: every event from the bench's own address (no X-Forwarded-For)
   CLOUDSCALE_BENCH_PROFILE [unset]         a folder: py-spy records API and worker during the batched run
   CLOUDSCALE_BENCH_TIMEOUT [240]           seconds a run may take to drain before the bench fails
-  CLOUDSCALE_BENCH_MAKE_RUN_EVENTS [30000] events of the `make run` run (0: skip it)
+  CLOUDSCALE_BENCH_MAKE_RUN_EVENTS [30000] events of each run of run 7 (0: skip it)
+  CLOUDSCALE_BENCH_MAKE_RUN_ROUNDS [2]     rounds of run 7, each a run of `make run`'s configuration and
+                                           one of the bench's, the order swapped every round
   CLOUDSCALE_BENCH_PHASES [all]            a comma-separated subset of batched,sdk,hot,naive,latency,open
                                            (no RESULT line unless all run; FIGURES always)
   CLOUDSCALE_BENCH_AS_USERS [unset]        1: start the platform as `make run` does (beat, Flower, task
@@ -63,7 +65,9 @@ Sizes and tuning come from the environment (defaults in brackets):
   CLOUDSCALE_BENCH_PLATFORM_ENV [unset]    KEY=VALUE,... set in the platform's environment (A/B of settings)
 
 7. the platform as `make run` starts it (beat, Flower, task events, the default pool; same stack),
-   a second platform after the first has stopped: batched traffic, its CPU per event beside run 1's.
+   after the first has stopped: batched traffic on platforms of their own, `make run`'s and the
+   bench's configuration alternating (bench, make run, make run, bench for two rounds), so their
+   CPU per event is compared side by side, not with run 1's minutes earlier.
 
 Besides the RESULT line it prints `FIGURES {json}`: every figure of the run, for benchmarks/ab.py.
 """
@@ -79,6 +83,7 @@ import platform
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -176,6 +181,9 @@ class BenchConfig:
     one_address: bool = field(default_factory=lambda: os.environ.get("CLOUDSCALE_BENCH_ONE_ADDRESS") == "1")
     timeout: float = field(default_factory=lambda: float(env_int("CLOUDSCALE_BENCH_TIMEOUT", 240)))
     make_run_events: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_MAKE_RUN_EVENTS", 30_000))
+    make_run_rounds: int = field(
+        default_factory=lambda: env_int("CLOUDSCALE_BENCH_MAKE_RUN_ROUNDS", 2, minimum=1)
+    )
     phases: frozenset[str] = field(
         default_factory=lambda: _phases(os.environ.get("CLOUDSCALE_BENCH_PHASES", ""))
     )
@@ -1297,43 +1305,83 @@ def measure(stack: Platform, config: BenchConfig) -> Measured:
 
 @dataclass
 class MakeRunResult:
-    """Run 7: `make run` as users start it, from a bench of its own (a second platform)."""
+    """Run 7: `make run`'s configuration beside the bench's, on platforms of their own, alternating."""
 
-    events_per_s: float
-    cpu_s_per_1k: float
-    cpu_line: str
+    events_per_s: float  # make run's runs, their mean
+    cpu_s_per_1k: float  # make run's runs: CPU-s of all processes per 1,000 events, their mean
+    beside_cpu_s_per_1k: float  # the bench's configuration in the same rounds, their mean
+    cpu_line: str  # make run's first run, by process group
     pool_peak: int
     describe: str  # the child's own account of its run: events, batch, clients, stack
+    rounds: list[tuple[float, float]]  # (make run, bench) CPU-s per 1,000 events, round by round
+
+    @property
+    def ratio(self) -> float:
+        """CPU per event, make run's configuration over the bench's, side by side."""
+        return self.cpu_s_per_1k / self.beside_cpu_s_per_1k
 
 
-def run_as_users(config: BenchConfig) -> MakeRunResult | None:
-    """The batched traffic against a platform started as `make run` does, in a child bench (this
-    process's Django already points at the first platform's database)."""
-    if config.make_run_events <= 0 or not config.complete or config.as_users:
-        return None
-    _step(f"as make run starts it: {config.make_run_events:,} events in batches of {config.batch}")
+def make_run_order(rounds: int) -> list[bool]:
+    """Which configuration each child bench of run 7 starts, in turn (True: `make run`'s): the
+    bench's first in odd rounds, `make run`'s first in even ones, so that neither side always
+    runs first or on a machine a minute further into its swings (docs/benchmarks.md, "Levers,
+    twenty-ninth round")."""
+    order: list[bool] = []
+    for round_ in range(rounds):
+        order += [False, True] if round_ % 2 == 0 else [True, False]
+    return order
+
+
+def _child_bench(config: BenchConfig, *, as_users: bool) -> dict[str, Any]:
+    """The FIGURES of a batched-only bench of `config.make_run_events` events in a child process,
+    its platform started as `make run` does (`as_users`) or with the bench's tuning."""
     env = {
         **_CALLER_ENV,  # this process's own environment was replaced by the platform's
-        "CLOUDSCALE_BENCH_AS_USERS": "1",
         "CLOUDSCALE_BENCH_PHASES": "batched",
         "CLOUDSCALE_BENCH_EVENTS": str(config.make_run_events),
         "CLOUDSCALE_BENCH_PROFILE": "",
     }
+    env.pop("CLOUDSCALE_BENCH_AS_USERS", None)
+    if as_users:
+        env["CLOUDSCALE_BENCH_AS_USERS"] = "1"
     done = subprocess.run(
         [sys.executable, str(Path(__file__).resolve())], env=env, capture_output=True, text=True, check=False
     )
     figures = next((line for line in done.stdout.splitlines() if line.startswith("FIGURES ")), "")
     if done.returncode != 0 or not figures:
-        raise RuntimeError(f"the make-run bench failed:\n{done.stderr[-3000:]}")
+        which = "make-run" if as_users else "side-by-side"
+        raise RuntimeError(f"the {which} bench failed:\n{done.stderr[-3000:]}")
     import json
 
-    values = json.loads(figures.removeprefix("FIGURES "))
+    values: dict[str, Any] = json.loads(figures.removeprefix("FIGURES "))
+    return values
+
+
+def run_as_users(config: BenchConfig) -> MakeRunResult | None:
+    """The batched traffic against platforms started as `make run` does and as the bench does,
+    alternating, each in a child bench (this process's Django already points at the first
+    platform's database)."""
+    if config.make_run_events <= 0 or not config.complete or config.as_users:
+        return None
+    _step(
+        f"as make run starts it, beside the bench's configuration: {config.make_run_rounds} round(s) "
+        f"of {config.make_run_events:,} events each in batches of {config.batch}"
+    )
+    runs: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+    for as_users in make_run_order(config.make_run_rounds):
+        values = _child_bench(config, as_users=as_users)
+        runs[as_users].append(values)
+        side = "make run's configuration" if as_users else "the bench's configuration"
+        _step(f"  {side}: {values['e2e_events_per_s']:,} events/s; {values['cpu_line']}")
+    users, bench = runs[True], runs[False]
     return MakeRunResult(
-        events_per_s=values["e2e_events_per_s"],
-        cpu_s_per_1k=values["cpu_s_per_1k"],
-        cpu_line=values["cpu_line"],
-        pool_peak=values["worker_processes_peak"],
-        describe=values["run"],
+        events_per_s=statistics.fmean(v["e2e_events_per_s"] for v in users),
+        cpu_s_per_1k=statistics.fmean(v["cpu_s_per_1k"] for v in users),
+        beside_cpu_s_per_1k=statistics.fmean(v["cpu_s_per_1k"] for v in bench),
+        cpu_line=users[0]["cpu_line"],
+        pool_peak=max(v["worker_processes_peak"] for v in users),
+        describe=users[0]["run"],
+        rounds=[(u["cpu_s_per_1k"], b["cpu_s_per_1k"]) for u, b in zip(users, bench, strict=True)],
     )
 
 
@@ -1544,8 +1592,12 @@ def main(argv: list[str] | None = None) -> int:
             ("as make run starts it", f"{make_run.events_per_s:,.0f} events/s, the worker at up to "
                                            f"{make_run.pool_peak} processes (main + pool)"),
             ("", f"{make_run.describe}; beat, Flower and task events on, the default pool"),
-            ("", make_run.cpu_line),
-            ("CPU per event, make run / bench", f"{make_run.cpu_s_per_1k / bench_cost:.2f}x"),
+            ("", f"its first run: {make_run.cpu_line}"),
+            ("", f"its runs' mean {make_run.cpu_s_per_1k:.3f} CPU-s per 1,000 events; the bench's "
+                 f"configuration beside it {make_run.beside_cpu_s_per_1k:.3f} (round by round, make run / "
+                 "bench: " + ", ".join(f"{u:.3f} / {b:.3f}" for u, b in make_run.rounds) + ")"),
+            ("CPU per event, make run / bench", f"{make_run.ratio:.2f}x side by side; "
+                 f"{make_run.cpu_s_per_1k / bench_cost:.2f}x of the batched run above"),
         ]  # fmt: skip
     reference_after = reference_loop_ms()
     rows += [
@@ -1583,8 +1635,10 @@ def main(argv: list[str] | None = None) -> int:
     figures = _figures(config, m, memory)
     figures["reference_loop_ms"] = round((reference_before + reference_after) / 2, 1)
     if make_run is not None:
-        figures["make_run_cpu_s_per_1k"] = make_run.cpu_s_per_1k
-        figures["make_run_events_per_s"] = make_run.events_per_s
+        figures["make_run_cpu_s_per_1k"] = round(make_run.cpu_s_per_1k, 4)
+        figures["make_run_events_per_s"] = round(make_run.events_per_s)
+        figures["make_run_beside_cpu_s_per_1k"] = round(make_run.beside_cpu_s_per_1k, 4)
+        figures["make_run_vs_bench"] = round(make_run.ratio, 2)
     import json
 
     print("FIGURES " + json.dumps(figures), flush=True)

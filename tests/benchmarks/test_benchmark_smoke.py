@@ -29,6 +29,7 @@ TINY = {
     "CLOUDSCALE_BENCH_OPEN_REQUESTS": "100",
     "CLOUDSCALE_BENCH_TIMEOUT": "120",
     "CLOUDSCALE_BENCH_MAKE_RUN_EVENTS": "500",
+    "CLOUDSCALE_BENCH_MAKE_RUN_ROUNDS": "1",
     "CLOUDSCALE_BENCH_PREFILL_EVENTS": "1500",
 }
 
@@ -92,8 +93,18 @@ def test_it_prints_the_table_and_ends_with_the_result_line() -> None:
     )
     assert "300 requests in 3 rounds" in table
     figures = next(line for line in lines if line.startswith("FIGURES "))
-    assert '"make_run_cpu_s_per_1k"' in figures
     measured = json.loads(figures.removeprefix("FIGURES "))
+    assert measured["make_run_cpu_s_per_1k"] > 0 and measured["make_run_beside_cpu_s_per_1k"] > 0
+    # make run's configuration is judged beside the bench's, measured in the same round.
+    assert re.search(
+        r"CPU per event, make run / bench\s+\d+\.\d\dx side by side; \d+\.\d\dx of the batched run above",
+        table,
+    )
+    assert re.search(
+        r"its runs' mean \d\.\d{3} CPU-s per 1,000 events; the bench's configuration beside it \d\.\d{3} "
+        r"\(round by round, make run / bench: \d\.\d{3} / \d\.\d{3}\)",
+        table,
+    )
     assert measured["reference_loop_ms"] > 0
     assert len(measured["single_vs_floor_rounds"]) == 3
     # The worker's main process is a part of the worker, measured apart: never all of it. It may

@@ -1308,12 +1308,20 @@ class MakeRunResult:
     """Run 7: `make run`'s configuration beside the bench's, on platforms of their own, alternating."""
 
     events_per_s: float  # make run's runs, their mean
-    cpu_s_per_1k: float  # make run's runs: CPU-s of all processes per 1,000 events, their mean
-    beside_cpu_s_per_1k: float  # the bench's configuration in the same rounds, their mean
     cpu_line: str  # make run's first run, by process group
     pool_peak: int
     describe: str  # the child's own account of its run: events, batch, clients, stack
     rounds: list[tuple[float, float]]  # (make run, bench) CPU-s per 1,000 events, round by round
+
+    @property
+    def cpu_s_per_1k(self) -> float:
+        """make run's runs: CPU-s of all processes per 1,000 events, their mean."""
+        return statistics.fmean(make_run for make_run, _ in self.rounds)
+
+    @property
+    def beside_cpu_s_per_1k(self) -> float:
+        """The bench's configuration in the same rounds, their mean."""
+        return statistics.fmean(bench for _, bench in self.rounds)
 
     @property
     def ratio(self) -> float:
@@ -1376,8 +1384,6 @@ def run_as_users(config: BenchConfig) -> MakeRunResult | None:
     users, bench = runs[True], runs[False]
     return MakeRunResult(
         events_per_s=statistics.fmean(v["e2e_events_per_s"] for v in users),
-        cpu_s_per_1k=statistics.fmean(v["cpu_s_per_1k"] for v in users),
-        beside_cpu_s_per_1k=statistics.fmean(v["cpu_s_per_1k"] for v in bench),
         cpu_line=users[0]["cpu_line"],
         pool_peak=max(v["worker_processes_peak"] for v in users),
         describe=users[0]["run"],

@@ -262,6 +262,11 @@ def platform_total(name: str, **labels: str) -> float:
     )
 
 
+def redelivered_duplicates() -> float:
+    """Events the workers found already stored (a redelivered message's), counted as they ran."""
+    return platform_counter("cloudscale_events_processed_total", event_type="page_view", outcome="duplicate")
+
+
 def stored_ids(tenant: str) -> set[str]:
     return set(StoredEvent.objects.filter(tenant=tenant).values_list("event_id", flat=True))
 
@@ -372,9 +377,7 @@ def settle_and_check(
         stored_without_202=len((stored & sent) - receipts.acknowledged),
         duplicate_rows=duplicate_rows,
         lost=len(lost),
-        redelivered_duplicates=platform_counter(
-            "cloudscale_events_processed_total", event_type="page_view", outcome="duplicate"
-        ),
+        redelivered_duplicates=redelivered_duplicates(),
         retried=platform_counter(
             "cloudscale_events_processed_total", event_type="page_view", outcome="retried"
         ),

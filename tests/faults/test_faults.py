@@ -26,7 +26,14 @@ from events.models import DeadLetter
 from tenants.services import tenant_create
 from tests.conftest import EmbeddedRedis, LiveProcess, child_env, start_worker, wait_until
 from tests.events.pipeline_support import publish_raw
-from tests.faults.harness import ApiServer, Traffic, platform_total, settle_and_check, stored_ids
+from tests.faults.harness import (
+    ApiServer,
+    Traffic,
+    platform_total,
+    redelivered_duplicates,
+    settle_and_check,
+    stored_ids,
+)
 from tests.faults.steps import pause_env, store_fault_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.e2e]
@@ -81,6 +88,16 @@ def test_it_stores_every_acknowledged_event_once_when_a_worker_is_killed_mid_bat
             heir = start_worker(platform.tmp_path, name="heir", env=worker_env())
             traffic.wait_for_batches(10)
 
+        # The killed worker had written batches it never acknowledged. They come back after the
+        # visibility timeout and a restore sweep (about 20 s, the module's docstring) and are
+        # recognised as already stored. Wait for that before settling: when the dead worker had
+        # stored every event it held, nothing else makes the settle wait for them (seen once in a
+        # CI rehearsal), and its exactly-once checks must see the redelivery too.
+        wait_until(
+            lambda: redelivered_duplicates() > 0,
+            timeout=60,
+            message="the killed worker's unacknowledged batches redelivered and found stored",
+        )
         report = settle_and_check(
             scenario="worker SIGKILL",
             traffic=traffic,
@@ -93,8 +110,6 @@ def test_it_stores_every_acknowledged_event_once_when_a_worker_is_killed_mid_bat
         poison = DeadLetter.objects.get()
         assert (poison.reason, poison.kind, poison.tenant) == ("DeserializationFailed", "raw", "")
         assert bytes(poison.payload) == b"\x00 this is not a task"
-        # The killed worker had written batches it never acknowledged: they came back and were
-        # recognised as already stored.
         assert report.redelivered_duplicates > 0
         assert report.refused == 0, "a dead worker never makes the API refuse events"
     finally:

@@ -63,6 +63,10 @@ Sizes and tuning come from the environment (defaults in brackets):
   CLOUDSCALE_BENCH_TREE [this checkout]    run the platform from another checkout (A/B of code levers:
                                            benchmarks/ab.py)
   CLOUDSCALE_BENCH_PLATFORM_ENV [unset]    KEY=VALUE,... set in the platform's environment (A/B of settings)
+  CLOUDSCALE_BENCH_KEEP_STATE [unset]      1: keep the platform's state folder (its logs: logs/worker.log,
+                                           logs/api.log) and, on the postgres stack, its database; the
+                                           bench prints where. Not run 7's platforms. A failed run
+                                           always keeps them
 
 7. the platform as `make run` starts it (beat, Flower, task events, the default pool; same stack),
    after the first has stopped: batched traffic on platforms of their own, `make run`'s and the
@@ -194,6 +198,7 @@ class BenchConfig:
     platform_env: dict[str, str] = field(
         default_factory=lambda: _pairs(os.environ.get("CLOUDSCALE_BENCH_PLATFORM_ENV", ""))
     )
+    keep_state: bool = field(default_factory=lambda: os.environ.get("CLOUDSCALE_BENCH_KEEP_STATE") == "1")
 
     @property
     def complete(self) -> bool:
@@ -1350,6 +1355,7 @@ def _child_bench(config: BenchConfig, *, as_users: bool) -> dict[str, Any]:
         "CLOUDSCALE_BENCH_PROFILE": "",
     }
     env.pop("CLOUDSCALE_BENCH_AS_USERS", None)
+    env.pop("CLOUDSCALE_BENCH_KEEP_STATE", None)  # its output is not shown: nobody would find them
     if as_users:
         env["CLOUDSCALE_BENCH_AS_USERS"] = "1"
     done = subprocess.run(
@@ -1587,7 +1593,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.stop(keep_state=True)
         raise
     _step("stopping the platform")
-    stack.stop()
+    stack.stop(keep_state=config.keep_state)
     make_run = run_as_users(config)
 
     rows = _rows(config, stack, m, memory)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 import pytest
@@ -130,3 +132,28 @@ def test_the_bench_times_its_own_full_collections_only() -> None:
     assert len(pauses.durations_ms) == 1
     assert pauses.line().startswith("1, the longest ")
     assert CollectorPauses().line() == "none"
+
+
+def test_it_keeps_the_platforms_logs_when_asked() -> None:
+    """`CLOUDSCALE_BENCH_KEEP_STATE=1`: the state folder, with the worker's log, stays and is named."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("CLOUDSCALE_", "DATABASE_URL", "DJANGO_"))
+    }
+    env.update(TINY)
+    env.update({"CLOUDSCALE_BENCH_PHASES": "latency", "CLOUDSCALE_BENCH_KEEP_STATE": "1"})
+
+    done = subprocess.run(
+        [sys.executable, "benchmarks/run.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=280, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    kept = re.search(r"logs and data kept in (\S+)", done.stdout + done.stderr)
+    assert kept, done.stdout[-2000:]
+    state = Path(kept[1])
+    try:
+        worker_log = (state / "logs" / "worker.log").read_text(errors="replace")
+        assert "processed" in worker_log  # the latency run's events went through the worker
+        assert (state / "logs" / "api.log").stat().st_size > 0
+    finally:
+        shutil.rmtree(state, ignore_errors=True)

@@ -222,6 +222,76 @@ def test_held_messages_add_to_the_prefetch_at_most_a_job_s_worth_a_pool_process(
     assert qos.value == 4 + credited
 
 
+class TwoSlots:
+    """A pool of two processes as the coalescer sees it: Celery's semaphore of slots, a timer it
+    can hand a gather to, and what it sends (one message alone, or a job of several)."""
+
+    def __init__(self) -> None:
+        self.pool = self
+        self.app = type("App", (), {"use_fast_trace_task": False})()
+        self.num_processes = 2
+        self.semaphore = self
+        self.initial_value = self.value = 2
+        self.alone: list[Any] = []
+        self.jobs: list[list[str]] = []
+        self.timers: list[Any] = []
+        self.waiters: list[Any] = []
+
+    # the semaphore
+    def acquire(self, callback: Any) -> None:
+        if self.value == 0:
+            self.waiters.append(callback)  # both processes busy: it waits for a slot
+            return
+        self.value -= 1
+        callback()
+
+    def release(self) -> None:
+        self.value += 1
+
+    # the controller and its pool
+    def _process_task(self, request: Any) -> None:
+        self.alone.append(request)
+
+    def apply_async(self, _target: Any, args: Sequence[Any], **_: Any) -> None:
+        calls = args[0]
+        self.jobs.append([call[1] for call in calls])
+
+    # the consumer's timer
+    def call_after(self, seconds: float, callback: Any) -> Any:
+        timer = type("Timer", (), {"cancel": lambda _: None, "fire": lambda _: callback()})()
+        self.timers.append(timer)
+        return timer
+
+
+def runnable_request(*, events: int = 1) -> Any:
+    request = waiting_request(events=events, left_to_pool=False)
+    request.revoked = lambda: False
+    request.time_limits = (300, 240)
+    request.type, request.body, request.content_type, request.content_encoding = TASK_NAME, b"", "", ""
+    return request
+
+
+def test_a_job_gathers_on_a_free_slot_while_another_process_is_busy(settings: SettingsWrapper) -> None:
+    """Gathering only while the whole pool was idle left two in five small messages of a busy
+    stream running alone on the second slot (docs/benchmarks.md, "Levers, thirtieth round")."""
+    settings.WORKER_GATHER_SECONDS = 60.0
+    pool = TwoSlots()
+    coalescer = Coalescer(controller=pool, fallback=lambda request: None, timer=pool)
+    first, second, third = runnable_request(), runnable_request(), runnable_request(events=3)
+
+    coalescer(first)  # nothing came before it: it goes at once, alone, and keeps one process busy
+    coalescer(second)  # close behind it: the free slot holds it open for more
+    coalescer(third)  # joins that job
+
+    assert pool.alone == [first]
+    assert pool.jobs == []
+    assert len(pool.timers) == 1
+    pool.timers[0].fire()  # the gather window ends
+    assert pool.jobs == [[second.id, third.id]]
+    assert pool.alone == [first]
+    assert pool.waiters == []
+
+
 @pytest.fixture
 def worker_app() -> None:
     """Our Celery app as the current one with the batch task in it, as in a worker's pool process."""

@@ -181,9 +181,9 @@ class Coalescer:
         self._dispatch(job)
 
     def _may_gather(self) -> bool:
-        """No job gathers yet and no message waits for a slot, so holding this slot back makes no
-        message wait, whether or not the pool's other processes are busy. Under a backlog the
-        slots are busy and the waiting messages already go together.
+        """No job gathers yet and no message waits for a slot, so holding this one open keeps no
+        waiting message from a process, whether or not the pool's other processes are busy. Under
+        a backlog messages wait for slots, and the waiting ones already go together.
 
         Gathering only while the rest of the pool was idle left about two in five messages of a
         stream of single events to run alone on the second process, each with a pipeline run and a

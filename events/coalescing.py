@@ -134,6 +134,20 @@ class Coalescer:
             self._hold(request, events)  # it waits for a slot, or gathers others with one
         return None
 
+    def forget(self) -> None:
+        """The broker connection closed: drop every message held here, with its gather timer.
+
+        Their delivery tags belong to the closed channel, so they can no longer be acked: the
+        broker delivers them again (unacked messages come back), as Celery drops its own reserved
+        requests then (`Consumer.on_close`, which also resets the semaphore of slots these held).
+        Kept, a gather's timer outlived the connection and ran its stale job, and the held
+        messages' prefetch credits were taken back from the new connection's prefetch."""
+        if self._open_timer is not None:
+            self._open_timer.cancel()
+        self._open, self._open_events, self._open_timer = None, 0, None
+        self._waiting.clear()
+        self._credited.clear()
+
     def _hold(self, request: Any, events: int) -> None:
         """A message held here, not in the pool, does not count against the prefetch: one more may
         come, so a backlog reaches the pool in jobs of more than the prefetch. The credit is given

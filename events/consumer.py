@@ -55,6 +55,13 @@ class DeadLetteringConsumer(Consumer):
             qos=lambda: getattr(self, "qos", None),
         )
 
+    def on_close(self) -> None:
+        """A lost connection: the coalescer's held messages go with Celery's own reserved ones."""
+        coalescer = self.on_task_request
+        if isinstance(coalescer, Coalescer):
+            coalescer.forget()
+        super().on_close()
+
     def on_decode_error(self, message: Message, exc: Exception) -> None:
         self._dead_letter(message, undecodable_body(exc))
 

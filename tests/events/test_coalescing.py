@@ -258,9 +258,24 @@ class TwoSlots:
 
     # the consumer's timer
     def call_after(self, seconds: float, callback: Any) -> Any:
-        timer = type("Timer", (), {"cancel": lambda _: None, "fire": lambda _: callback()})()
+        timer = Entry(callback)
         self.timers.append(timer)
         return timer
+
+
+class Entry:
+    """A timer entry: firing a cancelled one does nothing, as in kombu's timer."""
+
+    def __init__(self, callback: Any) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def fire(self) -> None:
+        if not self.cancelled:
+            self.callback()
 
 
 def runnable_request(*, events: int = 1) -> Any:
@@ -290,6 +305,31 @@ def test_a_job_gathers_on_a_free_slot_while_another_process_is_busy(settings: Se
     assert pool.jobs == [[second.id, third.id]]
     assert pool.alone == [first]
     assert pool.waiters == []
+
+
+def test_a_lost_connection_drops_the_held_messages_and_their_gather(settings: SettingsWrapper) -> None:
+    """Their delivery tags died with the channel (the broker delivers them again): a gather's timer
+    that outlived the connection must not run them, nor hold back the messages that come after."""
+    settings.WORKER_GATHER_SECONDS = 60.0
+    pool = TwoSlots()
+    coalescer = Coalescer(controller=pool, fallback=lambda request: None, timer=pool)
+    first, second = runnable_request(), runnable_request()
+    coalescer(first)
+    coalescer(second)  # gathers on the free slot
+    assert len(pool.timers) == 1
+
+    coalescer.forget()  # the consumer's on_close; Celery then resets the semaphore too
+    pool.value = pool.initial_value
+    pool.timers[0].fire()
+    assert pool.jobs == []
+    assert pool.alone == [first]
+
+    third = runnable_request()
+    coalescer(third)  # on the new connection: its own gather, not the old one's
+    assert len(pool.timers) == 2
+    pool.timers[1].fire()
+    assert pool.alone == [first, third]
+    assert pool.jobs == []
 
 
 @pytest.fixture

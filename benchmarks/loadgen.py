@@ -691,3 +691,30 @@ def format_summary(summary: LoadSummary, *, key_source: str | None = None) -> st
     width = max(len(name) for name, _ in rows)
     lines = [title, "-" * len(title), *(f"{name:<{width}}  {value}" for name, value in rows)]
     return "\n".join(lines)
+
+
+def enriched_events(
+    n: int, *, tenant: str, one_address: bool = False, user_agent: str = "bench"
+) -> list[dict[str, Any]]:
+    """`n` events of the traffic as the API would publish them (its own validation and enrichment),
+    made in advance: one address per session, or all from 127.0.0.1 (`one_address`). Needs Django
+    set up."""
+    from cloudscale_project.timeutil import utcnow
+    from events.enrichment import enrich_event
+    from events.schemas import validate_event
+
+    enriched = []
+    for planned in TrafficGenerator(seed=11).take(n):
+        valid, errors = validate_event(planned.event)
+        assert valid is not None, errors
+        enriched.append(
+            enrich_event(
+                valid,
+                tenant=tenant,
+                received_at=utcnow(),
+                ip="127.0.0.1" if one_address else planned.client_ip,
+                user_agent=user_agent,
+                correlation_id=str(uuid.uuid4()),
+            )
+        )
+    return enriched

@@ -79,22 +79,9 @@ def _messages(events: int, size: int) -> list[dict[str, Any]]:
     """The bench's traffic (one address per session), validated and enriched as the API does."""
     import orjson
 
-    from benchmarks.loadgen import TrafficGenerator
-    from cloudscale_project.timeutil import utcnow
-    from events.enrichment import enrich_event
-    from events.schemas import validate_event
+    from benchmarks.loadgen import enriched_events
 
-    received_at = utcnow()
-    enriched = []
-    for planned in TrafficGenerator(seed=7).take(events):
-        valid, errors = validate_event(planned.event)
-        assert valid is not None, errors
-        enriched.append(
-            enrich_event(
-                valid, tenant="pgcost", received_at=received_at, ip=planned.client_ip,
-                user_agent="pgcost", correlation_id="c-pgcost",
-            )
-        )  # fmt: skip
+    enriched = enriched_events(events, tenant="pgcost", user_agent="pgcost")
     wire: list[dict[str, Any]] = orjson.loads(orjson.dumps(enriched))  # as a worker decodes them
     return [
         {"tenant": "pgcost", "events": wire[start : start + size], "correlation_id": "c-pgcost"}

@@ -95,7 +95,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -786,26 +785,9 @@ def run_sdk(stack: Platform, config: BenchConfig, *, events: int, tenant: str) -
 
 def _enriched_events(n: int, *, one_address: bool, tenant: str = TENANT) -> list[dict[str, Any]]:
     """Events as the API would publish them (its own validation and enrichment), made in advance."""
-    from benchmarks.loadgen import TrafficGenerator
-    from cloudscale_project.timeutil import utcnow
-    from events.enrichment import enrich_event
-    from events.schemas import validate_event
+    from benchmarks.loadgen import enriched_events
 
-    enriched = []
-    for planned in TrafficGenerator(seed=11).take(n):
-        valid, errors = validate_event(planned.event)
-        assert valid is not None, errors
-        enriched.append(
-            enrich_event(
-                valid,
-                tenant=tenant,
-                received_at=utcnow(),
-                ip="127.0.0.1" if one_address else planned.client_ip,
-                user_agent="bench",
-                correlation_id=str(uuid.uuid4()),
-            )
-        )
-    return enriched
+    return enriched_events(n, tenant=tenant, one_address=one_address)
 
 
 def run_naive(stack: Platform, config: BenchConfig, *, events: int) -> E2EResult:

@@ -95,6 +95,11 @@ def platform_counter(name: str, **labels: str) -> float:
     return 0.0
 
 
+def redelivered_duplicates() -> float:
+    """Events the workers found already stored (a redelivered message's), counted as they ran."""
+    return platform_counter("cloudscale_events_processed_total", event_type="page_view", outcome="duplicate")
+
+
 def publish_raw(
     body: bytes, *, content_type: str = "application/json", headers: dict[str, Any] | None = None
 ) -> None:

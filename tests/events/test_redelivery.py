@@ -22,7 +22,12 @@ from cloudscale_project.celery import app
 from events.deadletters import deadletter_requeue
 from events.models import DeadLetter, StoredEvent
 from tests.conftest import LiveProcess, child_env, start_worker, wait_until
-from tests.events.pipeline_support import batch_kwargs, enriched_event, platform_counter
+from tests.events.pipeline_support import (
+    batch_kwargs,
+    enriched_event,
+    platform_counter,
+    redelivered_duplicates,
+)
 from tests.faults.steps import pause_before_steps_env, pause_env
 
 FAULT_DELAY_SECONDS = "3"
@@ -45,10 +50,6 @@ def stored() -> list[str]:
     return sorted(StoredEvent.objects.filter(tenant="acme").values_list("event_id", flat=True))
 
 
-def duplicates_seen() -> float:
-    return platform_counter("cloudscale_events_processed_total", event_type="page_view", outcome="duplicate")
-
-
 @pytest.mark.e2e
 @pytest.mark.core
 def test_the_same_message_delivered_twice_stores_its_events_once(live_worker: LiveProcess) -> None:
@@ -58,7 +59,7 @@ def test_the_same_message_delivered_twice_stores_its_events_once(live_worker: Li
     send_batch(kwargs, task_id=task_id)
     send_batch(kwargs, task_id=task_id)  # what a broker redelivery looks like to the worker
 
-    wait_until(lambda: duplicates_seen() >= 10, timeout=60, message="the second delivery")
+    wait_until(lambda: redelivered_duplicates() >= 10, timeout=60, message="the second delivery")
 
     assert stored() == sorted(e["event_id"] for e in events)
     assert (
@@ -87,7 +88,7 @@ def test_a_pool_process_killed_mid_batch_gets_its_batch_redelivered_and_stored_o
 
         wait_until(lambda: stored() == expected, timeout=90, message="every event stored")
         # The killed batches were written before the kill: their redelivery found them stored.
-        wait_until(lambda: duplicates_seen() >= 25, timeout=30, message="the redelivered batch")
+        wait_until(lambda: redelivered_duplicates() >= 25, timeout=30, message="the redelivered batch")
         assert stored() == expected
         assert "WorkerLostError" in worker.log()
     finally:
@@ -122,7 +123,9 @@ def test_a_whole_worker_killed_mid_batch_has_its_messages_redelivered_and_stored
 
         second = start_worker(tmp_path, name="heir", env=child_env(CLOUDSCALE_VISIBILITY_TIMEOUT="10"))
         wait_until(lambda: stored() == expected, timeout=120, message="every event stored")
-        wait_until(lambda: duplicates_seen() >= 25, timeout=30, message="the redelivered written batch")
+        wait_until(
+            lambda: redelivered_duplicates() >= 25, timeout=30, message="the redelivered written batch"
+        )
         assert stored() == expected
     finally:
         first.stop(signal.SIGKILL)

@@ -31,7 +31,7 @@ from django.db.models import Count
 from cloudscale_project.metrics import PlatformCollector
 from events.models import DeadLetter, StoredEvent
 from tests.conftest import ROOT, LiveProcess, child_env, wait_until
-from tests.events.pipeline_support import platform_counter
+from tests.events.pipeline_support import platform_counter, redelivered_duplicates
 from tests.netutil import free_port
 
 CONNECTION_ERROR = "connection error"
@@ -260,11 +260,6 @@ def platform_total(name: str, **labels: str) -> float:
         for sample in family.samples
         if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
     )
-
-
-def redelivered_duplicates() -> float:
-    """Events the workers found already stored (a redelivered message's), counted as they ran."""
-    return platform_counter("cloudscale_events_processed_total", event_type="page_view", outcome="duplicate")
 
 
 def stored_ids(tenant: str) -> set[str]:

@@ -25,15 +25,8 @@ from django.conf import settings
 from events.models import DeadLetter
 from tenants.services import tenant_create
 from tests.conftest import EmbeddedRedis, LiveProcess, child_env, start_worker, wait_until
-from tests.events.pipeline_support import publish_raw
-from tests.faults.harness import (
-    ApiServer,
-    Traffic,
-    platform_total,
-    redelivered_duplicates,
-    settle_and_check,
-    stored_ids,
-)
+from tests.events.pipeline_support import publish_raw, redelivered_duplicates
+from tests.faults.harness import ApiServer, Traffic, platform_total, settle_and_check, stored_ids
 from tests.faults.steps import pause_env, store_fault_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.e2e]

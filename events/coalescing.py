@@ -142,9 +142,7 @@ class Coalescer:
         requests then (`Consumer.on_close`, which also resets the semaphore of slots these held).
         Kept, a gather's timer outlived the connection and ran its stale job, and the held
         messages' prefetch credits were taken back from the new connection's prefetch."""
-        if self._open_timer is not None:
-            self._open_timer.cancel()
-        self._open, self._open_events, self._open_timer = None, 0, None
+        self._take_open_job()
         self._waiting.clear()
         self._credited.clear()
 
@@ -216,12 +214,17 @@ class Coalescer:
 
     def _close_open_job(self) -> None:
         """The gather ends: its timer fired, or no more can come (then its timer is cancelled)."""
+        job = self._take_open_job()
+        if job:
+            self._dispatch(job)
+
+    def _take_open_job(self) -> list[Any] | None:
+        """The gathering job, no longer open; its timer cancelled (a fired one ignores that)."""
         job, self._open, self._open_events = self._open, None, 0
         timer, self._open_timer = self._open_timer, None
         if timer is not None:
             timer.cancel()
-        if job:
-            self._dispatch(job)
+        return job
 
     def _dispatch(self, job: list[Any]) -> None:
         """Send a job that holds a slot to the pool."""

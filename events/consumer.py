@@ -48,18 +48,17 @@ class DeadLetteringConsumer(Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Small batch messages that wait for a pool process go to it together (events/coalescing.py).
-        self.on_task_request = Coalescer(
+        self.coalescer = Coalescer(
             controller=self.controller,
             fallback=self.on_task_request,
             timer=getattr(self, "timer", None),
             qos=lambda: getattr(self, "qos", None),
         )
+        self.on_task_request = self.coalescer
 
     def on_close(self) -> None:
         """A lost connection: the coalescer's held messages go with Celery's own reserved ones."""
-        coalescer = self.on_task_request
-        if isinstance(coalescer, Coalescer):
-            coalescer.forget()
+        self.coalescer.forget()
         super().on_close()
 
     def on_decode_error(self, message: Message, exc: Exception) -> None:

@@ -40,30 +40,29 @@ local tenant_rate, cost = tonumber(ARGV[5]), tonumber(ARGV[6])
 local share_limit, contended_at = tonumber(ARGV[7]), tonumber(ARGV[8])
 local read_rate, read_burst = tonumber(ARGV[9]), tonumber(ARGV[10])
 local window_scope = ARGV[11]
--- A cached API-key lookup read under version ARGV[12] of KEYS[6] (the key cache's version): read
--- here, the request needs no GET of its own. If it changed, nothing is decided or spent: the caller
--- looks the key up again and asks again for what the key is now.
+
+-- The sliding windows (the weighted two-window counter): this window's count plus the previous
+-- one's, weighted by overlap. Both windows' counters are read with one MGET, and with them, when
+-- the caller's API-key lookup came from its cache, the key cache's version KEYS[6]: the request
+-- needs no GET of its own for it. If the version is not ARGV[12], nothing is decided or spent: the
+-- caller looks the key up again and asks again for what the key is now.
+local current = math.floor(now / window)
+local elapsed = now - current * window
+local window_key, share_key = KEYS[2] .. ':' .. current, KEYS[4] .. ':' .. current
+local counts
 if #KEYS >= 6 then
-  local key_version = redis.call('GET', KEYS[6]) or ''
+  counts = redis.call('MGET', KEYS[2] .. ':' .. (current - 1), window_key,
+                      KEYS[4] .. ':' .. (current - 1), share_key, KEYS[6])
+  local key_version = counts[5] or ''
   if key_version ~= ARGV[12] then
     return {2, 'stale', '0', '0', '0', key_version}
   end
+else
+  counts = redis.call('MGET', KEYS[2] .. ':' .. (current - 1), window_key,
+                      KEYS[4] .. ':' .. (current - 1), share_key)
 end
-
-local function refill(key, cap, per_second)
-  local state = redis.call('HMGET', key, 'tokens', 'ts')
-  local tokens = tonumber(state[1]) or cap
-  local ts = tonumber(state[2]) or now
-  return math.min(cap, tokens + math.max(0, now - ts) * per_second)
-end
-
--- a sliding window: this window's count plus the previous one's, weighted by overlap
-local current = math.floor(now / window)
-local elapsed = now - current * window
-local function window_state(prefix)
-  local prev_count = tonumber(redis.call('GET', prefix .. ':' .. (current - 1))) or 0
-  local cur_count = tonumber(redis.call('GET', prefix .. ':' .. current)) or 0
-  return prev_count, cur_count, prev_count * (window - elapsed) / window + cur_count
+local function window_estimate(prev_count, cur_count)
+  return prev_count * (window - elapsed) / window + cur_count
 end
 -- how long until one more request fits under `limit`
 local function window_wait(limit, prev_count, cur_count)
@@ -71,6 +70,13 @@ local function window_wait(limit, prev_count, cur_count)
     return window - elapsed
   end
   return math.max(window * (1 - (limit - cur_count - 1) / prev_count) - elapsed, 0.001)
+end
+
+local function refill(key, cap, per_second)
+  local state = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(state[1]) or cap
+  local ts = tonumber(state[2]) or now
+  return math.min(cap, tokens + math.max(0, now - ts) * per_second)
 end
 
 -- 1. per-address token bucket
@@ -83,17 +89,16 @@ if ip_tokens < 1 then
 end
 
 -- 2. the window this request spends: the tenants' global one, or the anonymous one
-local prev_count, cur_count, estimate = window_state(KEYS[2])
+local prev_count, cur_count = tonumber(counts[1]) or 0, tonumber(counts[2]) or 0
+local estimate = window_estimate(prev_count, cur_count)
 if estimate + 1 > window_limit then
   return deny(window_scope, window_wait(window_limit, prev_count, cur_count))
 end
 
 -- 3. fair share: only while the window is contended, and only for a tenant over its share
-local share_prev, share_cur = 0, 0
 if share_limit > 0 then
-  local share_estimate
-  share_prev, share_cur, share_estimate = window_state(KEYS[4])
-  if estimate + 1 > contended_at and share_estimate + 1 > share_limit then
+  local share_prev, share_cur = tonumber(counts[3]) or 0, tonumber(counts[4]) or 0
+  if estimate + 1 > contended_at and window_estimate(share_prev, share_cur) + 1 > share_limit then
     return deny('share', window_wait(share_limit, share_prev, share_cur))
   end
 end
@@ -118,18 +123,20 @@ if read_rate > 0 then
   end
 end
 
--- every limit allows it: consume
+-- every limit allows it: consume. A window's counter gets its expiry in the write that creates
+-- it (the script is atomic, and its effects reach the append-only file as one transaction), not
+-- again in every request's.
 ip_tokens = ip_tokens - 1
 redis.call('HSET', KEYS[1], 'tokens', tostring(ip_tokens), 'ts', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil(capacity / rate) + 1)
-local cur_key = KEYS[2] .. ':' .. current
-redis.call('INCR', cur_key)
-redis.call('EXPIRE', cur_key, window * 2 + 1)
+if redis.call('INCR', window_key) == 1 then
+  redis.call('EXPIRE', window_key, window * 2 + 1)
+end
 if share_limit > 0 then
   -- counted whether or not the window is contended: when contention starts, recent use is known
-  local share_key = KEYS[4] .. ':' .. current
-  redis.call('INCR', share_key)
-  redis.call('EXPIRE', share_key, window * 2 + 1)
+  if redis.call('INCR', share_key) == 1 then
+    redis.call('EXPIRE', share_key, window * 2 + 1)
+  end
 end
 if tenant_rate > 0 then
   redis.call('HSET', KEYS[3], 'tokens', tostring(tenant_tokens - cost), 'ts', tostring(now))

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from django.test import Client, RequestFactory
 
+from cloudscale_project.state import state_redis
 from events import enrichment
 from events.enrichment import client_ip_from
 from events.throttling import check_rate_limits, rate_limit_subject
@@ -129,6 +130,19 @@ def test_a_refused_request_does_not_drain_the_ip_bucket(settings: Any) -> None:
     settings.RATE_LIMIT_TENANT_SHARE = 1.0
     assert [check_rate_limits(ip="192.0.2.1", tenant="acme").allowed for _ in range(3)] == [True, True, False]
     assert check_rate_limits(ip="192.0.2.1", tenant="acme").remaining == 3
+
+
+def test_the_window_counters_expire_after_two_windows(settings: Any) -> None:
+    """A window's counter gets its expiry in the write that creates it, and keeps it."""
+    settings.RATE_LIMIT_TENANT_SHARE = 0.5
+    for _ in range(3):
+        assert check_rate_limits(ip="192.0.2.1", tenant="acme").allowed
+    redis_client = state_redis()
+    keys = [key.decode() if isinstance(key, bytes) else key for key in redis_client.keys("rl:*:*")]
+    counters = sorted(key for key in keys if not key.startswith("rl:ip:"))
+    assert [key.rsplit(":", 1)[0] for key in counters] == ["rl:global", "rl:share:acme"]
+    assert [int(redis_client.get(key) or 0) for key in counters] == [3, 3]
+    assert all(0 < redis_client.ttl(key) <= 121 for key in counters)
 
 
 def test_the_tenant_quota_counts_events(settings: Any) -> None:

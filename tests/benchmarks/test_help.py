@@ -9,7 +9,16 @@ from tests.benchmarks.scripts import run_script
 
 @pytest.mark.parametrize(
     "script",
-    ["run.py", "ab.py", "drain.py", "hotpath.py", "pgcost.py", "profile_summary.py", "validation.py"],
+    [
+        "run.py",
+        "ab.py",
+        "drain.py",
+        "hotpath.py",
+        "pgcost.py",
+        "profile_summary.py",
+        "ratelimit_cost.py",
+        "validation.py",
+    ],
 )
 def test_help_describes_the_script_and_starts_nothing(script: str) -> None:
     result = run_script(script, "--help", timeout=60)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 import redis
 from django.conf import settings
@@ -173,6 +173,23 @@ class RateDecision:
         }
 
 
+@lru_cache(maxsize=1024)
+def _tenant_keys(window_key: str, tenant: str) -> tuple[bytes, ...]:
+    """KEYS[2..5], encoded once per tenant."""
+    return tuple(
+        key.encode()
+        for key in (window_key, f"rl:tenant:{tenant}", f"rl:share:{tenant}", f"rl:reads:{tenant}")
+    )
+
+
+@lru_cache(maxsize=64)
+def _limits_argv(limits: tuple[float, ...], window_scope: str) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    """ARGV[1..5] and ARGV[7..11] (the limits, ARGV[6] the request's cost between them), encoded
+    once per set of settings rather than by redis-py on every call, as it would encode them."""
+    encoded = tuple(repr(value).encode() for value in limits)
+    return encoded[:5], (*encoded[5:], window_scope.encode())
+
+
 @cache
 def _script() -> redis.commands.core.Script:
     # Registered once; run on the process's current shared-state client (state_redis is cached).
@@ -219,33 +236,29 @@ def check_rate_limits(
     else:
         window_key, window_limit = "rl:anonymous", settings.RATE_LIMIT_ANONYMOUS_PER_MINUTE
         window_scope, share_limit, contended_at, tenant_rate, read_rate = "anonymous", 0, 0.0, 0, 0.0
-    keys = [
-        f"rl:ip:{rate_limit_subject(ip)}",
-        window_key,
-        f"rl:tenant:{tenant}",
-        f"rl:share:{tenant}",
-        f"rl:reads:{tenant}",
-    ]
+    keys: list[str | bytes] = [f"rl:ip:{rate_limit_subject(ip)}", *_tenant_keys(window_key, tenant)]
     if cached_under is not None:
         keys.append(cached_under[0])
-    reply = _script()(
-        keys=keys,
-        args=[
-            settings.RATE_LIMIT_PER_IP_CAPACITY,
-            settings.RATE_LIMIT_PER_IP_REFILL_PER_SECOND,
-            window_limit,
-            _WINDOW_SECONDS,
-            tenant_rate,
-            max(1, events),
-            share_limit,
-            contended_at,
-            read_rate,
-            max(1, settings.RATE_LIMIT_TENANT_READ_BURST),
-            window_scope,
-            *([str(cached_under[1])] if cached_under is not None else []),
-        ],
-        client=state_redis(),
+    limits = (
+        settings.RATE_LIMIT_PER_IP_CAPACITY,
+        settings.RATE_LIMIT_PER_IP_REFILL_PER_SECOND,
+        window_limit,
+        _WINDOW_SECONDS,
+        tenant_rate,
+        share_limit,
+        contended_at,
+        read_rate,
+        max(1, settings.RATE_LIMIT_TENANT_READ_BURST),
     )
+    head, tail = _limits_argv(limits, window_scope)
+    args = [*head, b"%d" % max(1, events), *tail]
+    if cached_under is not None:
+        args.append(b"%d" % cached_under[1])
+    client, script = state_redis(), _script()
+    try:
+        reply = client.evalsha(script.sha, len(keys), *keys, *args)
+    except redis.exceptions.NoScriptError:  # a restarted server: the script object loads it again
+        reply = script(keys=keys, args=args, client=client)
     if reply[0] == _STALE:
         current = reply[5]
         return RateDecision(

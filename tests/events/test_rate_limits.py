@@ -145,6 +145,14 @@ def test_the_window_counters_expire_after_two_windows(settings: Any) -> None:
     assert all(0 < redis_client.ttl(key) <= 121 for key in counters)
 
 
+def test_it_loads_its_script_again_on_a_server_that_lost_it() -> None:
+    first = check_rate_limits(ip="192.0.2.1", tenant="acme")
+    state_redis().script_flush()  # as a restarted server without its scripts
+    again = check_rate_limits(ip="192.0.2.1", tenant="acme")
+    assert first.allowed and again.allowed
+    assert again.remaining == first.remaining - 1
+
+
 def test_the_tenant_quota_counts_events(settings: Any) -> None:
     settings.RATE_LIMIT_TENANT_EVENTS_PER_SECOND = 10
     assert check_rate_limits(ip="192.0.2.1", tenant="acme", events=8).allowed

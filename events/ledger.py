@@ -92,24 +92,38 @@ def ledger_record(
 # however many requests carried it.
 _COMMIT_SCRIPT = """
 local k = 1
+local hours, counts = {}, {}  -- the requests' counts summed by ledger hour: one write each
 for j = 3, #ARGV, 3 do
   local hour, ids = KEYS[k], tonumber(ARGV[j])
   local accepted, repeated = 0, 0
   for i = k + 1, k + ids do
-    if redis.call('GET', KEYS[i]) == '1' then repeated = repeated + 1 else accepted = accepted + 1 end
-    redis.call('SET', KEYS[i], '1', 'EX', ARGV[1])
+    -- SET ... GET: the id's earlier value and its confirmation in one command
+    if redis.call('SET', KEYS[i], '1', 'EX', ARGV[1], 'GET') == '1' then
+      repeated = repeated + 1
+    else
+      accepted = accepted + 1
+    end
   end
   k = k + ids + 1
   local duplicate = repeated + tonumber(ARGV[j + 1])
   local rejected = tonumber(ARGV[j + 2])
-  local received = accepted + duplicate + rejected
-  if received > 0 then
-    redis.call('HINCRBY', hour, 'received', received)
-    if accepted > 0 then redis.call('HINCRBY', hour, 'accepted', accepted) end
-    if duplicate > 0 then redis.call('HINCRBY', hour, 'duplicate', duplicate) end
-    if rejected > 0 then redis.call('HINCRBY', hour, 'rejected', rejected) end
-    redis.call('EXPIRE', hour, ARGV[2])
+  if accepted + duplicate + rejected > 0 then
+    local sums = counts[hour]
+    if sums == nil then
+      sums = {0, 0, 0}
+      counts[hour] = sums
+      hours[#hours + 1] = hour
+    end
+    sums[1], sums[2], sums[3] = sums[1] + accepted, sums[2] + duplicate, sums[3] + rejected
   end
+end
+for _, hour in ipairs(hours) do
+  local sums = counts[hour]
+  redis.call('HINCRBY', hour, 'received', sums[1] + sums[2] + sums[3])
+  if sums[1] > 0 then redis.call('HINCRBY', hour, 'accepted', sums[1]) end
+  if sums[2] > 0 then redis.call('HINCRBY', hour, 'duplicate', sums[2]) end
+  if sums[3] > 0 then redis.call('HINCRBY', hour, 'rejected', sums[3]) end
+  redis.call('EXPIRE', hour, ARGV[2])
 end
 return k - 1
 """

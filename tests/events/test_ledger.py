@@ -135,6 +135,42 @@ def test_an_id_already_confirmed_by_another_request_is_counted_once(
     assert state_redis.get(f"seen:acme:{event_id}") == b"1"
 
 
+def test_a_group_is_counted_in_each_requests_own_hour(
+    state_redis: redis.Redis, settings: SettingsWrapper
+) -> None:
+    """One commit of a group's requests: each is counted in its own ledger hour, an id confirmed by
+    an earlier member is a duplicate of the later one, and each hour and id gets its TTL."""
+    from events.ledger import ledger_commit_all
+
+    now = hour_floor(utcnow())
+    earlier = now - timedelta(hours=1)
+    first, second, third = (str(uuid.uuid4()) for _ in range(3))
+    ledger_commit_all(
+        [
+            Commit(tenant="acme", received_at=earlier, published_ids=(first,), duplicate=0, rejected=1),
+            Commit(tenant="acme", received_at=now, published_ids=(second, third), duplicate=1, rejected=0),
+            Commit(tenant="acme", received_at=now, published_ids=(second,), duplicate=0, rejected=0),
+            Commit(tenant="acme", received_at=earlier, published_ids=(), duplicate=0, rejected=0),
+        ]
+    )
+
+    def hour_counts(hour: Any) -> dict[str, int]:
+        raw = state_redis.hgetall(f"ledger:acme:{hour.strftime('%Y-%m-%dT%H')}")
+        return {
+            (field.decode() if isinstance(field, bytes) else field): int(value)
+            for field, value in raw.items()
+        }
+
+    assert hour_counts(earlier) == {"received": 2, "accepted": 1, "rejected": 1}
+    assert hour_counts(now) == {"received": 4, "accepted": 2, "duplicate": 2}
+    for hour in (earlier, now):
+        ttl = state_redis.ttl(f"ledger:acme:{hour.strftime('%Y-%m-%dT%H')}")
+        assert settings.EVENT_RETENTION_DAYS * 86400 < ttl <= (settings.EVENT_RETENTION_DAYS + 2) * 86400
+    for event_id in (first, second, third):
+        assert state_redis.get(f"seen:acme:{event_id}") == b"1"
+        assert 0 < state_redis.ttl(f"seen:acme:{event_id}") <= settings.DEDUP_WINDOW_SECONDS
+
+
 def test_the_report_never_reaches_before_the_retention_window(
     client: Client, acme: Actor, settings: SettingsWrapper
 ) -> None:

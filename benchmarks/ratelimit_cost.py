@@ -13,8 +13,11 @@ each side's medians per call:
 
 The arguments are the bench's (`benchmarks/settings.py`: limits no request reaches, the fair share
 on) with a cached key lookup's version, so every call passes every limit and writes what an
-admitted request writes. The script is read from each checkout's source (the `_SCRIPT` literal), so
-a checkout needs no installing; both run on this checkout's redis-py.
+admitted request writes. Each call decides one check, in the layout of its checkout's script (a
+script that decides several checks a call takes their count and sizes first); what sharing a call
+saves is the batching's, measured apart (docs/benchmarks.md, "Levers, thirty-first round"). The
+script is read from each checkout's source (the `_SCRIPT` literal), so a checkout needs no
+installing; both run on this checkout's redis-py.
 
 Examples:
   .venv/bin/python benchmarks/ratelimit_cost.py
@@ -35,6 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -59,6 +63,24 @@ def script_of(tree: Path) -> str:
     if match is None:
         raise SystemExit(f"no _SCRIPT literal in {tree}/events/throttling.py")
     return match.group(1)
+
+
+# A script that decides several checks a call (`_Batcher` in events/throttling.py) takes the number
+# of checks, then each check's key and argument counts before its arguments; one before it, one
+# check's arguments alone.
+_DECIDES_SEVERAL = "local function decide(KEYS, ARGV, now)"
+
+
+def call_args(source: str, keys: list[str]) -> list[str | int]:
+    """The ARGV of one call that decides one check with `keys`, in the script's own layout."""
+    if _DECIDES_SEVERAL in source:
+        return [1, len(keys), len(_ARGS), *_ARGS]
+    return list(_ARGS)
+
+
+def decision_of(source: str, reply: list[Any]) -> list[Any]:
+    """The one check's decision in a call's reply."""
+    return list(reply[0]) if _DECIDES_SEVERAL in source else list(reply)
 
 
 @dataclass(frozen=True)
@@ -93,10 +115,11 @@ def measure(
         client = client_factory()
         keys = [f"rl:ip:{side}:10.0.0.{index}", "rl:global", "rl:tenant:demo", "rl:share:demo"]
         keys += ["rl:reads:demo", _VERSION_KEY]
+        args = call_args(source, keys)
         for _ in range(calls):
-            reply = script(keys=keys, args=_ARGS, client=client)
-            if reply[0] != 1:
-                refused.append(reply)
+            decision = decision_of(source, script(keys=keys, args=args, client=client))
+            if decision[0] != 1:
+                refused.append(decision)
                 return
 
     workers = [threading.Thread(target=work, args=(index,)) for index in range(threads)]

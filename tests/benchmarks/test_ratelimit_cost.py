@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.ratelimit_cost import compare, script_of
+from benchmarks.ratelimit_cost import _ARGS, call_args, compare, decision_of, script_of
 from tests.benchmarks.scripts import rows_of, run_script
 from tests.conftest import ROOT
 
@@ -28,6 +28,19 @@ def test_each_side_is_measured_in_every_round_and_admits_every_call() -> None:
     for reading in readings["A"] + readings["B"]:
         assert reading.server_us > 0 and reading.caller_us > 0 and reading.calls_per_s > 0
         assert reading.script_us > 0  # the server counted the script's runs
+
+
+def test_each_script_gets_one_check_in_its_own_layout() -> None:
+    keys = ["rl:ip:x", "rl:global"]
+    several = script_of(ROOT)  # this checkout's script decides several checks a call
+    assert call_args(several, keys) == [1, 2, len(_ARGS), *_ARGS]
+    assert decision_of(several, [[1, b"", b"0", b"9", b"0"]]) == [1, b"", b"0", b"9", b"0"]
+    one = "return {1, '', '0', '9', '0'}"  # a script of one check a call, as before
+    assert call_args(one, keys) == list(_ARGS)
+    assert decision_of(one, [1, b"", b"0", b"9", b"0"]) == [1, b"", b"0", b"9", b"0"]
+    # Both layouts run on a real server and admit every call.
+    readings = compare(sources={"A": one, "B": several}, threads=1, calls=5, rounds=1)
+    assert [len(side) for side in readings.values()] == [1, 1]
 
 
 def test_a_script_that_refuses_fails_the_run() -> None:

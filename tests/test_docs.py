@@ -66,3 +66,16 @@ def test_it_documents_only_management_commands_that_exist() -> None:
     assert named >= {"tenant", "dlq", "loadgen", "provision_cosmos", "provision_servicebus", "runplatform"}
     missing = sorted(named - set(get_commands()))
     assert missing == [], f"docs/api.md names management commands that do not exist: {missing}"
+
+
+def test_the_docs_cite_no_issue_numbers() -> None:
+    """The repository explains itself: a doc names its sections and files, never a tracker's issue."""
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    cited = [
+        f"{path.name}: {match.group(0)!r}"
+        for path in docs
+        for match in re.finditer(
+            r"(?<![\w&/])#\d+\b|\bissues?\s+#?\d+\b", path.read_text(), flags=re.IGNORECASE
+        )
+    ]
+    assert cited == []

@@ -264,8 +264,9 @@ class _Batcher:
     A check that finds no call in flight is sent at once, alone. One that finds a call in flight
     queues; when that call returns, the first queued check is woken to send every check queued by
     then in one call. Under 50 clients, 77-79 % of an API process's checks began while another of
-    its checks was in flight (docs/benchmarks.md, "Levers, thirty-first round"): each round trip
-    costs the caller and Redis a system call or two on each side, a share of the script call less.
+    its checks was in flight (docs/benchmarks.md, "Levers, thirty-first round"). A shared call
+    spares every check but one its own round trip: the system calls on both sides and the fixed
+    cost of a script call.
     The script decides a call's checks one after another, each as a call of its own would be, so
     what each request is told and spends is what it was told and spent before.
     """

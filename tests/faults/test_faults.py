@@ -26,7 +26,14 @@ from events.models import DeadLetter
 from tenants.services import tenant_create
 from tests.conftest import EmbeddedRedis, LiveProcess, child_env, start_worker, wait_until
 from tests.events.pipeline_support import publish_raw, redelivered_duplicates
-from tests.faults.harness import ApiServer, Traffic, platform_total, settle_and_check, stored_ids
+from tests.faults.harness import (
+    ApiServer,
+    Traffic,
+    platform_total,
+    settle_and_check,
+    stored_ids,
+    wait_or_explain,
+)
 from tests.faults.steps import pause_env, store_fault_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.e2e]
@@ -181,10 +188,12 @@ def test_it_loses_and_duplicates_nothing_when_the_broker_is_sigkilled_30_times_u
             traffic.wait_for_batches(10)
             for _ in range(BROKER_KILLS):
                 stored_before = len(stored_ids(platform.tenant))
-                wait_until(
+                wait_or_explain(
                     lambda n=stored_before: len(stored_ids(platform.tenant)) > n,
                     timeout=60,
-                    message="the worker consuming again",
+                    message=f"the worker consuming again after {kills} kills",
+                    traffic=traffic,
+                    processes={"worker": worker, "api": platform.api.live},
                 )
                 time.sleep(rng.uniform(0, 0.3))
                 embedded_redis_server.stop(signal.SIGKILL)

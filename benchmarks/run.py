@@ -52,6 +52,7 @@ Sizes and tuning come from the environment (defaults in brackets):
   CLOUDSCALE_BENCH_STACK [embedded]        embedded (SQLite + Redis) or postgres (PostgreSQL + RabbitMQ)
   CLOUDSCALE_BENCH_ONE_ADDRESS [unset]     1: every event from the bench's own address (no X-Forwarded-For)
   CLOUDSCALE_BENCH_PROFILE [unset]         a folder: py-spy records API and worker during the batched run
+  CLOUDSCALE_BENCH_PROFILE_RATE [100]      py-spy's samples per second (997 for a short run's detail)
   CLOUDSCALE_BENCH_TIMEOUT [240]           seconds a run may take to drain before the bench fails
   CLOUDSCALE_BENCH_MAKE_RUN_EVENTS [30000] events of each run of run 7 (0: skip it)
   CLOUDSCALE_BENCH_MAKE_RUN_ROUNDS [2]     rounds of run 7, each a run of `make run`'s configuration and
@@ -181,6 +182,9 @@ class BenchConfig:
     prefill_events: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_PREFILL_EVENTS", 0))
     stack: str = field(default_factory=lambda: os.environ.get("CLOUDSCALE_BENCH_STACK", "") or "embedded")
     profile_dir: str = field(default_factory=lambda: os.environ.get("CLOUDSCALE_BENCH_PROFILE", ""))
+    profile_rate: int = field(
+        default_factory=lambda: env_int("CLOUDSCALE_BENCH_PROFILE_RATE", 100, minimum=1)
+    )
     one_address: bool = field(default_factory=lambda: os.environ.get("CLOUDSCALE_BENCH_ONE_ADDRESS") == "1")
     timeout: float = field(default_factory=lambda: float(env_int("CLOUDSCALE_BENCH_TIMEOUT", 240)))
     make_run_events: int = field(default_factory=lambda: env_int("CLOUDSCALE_BENCH_MAKE_RUN_EVENTS", 30_000))
@@ -303,10 +307,18 @@ class Platform:
         self._log = self.state / "runplatform.out"
 
     def describe(self) -> str:
+        # The embedded server's default sync (cloudscale_project/settings.py): every write where it
+        # is the broker, once a second where it holds only the shared state.
+        fsync = self.env.get("CLOUDSCALE_EMBEDDED_REDIS_FSYNC") or (
+            "everysec" if self.stack == "postgres" else "always"
+        )
         if self.stack == "postgres":
-            described = "PostgreSQL 127.0.0.1:5432 + RabbitMQ 127.0.0.1:5672; shared state: embedded Redis"
+            described = (
+                "PostgreSQL 127.0.0.1:5432 + RabbitMQ 127.0.0.1:5672; "
+                f"shared state: embedded Redis (appendfsync {fsync})"
+            )
         else:
-            described = "embedded: SQLite + Redis (appendfsync always)"
+            described = f"embedded: SQLite + Redis (appendfsync {fsync})"
         if self.checkout != ROOT:
             described += f"; platform from {self.checkout}"
         if self.env_overrides:
@@ -631,7 +643,7 @@ class MemorySampler:
 
 
 @contextlib.contextmanager
-def profiled(stack: Platform, folder: str, name: str) -> Iterator[None]:
+def profiled(stack: Platform, folder: str, name: str, *, rate: int = 100) -> Iterator[None]:
     """py-spy records the API and worker trees (all their processes) while the block runs:
     `<folder>/<role>-<name>.folded`, for benchmarks/profile_summary.py."""
     if not folder:
@@ -652,7 +664,7 @@ def profiled(stack: Platform, folder: str, name: str) -> Iterator[None]:
                     str(root.pid),
                     "--subprocesses",
                     "--rate",
-                    "100",
+                    str(rate),
                     "--format",
                     "raw",
                     "--output",
@@ -735,7 +747,8 @@ def run_batched(
         concurrency=config.clients,
         forwarded_for=not (config.one_address if one_address is None else one_address),
     )
-    with profiled(stack, profile, "batched"), collector_settled(), CpuMeter(stack) as cpu:
+    profiling = profiled(stack, profile, "batched", rate=config.profile_rate)
+    with profiling, collector_settled(), CpuMeter(stack) as cpu:
         summary = run_load(load, requests=requests, progress=False)
         if summary.accepted != events:
             raise RuntimeError(f"batched run: {summary.accepted} of {events} accepted: {summary.as_dict()}")
@@ -911,7 +924,8 @@ def run_latency(
     )
     before = _stored_mark()
     messages_before = _messages_published()
-    with profiled(stack, profile, "single"), collector_settled(), CpuMeter(stack) as cpu:
+    profiling = profiled(stack, profile, "single", rate=config.profile_rate)
+    with profiling, collector_settled(), CpuMeter(stack) as cpu:
         summary = run_load(load, requests=plan_requests(traffic, total=len(traffic), batch=1), progress=False)
         if path is None:  # the worker's share of these requests counts, not the next run's
             _wait_stored(after=before, events=summary.accepted, timeout=config.timeout, what="latency run")

@@ -187,14 +187,20 @@ EMBEDDED_REDIS_PASSWORD = env_str("CLOUDSCALE_EMBEDDED_REDIS_PASSWORD") or (
 )
 _EMBEDDED_REDIS_AUTH = f":{quote(EMBEDDED_REDIS_PASSWORD, safe='')}@" if EMBEDDED_REDIS_PASSWORD else ""
 EMBEDDED_REDIS_URL = f"redis://{_EMBEDDED_REDIS_AUTH}127.0.0.1:{EMBEDDED_REDIS_PORT}"
-# appendfsync for the embedded server: "always" makes a 202 mean "on disk" (see docs/decisions.md).
-EMBEDDED_REDIS_FSYNC = env_str("CLOUDSCALE_EMBEDDED_REDIS_FSYNC", "always")
 
 BROKER_URL = env_str("CLOUDSCALE_BROKER_URL") or f"{EMBEDDED_REDIS_URL}/0"
 BROKER_SCHEME = urlsplit(BROKER_URL).scheme
 # Shared state of all processes: rate limits, dedup keys, platform metrics, fraud windows.
 REDIS_URL = env_str("CLOUDSCALE_REDIS_URL") or f"{EMBEDDED_REDIS_URL}/1"
-USES_EMBEDDED_REDIS = EMBEDDED_REDIS_URL in (BROKER_URL.rsplit("/", 1)[0], REDIS_URL.rsplit("/", 1)[0])
+EMBEDDED_REDIS_IS_BROKER = BROKER_URL.rsplit("/", 1)[0] == EMBEDDED_REDIS_URL
+USES_EMBEDDED_REDIS = EMBEDDED_REDIS_IS_BROKER or REDIS_URL.rsplit("/", 1)[0] == EMBEDDED_REDIS_URL
+# appendfsync for the embedded server. As the broker, "always": a 202 means "on disk". Holding only
+# the shared state (another broker has the events and their 202s), "everysec", the durability that
+# managed Redis services offer (docs/decisions.md, "The broker syncs every write; the shared state
+# shares its server").
+EMBEDDED_REDIS_FSYNC = env_str("CLOUDSCALE_EMBEDDED_REDIS_FSYNC") or (
+    "always" if EMBEDDED_REDIS_IS_BROKER else "everysec"
+)
 
 CACHES = {
     "default": {

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import psutil
 import pytest
@@ -11,7 +14,7 @@ from django.conf import settings
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.conftest import EmbeddedRedis
+from tests.conftest import ROOT, EmbeddedRedis, child_env
 
 pytestmark = [pytest.mark.core]
 
@@ -41,3 +44,35 @@ def test_it_runs_a_valkey_with_the_lua_fixes_of_2025(embedded_redis_server: Embe
     # Valkey 8.1.4 is the first release with the fix for CVE-2025-49844 (and the other Lua fixes).
     version = tuple(int(part) for part in str(info["valkey_version"]).split("."))
     assert version >= (8, 1, 4)
+
+
+def _fsync_default(tmp_path: Path, **env: str) -> str:
+    """The embedded server's appendfsync as a process with `env` (and no fsync setting) reads it."""
+    environment = {k: v for k, v in child_env().items() if not k.startswith("CLOUDSCALE_")}
+    environment.update(
+        CLOUDSCALE_STATE_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="cloudscale_project.settings"
+    )
+    environment.update(env)
+    probe = "from django.conf import settings; print(settings.EMBEDDED_REDIS_FSYNC)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=environment, capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "always"),  # the broker: a 202 means on disk
+        ({"CLOUDSCALE_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"}, "everysec"),  # state only
+        (
+            {"CLOUDSCALE_BROKER_URL": "amqp://x@127.0.0.1//", "CLOUDSCALE_EMBEDDED_REDIS_FSYNC": "always"},
+            "always",
+        ),
+        ({"CLOUDSCALE_EMBEDDED_REDIS_FSYNC": "everysec"}, "everysec"),
+    ],
+)
+def test_it_syncs_every_write_only_where_it_is_the_broker(
+    tmp_path: Path, env: dict[str, str], expected: str
+) -> None:
+    assert _fsync_default(tmp_path, **env) == expected

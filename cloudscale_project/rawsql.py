@@ -10,15 +10,19 @@ that is cached per statement (0.03 ms). Errors are still Django's (`OperationalE
 
 What is given up, on SQLite only: these statements are not in `connection.queries` under DEBUG.
 When the connection has execute wrappers (the SQL spans of tracing), Django's cursor is used so
-that they see every statement. PostgreSQL always gets Django's own cursor: psycopg takes `%s` as
-it is, so there is nothing to save.
+that they see every statement. On PostgreSQL psycopg takes `%s` as it is, so statements of scalar
+parameters keep Django's own cursor; statements of array parameters go to a cursor that binds on
+the server (`_PostgresBulkCursor`, below).
 
 `insert_rows` writes the INSERT of many rows for both databases. On PostgreSQL a statement of many
 rows sends one array per column through `unnest()` instead of a VALUES list of rows x columns
 parameters: Django's psycopg cursor quotes each of those parameters into the SQL text, and the
 server parses and plans each one. A 500-event store write cost 92 µs of worker CPU and 63 µs of
 server CPU per event that way, and 37 and 36 µs through `unnest()` (docs/benchmarks.md, "Levers,
-eighth round"). For a few rows the VALUES list is as cheap, so short inserts keep it.
+eighth round"). For a few rows the VALUES list is as cheap, so short inserts keep it. The arrays
+go in binary (`%b`): Django's cursor would render each as a quoted literal, built element by
+element in Python, which was 12 of the worker's 42 ms of a 500-event message; in binary the store
+write's array dumping costs about 1.6 ms (docs/benchmarks.md, "Levers, thirty-third round").
 """
 
 from __future__ import annotations
@@ -72,6 +76,14 @@ def bulk_cursor() -> Iterator[SqlCursor]:
     it up again in the thread's connections (1.6 µs), five reads a call, about three calls a
     message."""
     db = connections[DEFAULT_DB_ALIAS]
+    if db.vendor == "postgresql":
+        db.ensure_connection()
+        postgres = _PostgresBulkCursor(db)
+        try:
+            yield postgres
+        finally:
+            postgres.close()
+        return
     if db.vendor != "sqlite" or db.execute_wrappers:
         with db.cursor() as cursor:
             yield cursor
@@ -83,6 +95,63 @@ def bulk_cursor() -> Iterator[SqlCursor]:
             yield _QmarkCursor(raw)
         finally:
             raw.close()
+
+
+class _PostgresBulkCursor:
+    """Django's cursor for statements of scalar parameters, and a psycopg cursor that binds on the
+    server for statements with binary array parameters (`%b`, see `array_parameter`), both on the
+    connection's current transaction.
+
+    Django's cursor binds on the client: it renders each parameter into the SQL text, an array as a
+    quoted literal built element by element in Python. A server-binding cursor sends an array in
+    binary instead, a few struct packs. Statements of scalars stay on Django's cursor: for a
+    handful of rows its literals cost less than server-side parameters, on both sides (the
+    thirtieth round's harness read 1.07x and 1.07x; docs/benchmarks.md). The server-binding cursor
+    sits inside Django's cursor wrapper, so error translation, execute wrappers and the debug log
+    see its statements too. It prepares nothing (Django opens the connection with
+    `prepare_threshold` unset), so a transaction-pooling PgBouncer sees plain statements. It reads
+    back text only (ids): the time-zone loader Django sets on its own cursors is not needed."""
+
+    def __init__(self, db: Any) -> None:
+        self._db = db
+        self._client: Any = None
+        self._server: Any = None
+        self._last: Any = None
+
+    def execute(self, sql: str, params: Sequence[Any]) -> Any:
+        if "%b" in sql:
+            if self._server is None:
+                import psycopg
+
+                self._db.validate_thread_sharing()
+                with self._db.wrap_database_errors:
+                    raw = psycopg.Cursor(self._db.connection)
+                self._server = (
+                    self._db.make_debug_cursor(raw) if self._db.queries_logged else self._db.make_cursor(raw)
+                )
+            self._last = self._server
+        else:
+            if self._client is None:
+                self._client = self._db.cursor()
+            self._last = self._client
+        return self._last.execute(sql, params)
+
+    def fetchall(self) -> list[Any]:
+        rows: list[Any] = self._last.fetchall()
+        return rows
+
+    def close(self) -> None:
+        for cursor in (self._client, self._server):
+            if cursor is not None:
+                cursor.close()
+
+
+def array_parameter(column_type: str) -> str:
+    """The placeholder of one array parameter of `column_type` elements, on PostgreSQL through
+    `bulk_cursor`: binary, so psycopg writes it in a few struct packs rather than quoting each
+    element into an array literal in Python (12 ms of a 500-event store write: docs/benchmarks.md,
+    "Levers, thirty-third round")."""
+    return f"%b::{column_type}[]"
 
 
 @functools.lru_cache(maxsize=64)
@@ -109,7 +178,7 @@ def _values_sql(model: type[Model], fields: tuple[str, ...], vendor: str, rows: 
 @functools.lru_cache(maxsize=64)
 def _unnest_sql(model: type[Model], fields: tuple[str, ...], vendor: str, suffix: str) -> str:
     head, types = _insert_head(model, fields, vendor)
-    arrays = ", ".join(f"%s::{column_type}[]" for column_type in types)
+    arrays = ", ".join(array_parameter(column_type) for column_type in types)
     return f"{head} SELECT * FROM unnest({arrays}) {suffix}".rstrip()  # noqa: S608 - names are ours
 
 

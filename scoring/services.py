@@ -32,7 +32,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 
-from cloudscale_project.rawsql import bulk_cursor, insert_rows
+from cloudscale_project.rawsql import array_parameter, bulk_cursor, insert_rows
 from cloudscale_project.timeutil import parse_iso, utcnow
 from scoring.models import ScoredEvent, UserScore
 from scoring.weights import WEIGHTS, contribution_at_epoch
@@ -120,12 +120,23 @@ def _markers_existing(*, tenant: str, event_ids: list[str]) -> set[str]:
     """The ids among `event_ids` that have a marker (read only: nothing is locked or written)."""
     quote = connection.ops.quote_name
     found: set[str] = set()
+    table = quote(ScoredEvent._meta.db_table)
     with bulk_cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(_marker_select_any(table), [tenant, event_ids])
+            return {event_id for (event_id,) in cursor.fetchall()}
         for start in range(0, len(event_ids), _UPSERT_ROWS):
             chunk = event_ids[start : start + _UPSERT_ROWS]
-            cursor.execute(_marker_select(quote(ScoredEvent._meta.db_table), len(chunk)), [tenant, *chunk])
+            cursor.execute(_marker_select(table, len(chunk)), [tenant, *chunk])
             found.update(event_id for (event_id,) in cursor.fetchall())
     return found
+
+
+@functools.lru_cache(maxsize=4)
+def _marker_select_any(table: str) -> str:
+    """PostgreSQL's: every id in one array parameter (see `rawsql.array_parameter`)."""
+    ids = array_parameter("varchar")
+    return f"SELECT event_id FROM {table} WHERE tenant = %s AND event_id = ANY({ids})"  # noqa: S608 - names are ours, values are parameters
 
 
 @functools.lru_cache(maxsize=64)

@@ -8,11 +8,14 @@ from typing import Any
 
 import pytest
 from django.db import DataError, IntegrityError, OperationalError, ProgrammingError, connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from cloudscale_project.rawsql import UNNEST_FROM_ROWS, _column_values, bulk_cursor, insert_rows
 from cloudscale_project.timeutil import isoformat_z
 from events.stores.orm import OrmEventStore
-from scoring.models import ScoredEvent
+from scoring.models import ScoredEvent, UserScore
+from scoring.services import scores_apply, scores_apply_stored
+from tests.events.pipeline_support import enriched_event
 from tests.events.test_store_contract import make_event
 
 pytestmark = [pytest.mark.core, pytest.mark.django_db(transaction=True)]
@@ -72,7 +75,22 @@ def test_execute_wrappers_still_see_every_statement() -> None:
 
     with connection.execute_wrapper(wrapper):
         _insert("wrapped", 1)
-    assert seen == ["INSERT"]
+        # Many rows: on PostgreSQL arrays in binary, through the cursor that binds on the server.
+        with bulk_cursor() as cursor:
+            cursor.execute(*insert_rows(ScoredEvent, _MARKER_FIELDS, _marker_rows(UNNEST_FROM_ROWS, "w")))
+    assert seen == ["INSERT", "INSERT"]
+
+
+def test_the_debug_log_records_scalar_and_array_statements_on_postgresql() -> None:
+    with CaptureQueriesContext(connection) as queries, bulk_cursor() as cursor:
+        cursor.execute(*insert_rows(ScoredEvent, _MARKER_FIELDS, _marker_rows(UNNEST_FROM_ROWS, "d")))
+        cursor.execute("SELECT count(*) FROM scoring_scoredevent WHERE tenant = %s", ["acme"])
+        assert cursor.fetchall() == [(UNNEST_FROM_ROWS,)]  # the rows come from the statement run last
+    logged = [query["sql"].split(None, 1)[0] for query in queries.captured_queries]
+    if connection.vendor == "postgresql":
+        assert logged == ["INSERT", "SELECT"]
+    else:  # SQLite's bulk cursor is sqlite3's own: not logged (the module's docstring says so)
+        assert logged == []
 
 
 _MARKER_FIELDS = ("tenant", "event_id", "batch", "applied_at")
@@ -115,6 +133,7 @@ def test_on_postgresql_many_rows_go_as_one_array_per_column() -> None:
     assert "VALUES" in few_sql and len(few_params) == 3 * len(_MARKER_FIELDS)
     if connection.vendor == "postgresql":
         assert "unnest(" in many_sql and "VALUES" not in many_sql
+        assert many_sql.count("%b::") == len(_MARKER_FIELDS) and "%s" not in many_sql  # in binary
         assert len(many_params) == len(_MARKER_FIELDS)
         assert many_params[1] == [f"m-{n:03d}" for n in range(UNNEST_FROM_ROWS)]
     else:  # SQLite has no arrays: a VALUES list whatever the size
@@ -164,3 +183,43 @@ def test_the_event_store_writes_a_large_batch_with_an_odd_time_as_it_writes_a_sm
             datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
         )
         assert last["properties"] == events[-1]["properties"]
+
+
+def test_binary_arrays_carry_nulls_json_text_and_flags() -> None:
+    """Every kind of column the workers write in bulk, through the binary arrays on PostgreSQL: a
+    column that is NULL in every row (a native event's `context`), JSON given as text, text with
+    quotes, backslashes, braces and spaces, and flags. Scores' numbers: the next test."""
+    store = OrmEventStore()
+    events = [make_event(user_id=f'u-{n} "q" \\ {{b}}') for n in range(UNNEST_FROM_ROWS + 1)]
+    for event in events:
+        event.pop("context", None)
+    events[2]["properties"] = {"quote": 'say "hi"', "back": "a\\b", "list": [1, None, "x"]}
+    events[3]["custom"] = True
+    assert store.write_many(events) == {event["event_id"] for event in events}
+    for event in events:
+        stored = store.get(tenant="acme", event_id=event["event_id"])
+        assert stored is not None
+        assert stored["user_id"] == event["user_id"] and stored["properties"] == event["properties"]
+        assert stored.get("context") is None
+        assert stored["custom"] is bool(event.get("custom"))
+
+
+def test_scores_of_many_users_add_up_through_arrays_and_markers_are_found_by_id() -> None:
+    """Scoring's bulk statements with numbers (a float and small integers per user) and its markers'
+    lookup (one array of ids on PostgreSQL, an IN list on SQLite)."""
+    purchases = [
+        enriched_event(event_type="purchase", user_id=f"user-{n:02d}") for n in range(UNNEST_FROM_ROWS + 1)
+    ]
+    assert scores_apply(tenant="acme", events=purchases) == len(purchases)
+    assert scores_apply(tenant="acme", events=purchases) == 0  # the markers say they were applied
+    rows = UserScore.objects.filter(tenant="acme").order_by("user_id")
+    assert [(row.user_id, row.events_counted, row.purchase_count) for row in rows] == [
+        (event["user_id"], 1, 1) for event in purchases
+    ]
+    assert all(row.score_at_epoch > 0 for row in rows)
+    # Half of them again, with as many new events: only the new ones are applied.
+    again = purchases[::2] + [
+        enriched_event(event_type="click", user_id="user-00") for _ in range(UNNEST_FROM_ROWS)
+    ]
+    assert scores_apply_stored(tenant="acme", events=again) == UNNEST_FROM_ROWS
+    assert UserScore.objects.get(tenant="acme", user_id="user-00").events_counted == 1 + UNNEST_FROM_ROWS

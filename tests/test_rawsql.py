@@ -81,7 +81,7 @@ def test_execute_wrappers_still_see_every_statement() -> None:
     assert seen == ["INSERT", "INSERT"]
 
 
-def test_the_debug_log_records_scalar_and_array_statements_on_postgresql() -> None:
+def test_the_debug_log_records_the_bulk_statements_where_djangos_cursor_runs_them() -> None:
     with CaptureQueriesContext(connection) as queries, bulk_cursor() as cursor:
         cursor.execute(*insert_rows(ScoredEvent, _MARKER_FIELDS, _marker_rows(UNNEST_FROM_ROWS, "d")))
         cursor.execute("SELECT count(*) FROM scoring_scoredevent WHERE tenant = %s", ["acme"])
